@@ -1,0 +1,3 @@
+package main
+
+func cmdDoctor(args []string) int { return 0 }

@@ -1,0 +1,48 @@
+// Command ftvm runs guest VMs on KVM and protects them with a backup that
+// replays them (see README.md).
+package main
+
+import (
+	"fmt"
+	"os"
+)
+
+// Exit statuses of ftvm itself; a guest's own status passes through.
+const (
+	exitUsage       = 2   // bad command line
+	exitFailed      = 125 // ftvm could not do its job (bad image, KVM error)
+	exitGuestFault  = 126 // the guest faulted
+	exitInterrupted = 130 // Ctrl-C
+)
+
+var commands = map[string]func(args []string) int{
+	"run":     cmdRun,
+	"inspect": cmdInspect,
+	"doctor":  cmdDoctor,
+}
+
+func usage() {
+	fmt.Fprint(os.Stderr, `usage: ftvm COMMAND [flags] [args]
+
+commands:
+  run [--mem SIZE] GUEST.elf [ARGS...]   run a guest; console on stdin/stdout
+  inspect GUEST.elf                      show segments, entry and rewritten instructions
+  doctor                                 check this host's KVM for ftvm
+`)
+}
+
+func main() {
+	if len(os.Args) < 2 {
+		usage()
+		os.Exit(exitUsage)
+	}
+	cmd, ok := commands[os.Args[1]]
+	if !ok {
+		if os.Args[1] != "-h" && os.Args[1] != "--help" && os.Args[1] != "help" {
+			fmt.Fprintf(os.Stderr, "ftvm: unknown command %q\n", os.Args[1])
+		}
+		usage()
+		os.Exit(exitUsage)
+	}
+	os.Exit(cmd(os.Args[2:]))
+}

@@ -1,0 +1,132 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// sizeFlag is a memory size flag such as --mem 64M.
+type sizeFlag struct{ v uint64 }
+
+func (s *sizeFlag) String() string { return fmt.Sprint(s.v) }
+func (s *sizeFlag) Set(v string) error {
+	n, err := vmm.ParseSize(v)
+	s.v = n
+	return err
+}
+
+// guestFlags are the flags every command that starts a guest takes.
+type guestFlags struct {
+	mem sizeFlag
+}
+
+func (g *guestFlags) register(fs *flag.FlagSet) {
+	g.mem.v = vmm.DefaultMemory
+	fs.Var(&g.mem, "mem", "guest memory (e.g. 64M, 1G)")
+}
+
+// loadGuest reads and rewrites the image and builds the VM config from the
+// guest's arguments.
+func (g *guestFlags) loadGuest(args []string) (*vmm.Image, vmm.Config, error) {
+	if len(args) < 1 {
+		return nil, vmm.Config{}, errors.New("missing GUEST.elf")
+	}
+	file, err := os.ReadFile(args[0])
+	if err != nil {
+		return nil, vmm.Config{}, err
+	}
+	img, err := vmm.LoadELF(file)
+	if err != nil {
+		return nil, vmm.Config{}, fmt.Errorf("%s: %w", args[0], err)
+	}
+	return img, vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " ")}, nil
+}
+
+// newFlagSet makes a flag set that reports errors instead of exiting, and
+// stops at the first positional argument so guest arguments pass through.
+func newFlagSet(name, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "usage: ftvm %s %s\n", name, usage)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// interruptContext is cancelled on SIGINT or SIGTERM.
+func interruptContext() (context.Context, context.CancelFunc) {
+	return signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+}
+
+// exitStatus turns the end of a run into ftvm's exit status, reporting errors.
+func exitStatus(res vmm.Result, err error) int {
+	var fault *vmm.GuestFault
+	switch {
+	case err == nil:
+		return res.Status
+	case errors.As(err, &fault):
+		fmt.Fprintf(os.Stderr, "ftvm: %v\nftvm: registers: %s\n", err, fault.RegisterDump())
+		return exitGuestFault
+	case errors.Is(err, vmm.ErrInterrupted):
+		fmt.Fprintln(os.Stderr, "ftvm: interrupted; VM stopped")
+		return exitInterrupted
+	default:
+		fmt.Fprintf(os.Stderr, "ftvm: %v\n", err)
+		return exitFailed
+	}
+}
+
+func cmdRun(args []string) int {
+	fs := newFlagSet("run", "[--mem SIZE] GUEST.elf [ARGS...]")
+	var g guestFlags
+	g.register(fs)
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	img, cfg, err := g.loadGuest(fs.Args())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm run: %v\n", err)
+		return exitFailed
+	}
+	ctx, cancel := interruptContext()
+	defer cancel()
+	world := vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout)
+	m, err := vmm.New(img, cfg, world)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm run: %v\n", err)
+		return exitFailed
+	}
+	defer m.Close()
+	return exitStatus(m.Run(ctx))
+}
+
+func cmdInspect(args []string) int {
+	fs := newFlagSet("inspect", "GUEST.elf")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() != 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	file, err := os.ReadFile(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm inspect: %v\n", err)
+		return exitFailed
+	}
+	img, err := vmm.LoadELF(file)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm inspect: %s: %v\n", fs.Arg(0), err)
+		return exitFailed
+	}
+	fmt.Print(vmm.Describe(img))
+	return 0
+}

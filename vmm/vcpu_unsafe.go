@@ -1,0 +1,189 @@
+package vmm
+
+import (
+	"fmt"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/ftvm/ftvm/replay"
+	"golang.org/x/sys/unix"
+)
+
+// ExitKind classifies why KVM_RUN returned.
+type ExitKind int
+
+const (
+	// ExitIOOut: the guest executed out; RIP is already past the instruction.
+	ExitIOOut ExitKind = iota + 1
+	// ExitIOIn: the guest executed in; RIP is still at the instruction.
+	ExitIOIn
+	// ExitMMIO: the guest touched a guest-physical address with no memory.
+	ExitMMIO
+	// ExitShutdown: a triple fault.
+	ExitShutdown
+	// ExitHLT: the vCPU halted (not reachable at CPL3, where hlt faults).
+	ExitHLT
+	// ExitKick: Kick interrupted the run at an arbitrary point. Never a
+	// place to deliver anything (PLATFORM.md): it is not a guest-caused exit.
+	ExitKick
+	// ExitFailEntry, ExitInternalError, ExitUnknown: KVM could not run the vCPU.
+	ExitFailEntry
+	ExitInternalError
+	ExitUnknown
+)
+
+// Exit is what one KVM_RUN returned, decoded.
+type Exit struct {
+	Kind ExitKind
+	// Port, Size and Data describe ExitIOOut/ExitIOIn (Data only for out).
+	Port uint16
+	Size uint8
+	Data uint32
+	// Addr and Write describe ExitMMIO.
+	Addr  uint64
+	Write bool
+	// Code is the raw detail for failures: the hardware entry failure
+	// reason, the internal error's suberror, or the unknown exit reason.
+	Code uint64
+}
+
+// vcpuFD is one vCPU's file descriptor and its mmapped kvm_run page.
+type vcpuFD struct {
+	fd   int
+	run  *kvmRun
+	page []byte
+	// tid is the OS thread that runs the vCPU; 0 until run is first called.
+	tid atomic.Int32
+	// kickPending makes a kick sticky: one that arrives while the vCPU is
+	// outside KVM_RUN is seen before the next entry.
+	kickPending atomic.Bool
+}
+
+func newVcpuFD(fd int, mmapSize int) (*vcpuFD, error) {
+	page, err := unix.Mmap(fd, 0, mmapSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		return nil, fmt.Errorf("vmm: mmap kvm_run: %w", err)
+	}
+	// Sound: the mapping is at least one page, larger than kvmRun, stays
+	// mapped until close, and the kernel defines its layout.
+	return &vcpuFD{fd: fd, page: page, run: (*kvmRun)(unsafe.Pointer(&page[0]))}, nil
+}
+
+func (v *vcpuFD) close() {
+	if v.page != nil {
+		unix.Munmap(v.page)
+		v.page, v.run = nil, nil
+	}
+	unix.Close(v.fd)
+}
+
+// kick makes the current or next run return ExitKick. Safe from any goroutine.
+func (v *vcpuFD) kick() {
+	v.kickPending.Store(true)
+	// Sound: run points into the kvm_run mapping, alive while the vCPU is;
+	// KVM reads immediate_exit on entry, so a plain store is what it sees.
+	atomic.StoreUint32((*uint32)(unsafe.Pointer(v.run)), 0x100) // immediate_exit=1, request_interrupt_window=0
+	if tid := v.tid.Load(); tid != 0 {
+		// SIGURG is the Go runtime's preemption signal: harmless to the
+		// process, and it makes a KVM_RUN in progress return EINTR.
+		unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+	}
+}
+
+// runOnce enters the guest until it exits for a reason the VMM must see.
+// Must be called on the vCPU's locked OS thread. EINTR without a pending
+// kick (the Go runtime's own signals) re-enters the guest.
+func (v *vcpuFD) runOnce() (Exit, error) {
+	if v.tid.Load() == 0 {
+		v.tid.Store(int32(unix.Gettid()))
+	}
+	for {
+		v.run.immediateExit = 0
+		if v.kickPending.Swap(false) {
+			return Exit{Kind: ExitKick}, nil
+		}
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), kvmRunIoctl, 0)
+		if errno == unix.EINTR || errno == unix.EAGAIN {
+			continue // a kick is picked up at the top of the loop
+		}
+		if errno != 0 {
+			return Exit{}, fmt.Errorf("vmm: KVM_RUN: %w", errno)
+		}
+		return v.decodeExit(), nil
+	}
+}
+
+func (v *vcpuFD) decodeExit() Exit {
+	r := v.run
+	switch r.exitReason {
+	case kvmExitIO:
+		// Sound: the io member is the active union member for KVM_EXIT_IO.
+		io := (*kvmRunIO)(unsafe.Pointer(&r.union[0]))
+		e := Exit{Port: io.port, Size: io.size}
+		if io.direction == kvmExitIODirOut {
+			e.Kind = ExitIOOut
+			if off := int(io.dataOffset); off >= 0 && off+int(io.size) <= len(v.page) && io.size <= 4 {
+				var d [4]byte
+				copy(d[:], v.page[off:off+int(io.size)])
+				e.Data = uint32(d[0]) | uint32(d[1])<<8 | uint32(d[2])<<16 | uint32(d[3])<<24
+			}
+		} else {
+			e.Kind = ExitIOIn
+		}
+		return e
+	case kvmExitMMIO:
+		// Sound: mmio is the active union member for KVM_EXIT_MMIO.
+		m := (*kvmRunMMIO)(unsafe.Pointer(&r.union[0]))
+		return Exit{Kind: ExitMMIO, Addr: m.physAddr, Write: m.isWrite != 0, Size: uint8(m.len)}
+	case kvmExitShutdown:
+		return Exit{Kind: ExitShutdown}
+	case kvmExitHLT:
+		return Exit{Kind: ExitHLT}
+	case kvmExitIntr:
+		return Exit{Kind: ExitKick}
+	case kvmExitFailEntry:
+		return Exit{Kind: ExitFailEntry, Code: *(*uint64)(unsafe.Pointer(&r.union[0]))}
+	case kvmExitInternalError:
+		return Exit{Kind: ExitInternalError, Code: uint64(*(*uint32)(unsafe.Pointer(&r.union[0])))}
+	default:
+		return Exit{Kind: ExitUnknown, Code: uint64(r.exitReason)}
+	}
+}
+
+// guestMemoryMmap maps size bytes of anonymous memory for guest RAM.
+func guestMemoryMmap(size uint64) ([]byte, error) {
+	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return nil, fmt.Errorf("vmm: mmap %d bytes of guest memory: %w", size, err)
+	}
+	return b, nil
+}
+
+// hostAddr is the userspace address of guest RAM, for KVM_SET_USER_MEMORY_REGION.
+func hostAddr(b []byte) uint64 {
+	// Sound: b is an mmap'ed region that outlives the VM's memslot.
+	return uint64(uintptr(unsafe.Pointer(&b[0])))
+}
+
+const (
+	kvmGetRegs = 0x8090AE81 // _IOR(KVMIO, 0x81, struct kvm_regs)
+	kvmSetRegs = 0x4090AE82 // _IOW(KVMIO, 0x82, struct kvm_regs)
+)
+
+// getRegs reads the general registers into r. replay.Regs has the layout of
+// struct kvm_regs (18 uint64 in the same order), checked in a test.
+func (v *vcpuFD) getRegs(r *replay.Regs) error {
+	// Sound: r points at 144 bytes the kernel fills; it stays alive for the call.
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), kvmGetRegs, uintptr(unsafe.Pointer(r))); e != 0 {
+		return fmt.Errorf("vmm: KVM_GET_REGS: %w", e)
+	}
+	return nil
+}
+
+func (v *vcpuFD) setRegs(r *replay.Regs) error {
+	// Sound: as in getRegs; the kernel only reads.
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), kvmSetRegs, uintptr(unsafe.Pointer(r))); e != 0 {
+		return fmt.Errorf("vmm: KVM_SET_REGS: %w", e)
+	}
+	return nil
+}
