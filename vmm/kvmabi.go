@@ -6,6 +6,8 @@ package vmm
 const (
 	kvmRunIoctl = 0xAE80 // _IO(KVMIO, 0x80)
 
+	kvmCapSyncRegs = 74
+
 	// Exit reasons (kvm_run.exit_reason).
 	kvmExitUnknown       = 0
 	kvmExitIO            = 2

@@ -116,6 +116,9 @@ func (m *Machine) create() error {
 		unix.Close(int(vcpufd))
 		return err
 	}
+	if caps, err := kvm.CheckExtension(uintptr(m.kvmFD), kvmCapSyncRegs); err == nil && caps&kvmSyncX86Regs != 0 {
+		m.vcpu.syncRegs = true
+	}
 	return m.setupVCPU()
 }
 

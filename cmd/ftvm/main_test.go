@@ -1,0 +1,140 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/vmm"
+)
+
+var ftvmBin string
+
+// TestMain builds the guests and the ftvm binary the tests run.
+func TestMain(m *testing.M) {
+	if out, err := exec.Command("make", "-s", "-C", "../../guests").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building guests: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	dir, err := os.MkdirTemp("", "ftvm-cmd-test")
+	if err != nil {
+		panic(err)
+	}
+	ftvmBin = filepath.Join(dir, "ftvm")
+	if out, err := exec.Command("go", "build", "-o", ftvmBin, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building ftvm: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func requireKVM(t *testing.T) {
+	t.Helper()
+	if err := vmm.KVMAvailable(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("KVM is required in CI: %v", err)
+		}
+		t.Skipf("no KVM: %v", err)
+	}
+}
+
+func guest(name string) string { return filepath.Join("..", "..", "guests", "build", name+".elf") }
+
+// ftvm runs the binary with stdin and returns stdout, stderr and the status.
+func ftvm(t *testing.T, stdin string, args ...string) (string, string, int) {
+	t.Helper()
+	cmd := exec.Command(ftvmBin, args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	done := make(chan error, 1)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { done <- cmd.Wait() }()
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("ftvm %v hung; stderr:\n%s", args, errb.String())
+	}
+	return out.String(), errb.String(), cmd.ProcessState.ExitCode()
+}
+
+func TestRunStatuses(t *testing.T) {
+	requireKVM(t)
+	notELF := filepath.Join(t.TempDir(), "notelf")
+	os.WriteFile(notELF, []byte("not an elf"), 0o644)
+	cases := []struct {
+		name   string
+		args   []string
+		status int
+		stdout string
+		stderr string
+	}{
+		{"hello", []string{"run", guest("hello")}, 0, "Hello from an ftvm guest!\n", ""},
+		{"exit 3", []string{"run", guest("exit3")}, 3, "exiting with 3\n", ""},
+		{"mem flag", []string{"run", "--mem", "8M", guest("hello")}, 0, "Hello", ""},
+		{"bad mem", []string{"run", "--mem", "lots", guest("hello")}, exitUsage, "", "size"},
+		{"not an ELF", []string{"run", notELF}, exitFailed, "", "not an ELF executable"},
+		{"missing file", []string{"run", "/nonexistent.elf"}, exitFailed, "", "no such file"},
+		{"no guest", []string{"run"}, exitFailed, "", "missing GUEST.elf"},
+		{"fault", []string{"run", guest("ud2")}, exitGuestFault, "", "#UD invalid opcode at rip"},
+		{"guest args", []string{"run", guest("cpu"), "rounds=3", "work=10"}, 0, "rounds=3 work=10", ""},
+		{"bad guest arg", []string{"run", guest("cpu"), "bogus=1"}, 2, "", ""},
+		{"unknown command", []string{"frobnicate"}, exitUsage, "", "unknown command"},
+		{"inspect", []string{"inspect", guest("nondet")}, 0, "rdtsc", ""},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			out, errOut, status := ftvm(t, "", c.args...)
+			if status != c.status || !strings.Contains(out, c.stdout) || !strings.Contains(errOut, c.stderr) {
+				t.Fatalf("status %d stdout %q stderr %q; want %d, %q, %q", status, out, errOut, c.status, c.stdout, c.stderr)
+			}
+			if strings.Contains(errOut, "panic") || strings.Contains(errOut, "goroutine ") {
+				t.Fatalf("Go panic:\n%s", errOut)
+			}
+		})
+	}
+}
+
+// TestInterruptStopsAWaitingGuest: Ctrl-C stops a guest parked in wait.
+func TestInterruptStopsAWaitingGuest(t *testing.T) {
+	requireKVM(t)
+	cmd := exec.Command(ftvmBin, "run", guest("echo"))
+	r, w, _ := os.Pipe() // stdin stays open: echo waits for input
+	defer w.Close()
+	cmd.Stdin = r
+	var errb bytes.Buffer
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	time.Sleep(300 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGINT)
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatal("ftvm did not stop on SIGINT")
+	}
+	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted || !strings.Contains(errb.String(), "interrupted") {
+		t.Fatalf("status %d stderr %q", code, errb.String())
+	}
+}

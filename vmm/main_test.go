@@ -1,0 +1,70 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain builds the guests, which every KVM test runs.
+func TestMain(m *testing.M) {
+	if out, err := exec.Command("make", "-s", "-C", "../guests").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building guests: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// requireKVM skips without /dev/kvm, except in CI, where that is a failure.
+func requireKVM(t testing.TB) {
+	t.Helper()
+	if err := KVMAvailable(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("KVM is required in CI: %v", err)
+		}
+		t.Skipf("no KVM: %v", err)
+	}
+}
+
+func guestPath(name string) string { return filepath.Join("..", "guests", "build", name+".elf") }
+
+func loadGuest(t testing.TB, name string) *Image {
+	t.Helper()
+	file, err := os.ReadFile(guestPath(name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := LoadELF(file)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return img
+}
+
+// runGuest runs a guest in a live world with the given console input and
+// returns its console output and how it ended. It fails the test after 20 s.
+func runGuest(t testing.TB, name, input string, cfg Config) (string, Result, error) {
+	t.Helper()
+	requireKVM(t)
+	img := loadGuest(t, name)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var out bytes.Buffer
+	m, err := New(img, cfg, NewLiveWorld(ctx, strings.NewReader(input), &out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	res, err := m.Run(ctx)
+	if errors.Is(err, ErrInterrupted) {
+		t.Fatalf("%s did not finish in time; output so far:\n%s", name, out.String())
+	}
+	return out.String(), res, err
+}
