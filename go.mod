@@ -24,6 +24,7 @@ require (
 	github.com/aws/smithy-go v1.28.8 // indirect
 	github.com/bobuhiro11/gokvm v0.0.8-0.20231003020000-f53faca69d28 // indirect
 	github.com/cockroachdb/datadriven v1.0.3 // indirect
+	github.com/google/gopacket v1.1.19 // indirect
 	github.com/pmezard/go-difflib v1.0.0 // indirect
 	golang.org/x/arch v0.32.0 // indirect
 	golang.org/x/sys v0.49.0 // indirect
