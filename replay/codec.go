@@ -285,6 +285,8 @@ func (st *frameState) appendEntry(b []byte, e *Entry) []byte {
 		b = append(b, e.Start.ConfigDigest[:]...)
 		b = binary.AppendUvarint(b, uint64(len(e.Start.VMID)))
 		b = append(b, e.Start.VMID...)
+		b = binary.AppendUvarint(b, uint64(len(e.Start.Config)))
+		b = append(b, e.Start.Config...)
 	case KindEnd:
 		b = append(b, e.Digest[:]...)
 	case KindCheckpoint:
@@ -402,6 +404,7 @@ type Decoder struct {
 	st        frameState
 	raw       []byte // scratch: the frame's length and count varints
 
+	lastSize int    // payload bytes of the last entry returned
 	nextSeq  uint64 // 0 before the first entry
 	lastExit uint64
 	err      error // sticky: a stream is not resumed after an error
@@ -446,13 +449,19 @@ func (d *Decoder) Next() (Entry, error) {
 			return Entry{}, d.err
 		}
 	}
+	at := d.pos
 	e, err := d.decodeEntry()
 	if err != nil {
 		d.err = err
 		return Entry{}, err
 	}
+	d.lastSize = d.pos - at
 	return e, nil
 }
+
+// EntrySize is the number of payload bytes the entry Next last returned
+// took, without its frame's share of header, lengths and CRC.
+func (d *Decoder) EntrySize() int { return d.lastSize }
 
 func (d *Decoder) readHeader() error {
 	var b [headerLen]byte
@@ -728,6 +737,7 @@ func (d *Decoder) decodeEntry() (Entry, error) {
 		e.Start.CPUIDDigest = p.digest("cpuid digest")
 		e.Start.ConfigDigest = p.digest("config digest")
 		e.Start.VMID = string(p.data("vm id", MaxVMIDLen))
+		e.Start.Config = string(p.data("config", MaxConfigLen))
 	case KindEnd:
 		e.Digest = p.digest("digest")
 	case KindCheckpoint:

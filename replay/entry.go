@@ -102,6 +102,8 @@ const (
 	MaxDataLen = 4 << 20
 	// MaxVMIDLen bounds StartInfo.VMID.
 	MaxVMIDLen = 1024
+	// MaxConfigLen bounds StartInfo.Config.
+	MaxConfigLen = 8192
 	// MaxFrameLen bounds the payload of one frame.
 	MaxFrameLen = 16 << 20
 )
@@ -123,6 +125,11 @@ type StartInfo struct {
 	// VMID is a free-form name of the protected VM for people and logs; it
 	// is not checked. At most MaxVMIDLen bytes.
 	VMID string
+	// Config is the VMM's configuration in its own text form (memory size,
+	// guest command line), so that a replay can rebuild the same VM from
+	// the log alone; ConfigDigest is what is checked. At most MaxConfigLen
+	// bytes.
+	Config string
 }
 
 // Entry is one record of the log: the answer the world gave at one
@@ -233,11 +240,13 @@ func (e *Entry) check() error {
 		return bad("registers set")
 	case k == KindCheckpoint && e.Regs.RIP != e.RIP:
 		return bad("registers' rip %#x is not the entry's rip %#x", e.Regs.RIP, e.RIP)
-	case k != KindStart && (e.Start.VMID != "" || !isZero32(&e.Start.ImageSHA256) ||
+	case k != KindStart && (e.Start.VMID != "" || e.Start.Config != "" || !isZero32(&e.Start.ImageSHA256) ||
 		!isZero32(&e.Start.CPUIDDigest) || !isZero32(&e.Start.ConfigDigest)):
 		return bad("start info set")
 	case len(e.Start.VMID) > MaxVMIDLen:
 		return bad("vm id of %d bytes, more than %d", len(e.Start.VMID), MaxVMIDLen)
+	case len(e.Start.Config) > MaxConfigLen:
+		return bad("config of %d bytes, more than %d", len(e.Start.Config), MaxConfigLen)
 	case k != KindEnd && !isZero32(&e.Digest):
 		return bad("digest set")
 	}

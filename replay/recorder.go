@@ -57,6 +57,7 @@ type Recorder struct {
 	sinceCheckpoint int  // entries logged since the last checkpoint
 	unchecked       bool // points hashed since the last checkpoint
 	forceCheckpoint bool
+	frames          []byte // scratch for a NetRX batch
 	summary         Summary
 	err             error
 }
@@ -199,6 +200,30 @@ func (r *Recorder) ConsoleRead(p ExecPoint, buf []byte) (int, bool, error) {
 	}
 	e := Entry{Kind: KindConsoleRead, Data: buf[:n], EOF: eof}
 	return n, eof, r.log(&p, &e, false)
+}
+
+// NetReceive implements World. The batch is one NetRX entry whose Data is
+// the frames, each preceded by its length as a uvarint (EncodeFrames).
+func (r *Recorder) NetReceive(p ExecPoint, frames [][]byte, lens []int) (int, error) {
+	if err := r.begin(&p, KindNetRX); err != nil {
+		return 0, err
+	}
+	n, err := r.live.NetReceive(p, frames, lens)
+	if err != nil {
+		return 0, r.liveFailed(&p, KindNetRX, err)
+	}
+	if n < 0 || n > len(frames) || n > len(lens) {
+		return 0, r.fail(fmt.Errorf("replay: recording net-rx at exit %d: the live world delivered %d frames into %d buffers", p.Exit, n, len(frames)))
+	}
+	r.frames = r.frames[:0]
+	for i := 0; i < n; i++ {
+		if lens[i] < 0 || lens[i] > len(frames[i]) {
+			return 0, r.fail(fmt.Errorf("replay: recording net-rx at exit %d: frame %d is %d bytes in a %d-byte buffer", p.Exit, i, lens[i], len(frames[i])))
+		}
+		r.frames = AppendFrame(r.frames, frames[i][:lens[i]])
+	}
+	e := Entry{Kind: KindNetRX, Data: r.frames}
+	return n, r.log(&p, &e, false)
 }
 
 // Wait implements World.

@@ -44,11 +44,12 @@ type plainWorld struct {
 	err           error
 }
 
-func (w *plainWorld) TSC(ExecPoint) (uint64, error)              { return w.value, w.err }
-func (w *plainWorld) Random(ExecPoint, RandKind) (uint64, error) { return w.value, w.err }
-func (w *plainWorld) Clock(ExecPoint, ClockID) (uint64, error)   { return w.value, w.err }
-func (w *plainWorld) Wait(ExecPoint, uint64) (WaitResult, error) { return 0, w.err }
-func (w *plainWorld) PowerOff(ExecPoint, int) error              { return w.err }
+func (w *plainWorld) TSC(ExecPoint) (uint64, error)                      { return w.value, w.err }
+func (w *plainWorld) Random(ExecPoint, RandKind) (uint64, error)         { return w.value, w.err }
+func (w *plainWorld) Clock(ExecPoint, ClockID) (uint64, error)           { return w.value, w.err }
+func (w *plainWorld) NetReceive(ExecPoint, [][]byte, []int) (int, error) { return 0, w.err }
+func (w *plainWorld) Wait(ExecPoint, uint64) (WaitResult, error)         { return 0, w.err }
+func (w *plainWorld) PowerOff(ExecPoint, int) error                      { return w.err }
 func (w *plainWorld) ConsoleRead(ExecPoint, []byte) (int, bool, error) {
 	return 0, false, w.err
 }

@@ -190,6 +190,27 @@ func (r *Replayer) ConsoleRead(p ExecPoint, buf []byte) (int, bool, error) {
 	return copy(buf, e.Data), e.EOF, nil
 }
 
+// NetReceive implements World: it copies the recorded batch of frames.
+func (r *Replayer) NetReceive(p ExecPoint, frames [][]byte, lens []int) (int, error) {
+	e, err := r.expect(&p, KindNetRX)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for rest := e.Data; len(rest) > 0; n++ {
+		frame, next, ok := NextFrame(rest)
+		if !ok {
+			return 0, r.fail(fmt.Errorf("replay: net-rx entry seq %d at exit %d: frame %d is malformed: %w", e.Seq, p.Exit, n, ErrCorrupt))
+		}
+		if n >= len(frames) || n >= len(lens) || len(frame) > len(frames[n]) {
+			return 0, r.requestDiffers(&p, &e, "a larger receive batch", fmt.Sprintf("%d buffers", min(len(frames), len(lens))))
+		}
+		lens[n] = copy(frames[n], frame)
+		rest = next
+	}
+	return n, nil
+}
+
 // Wait implements World; the recorded result comes back at once.
 func (r *Replayer) Wait(p ExecPoint, timeoutNS uint64) (WaitResult, error) {
 	e, err := r.expect(&p, KindWait)
@@ -347,4 +368,62 @@ func eventOf(e *Entry) Event { return Event{Kind: e.Kind, Exit: e.Exit, RIP: e.R
 // pointEvent describes the replaying guest's step: kind asked at p.
 func pointEvent(p *ExecPoint, kind Kind) Event {
 	return Event{Kind: kind, Exit: p.Exit, RIP: p.Regs.RIP}
+}
+
+// PeekStart reads the Start entry at the head of src and returns it with a
+// Source that yields the same entries from the beginning, Start included:
+// a replaying VMM needs the recording's configuration to build its VM
+// before the Replayer checks it.
+func PeekStart(src Source) (StartInfo, Source, error) {
+	e, err := src.Next()
+	if err == io.EOF {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return StartInfo{}, nil, fmt.Errorf("replay: reading the start entry: %w", err)
+	}
+	if e.Kind != KindStart {
+		return StartInfo{}, nil, fmt.Errorf("replay: the log begins with %v, not a start entry: %w", e, ErrCorrupt)
+	}
+	return e.Start, &peekedSource{first: &e, rest: src}, nil
+}
+
+type peekedSource struct {
+	first *Entry
+	rest  Source
+}
+
+// Bytes forwards the byte count of the underlying source, if it keeps one.
+func (p *peekedSource) Bytes() int64 {
+	if c, ok := p.rest.(interface{ Bytes() int64 }); ok {
+		return c.Bytes()
+	}
+	return 0
+}
+
+func (p *peekedSource) Next() (Entry, error) {
+	if e := p.first; e != nil {
+		p.first = nil
+		return *e, nil
+	}
+	return p.rest.Next()
+}
+
+// WithOutputs returns w with every output it accepts also handed to show:
+// a replay that checks outputs against the recording and shows them to a
+// person. An output w refuses (a divergence) is not shown.
+func WithOutputs(w World, show func(OutputKind, []byte) error) World {
+	return outputTee{World: w, show: show}
+}
+
+type outputTee struct {
+	World
+	show func(OutputKind, []byte) error
+}
+
+func (t outputTee) Output(p ExecPoint, kind OutputKind, data []byte) error {
+	if err := t.World.Output(p, kind, data); err != nil {
+		return err
+	}
+	return t.show(kind, data)
 }

@@ -260,10 +260,19 @@ func (h *harness) replay(t *testing.T, d *datadriven.TestData) string {
 // scriptedWorld is a live World that answers what the transcript says and
 // notes what it is told.
 type scriptedWorld struct {
-	value uint64
-	input []byte
-	eof   bool
-	trace []string
+	value   uint64
+	input   []byte
+	eof     bool
+	packets [][]byte
+	trace   []string
+}
+
+func (w *scriptedWorld) NetReceive(_ ExecPoint, frames [][]byte, lens []int) (int, error) {
+	n := 0
+	for ; n < len(w.packets) && n < len(frames); n++ {
+		lens[n] = copy(frames[n], w.packets[n])
+	}
+	return n, nil
 }
 
 func (w *scriptedWorld) TSC(ExecPoint) (uint64, error)              { return w.value, nil }

@@ -76,6 +76,10 @@ const (
 	WaitNetRX WaitResult = 1 << 2
 )
 
+// MaxFrame is the largest Ethernet frame a guest sends or receives (MTU
+// 1500 plus the 14-byte header, without the FCS).
+const MaxFrame = 1514
+
 // OutputKind says where an output goes.
 type OutputKind uint8
 
@@ -106,6 +110,12 @@ type World interface {
 	// Wait parks the vCPU until an input is pending or timeoutNS
 	// nanoseconds pass (0 polls; ^uint64(0) waits without a timeout).
 	Wait(p ExecPoint, timeoutNS uint64) (WaitResult, error)
+	// NetReceive hands over up to len(frames) pending received Ethernet
+	// frames without blocking: frame i is copied into frames[i] (each at
+	// least MaxFrame bytes) and its length stored in lens[i]. It returns
+	// how many frames it delivered (0 when none is pending). One call is
+	// one batch: all of it is one answer at one exit.
+	NetReceive(p ExecPoint, frames [][]byte, lens []int) (int, error)
 	// Output hands an output of the guest to the world. A live world sends
 	// it; a recorder logs a marker and holds it under the Output Rule; a
 	// replayer checks it against the recording and drops it.

@@ -169,6 +169,9 @@ func (w *LiveWorld) Wait(_ replay.ExecPoint, timeoutNS uint64) (replay.WaitResul
 	}
 }
 
+// NetReceive delivers nothing: this world has no network.
+func (w *LiveWorld) NetReceive(replay.ExecPoint, [][]byte, []int) (int, error) { return 0, nil }
+
 // Output writes console output to the world's writer.
 func (w *LiveWorld) Output(_ replay.ExecPoint, kind replay.OutputKind, data []byte) error {
 	if kind != replay.OutputConsole {

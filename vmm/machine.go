@@ -3,11 +3,12 @@ package vmm
 import (
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftvm/ftvm/replay"
@@ -35,10 +36,39 @@ func (c Config) withDefaults() Config {
 func ConfigDigest(c Config) [32]byte {
 	c = c.withDefaults()
 	h := sha256.New()
-	fmt.Fprintf(h, "ftvm-config abi=%d mem=%d cmdline=%q", abiVersion, c.MemSize, c.Cmdline)
+	fmt.Fprintf(h, "ftvm-config abi=%d tsc_hz=%d mem=%d cmdline=%q", abiVersion, TSCHz, c.MemSize, c.Cmdline)
 	var d [32]byte
 	h.Sum(d[:0])
 	return d
+}
+
+// Text is the config in the form a log's start entry carries, so that a
+// replay rebuilds the same VM from the log alone.
+func (c Config) Text() string {
+	b, _ := json.Marshal(struct {
+		Mem     uint64 `json:"mem"`
+		Cmdline string `json:"cmdline"`
+	}{c.withDefaults().MemSize, c.Cmdline})
+	return string(b)
+}
+
+// ParseConfigText reads what Text wrote.
+func ParseConfigText(s string) (Config, error) {
+	var v struct {
+		Mem     *uint64 `json:"mem"`
+		Cmdline string  `json:"cmdline"`
+	}
+	dec := json.NewDecoder(strings.NewReader(s))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&v); err != nil || v.Mem == nil {
+		return Config{}, fmt.Errorf("vmm: recorded configuration %q is not understood: %v", s, err)
+	}
+	return Config{MemSize: *v.Mem, Cmdline: v.Cmdline}, nil
+}
+
+// StartInfo describes a run of img with cfg for a log's start entry.
+func StartInfo(img *Image, cfg Config, vmID string) replay.StartInfo {
+	return replay.StartInfo{ImageSHA256: img.Hash, CPUIDDigest: CPUIDDigest(), ConfigDigest: ConfigDigest(cfg), VMID: vmID, Config: cfg.Text()}
 }
 
 // ErrInterrupted is returned by Run when its context is cancelled.
@@ -256,12 +286,7 @@ func (m *Machine) StateDigest() ([32]byte, error) {
 	if err := m.vcpu.getRegs(&r); err != nil {
 		return [32]byte{}, err
 	}
-	h := sha256.New()
-	binary.Write(h, binary.LittleEndian, r.Array())
-	h.Write(m.ram)
-	var d [32]byte
-	h.Sum(d[:0])
-	return d, nil
+	return replay.StateDigest(&r, m.ram), nil
 }
 
 // Regs reads the vCPU's general registers. Must not be called while Run is

@@ -19,6 +19,9 @@ var commands = map[string]func(args []string) int{
 	"run":     cmdRun,
 	"inspect": cmdInspect,
 	"doctor":  cmdDoctor,
+	"record":  cmdRecord,
+	"replay":  cmdReplay,
+	"log":     cmdLog,
 }
 
 func usage() {
@@ -28,6 +31,11 @@ commands:
   run [--mem SIZE] GUEST.elf [ARGS...]   run a guest; console on stdin/stdout
   inspect GUEST.elf                      show segments, entry and rewritten instructions
   doctor                                 check this host's KVM for ftvm
+  record --log FILE [--mem SIZE] GUEST.elf [ARGS...]
+                                         run a guest and log every non-deterministic input
+  replay --log FILE GUEST.elf            replay a log, checking every execution point;
+                                         exits 0 only if the final state matches
+  log dump FILE | log stats FILE         print a log's entries, or bytes per kind
 `)
 }
 

@@ -193,6 +193,7 @@ func (w *counterWorld) Clock(replay.ExecPoint, replay.ClockID) (uint64, error) {
 func (w *counterWorld) ConsoleRead(replay.ExecPoint, []byte) (int, bool, error) {
 	return 0, false, nil
 }
-func (w *counterWorld) Wait(replay.ExecPoint, uint64) (replay.WaitResult, error) { return 0, nil }
-func (w *counterWorld) Output(replay.ExecPoint, replay.OutputKind, []byte) error { return nil }
-func (w *counterWorld) PowerOff(replay.ExecPoint, int) error                     { return nil }
+func (w *counterWorld) NetReceive(replay.ExecPoint, [][]byte, []int) (int, error) { return 0, nil }
+func (w *counterWorld) Wait(replay.ExecPoint, uint64) (replay.WaitResult, error)  { return 0, nil }
+func (w *counterWorld) Output(replay.ExecPoint, replay.OutputKind, []byte) error  { return nil }
+func (w *counterWorld) PowerOff(replay.ExecPoint, int) error                      { return nil }

@@ -1,0 +1,250 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"time"
+
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/replay/logfile"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// exitDiverged: a replay parted from its recording, or its log is unusable.
+const exitDiverged = 123
+
+func cmdRecord(args []string) int {
+	fs := newFlagSet("record", "--log FILE [--mem SIZE] [--vm-id ID] GUEST.elf [ARGS...]")
+	var g guestFlags
+	g.register(fs)
+	logPath := fs.String("log", "", "write the log to `FILE` (as FILE.incomplete until the run ends)")
+	vmID := fs.String("vm-id", "ftvm", "a name for the VM, kept in the log")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *logPath == "" {
+		fmt.Fprintln(os.Stderr, "ftvm record: --log FILE is required")
+		return exitUsage
+	}
+	img, cfg, err := g.loadGuest(fs.Args())
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
+		return exitFailed
+	}
+	log, err := logfile.Create(*logPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
+		return exitFailed
+	}
+	ctx, cancel := interruptContext()
+	defer cancel()
+	rec := replay.NewRecorder(vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout), log, replay.RecorderConfig{})
+	if err := rec.Start(vmm.StartInfo(img, cfg, *vmID)); err != nil {
+		log.Abort()
+		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
+		return exitFailed
+	}
+	m, err := vmm.New(img, cfg, rec)
+	if err != nil {
+		log.Abort()
+		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
+		return exitFailed
+	}
+	defer m.Close()
+	res, runErr := m.Run(ctx)
+	var fault *vmm.GuestFault
+	if runErr != nil && !errors.As(runErr, &fault) {
+		// Interrupted or failed: the run has no deterministic end, so the
+		// log stays incomplete rather than pretend to be replayable.
+		log.Abort()
+		fmt.Fprintf(os.Stderr, "ftvm record: the log is incomplete, left at %s.incomplete\n", *logPath)
+		return exitStatus(res, runErr)
+	}
+	digest, err := m.StateDigest()
+	if err == nil {
+		err = rec.Finish(digest)
+	}
+	if err == nil {
+		err = log.Close()
+	}
+	if err != nil {
+		log.Abort()
+		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(os.Stderr, "ftvm record: %s: %s\n", *logPath, rec.Summary())
+	return exitStatus(res, runErr)
+}
+
+func cmdReplay(args []string) int {
+	fs := newFlagSet("replay", "--log FILE GUEST.elf")
+	logPath := fs.String("log", "", "replay the log in `FILE`")
+	quiet := fs.Bool("quiet", false, "do not show the guest's console output")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *logPath == "" || fs.NArg() != 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	file, err := os.ReadFile(fs.Arg(0))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
+		return exitFailed
+	}
+	img, err := vmm.LoadELF(file)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: %s: %v\n", fs.Arg(0), err)
+		return exitFailed
+	}
+	log, err := logfile.Open(*logPath)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
+		return exitDiverged
+	}
+	defer log.Close()
+	start, src, err := replay.PeekStart(log)
+	var cfg vmm.Config
+	if err == nil {
+		cfg, err = vmm.ParseConfigText(start.Config)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: %s: %v\n", *logPath, err)
+		return exitDiverged
+	}
+	rep := replay.NewReplayer(src)
+	if _, err := rep.VerifyStart(vmm.StartInfo(img, cfg, "")); err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: refusing to replay %s: %v\n", fs.Arg(0), err)
+		return exitDiverged
+	}
+	var world replay.World = rep
+	if !*quiet {
+		world = replay.WithOutputs(rep, func(kind replay.OutputKind, data []byte) error {
+			_, err := os.Stdout.Write(data)
+			return err
+		})
+	}
+	m, err := vmm.New(img, cfg, world)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
+		return exitFailed
+	}
+	defer m.Close()
+	ctx, cancel := interruptContext()
+	defer cancel()
+	began := time.Now()
+	res, runErr := m.Run(ctx)
+	elapsed := time.Since(began)
+	var fault *vmm.GuestFault
+	var div *replay.DivergenceError
+	switch {
+	case errors.As(runErr, &div):
+		fmt.Fprintf(os.Stderr, "ftvm replay: DIVERGED: %v\n", runErr)
+		return exitDiverged
+	case runErr != nil && !errors.As(runErr, &fault):
+		return exitStatus(res, runErr)
+	}
+	digest, err := m.StateDigest()
+	if err == nil {
+		err = rep.Finish(digest)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: DIVERGED: %v\n", err)
+		return exitDiverged
+	}
+	end := fmt.Sprintf("guest exited %d", res.Status)
+	if fault != nil {
+		end = "guest stopped as recorded: " + fault.Error()
+	}
+	fmt.Fprintf(os.Stderr, "ftvm replay: verified: final state digest %x matches; %s\nftvm replay: %s, replay time %v\n",
+		digest[:8], end, rep.Summary(), elapsed.Round(time.Millisecond))
+	return 0
+}
+
+func cmdLog(args []string) int {
+	if len(args) != 2 || (args[0] != "dump" && args[0] != "stats") {
+		fmt.Fprintln(os.Stderr, "usage: ftvm log dump FILE | ftvm log stats FILE")
+		return exitUsage
+	}
+	f, err := os.Open(args[1])
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm log: %v\n", err)
+		return exitFailed
+	}
+	defer f.Close()
+	dec := replay.NewDecoder(f)
+	if args[0] == "dump" {
+		return dumpLog(dec)
+	}
+	return logStats(dec)
+}
+
+func dumpLog(dec *replay.Decoder) int {
+	for {
+		e, err := dec.Next()
+		if err == io.EOF {
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm log dump: %v\n", err)
+			return exitDiverged
+		}
+		fmt.Println(e.String())
+	}
+}
+
+func logStats(dec *replay.Decoder) int {
+	type kindStats struct{ count, bytes, payload uint64 }
+	stats := map[replay.Kind]*kindStats{}
+	var entries, lastTime uint64
+	var readErr error
+	for {
+		e, err := dec.Next()
+		if err != nil {
+			if err != io.EOF {
+				readErr = err
+			}
+			break
+		}
+		entries++
+		s := stats[e.Kind]
+		if s == nil {
+			s = &kindStats{}
+			stats[e.Kind] = s
+		}
+		s.count++
+		s.bytes += uint64(dec.EntrySize())
+		s.payload += uint64(len(e.Data)) + e.Length
+		if e.Kind == replay.KindTSC || e.Kind == replay.KindClock && e.Clock == replay.ClockMonotonic {
+			lastTime = max(lastTime, e.Value)
+		}
+	}
+	kinds := make([]replay.Kind, 0, len(stats))
+	for k := range stats {
+		kinds = append(kinds, k)
+	}
+	sort.Slice(kinds, func(i, j int) bool { return kinds[i] < kinds[j] })
+	total := dec.Bytes()
+	fmt.Printf("%-14s %10s %12s %10s %14s\n", "kind", "entries", "bytes", "bytes/ent", "payload bytes")
+	var entryBytes uint64
+	for _, k := range kinds {
+		s := stats[k]
+		entryBytes += s.bytes
+		fmt.Printf("%-14v %10d %12d %10.2f %14d\n", k, s.count, s.bytes, float64(s.bytes)/float64(s.count), s.payload)
+	}
+	fmt.Printf("%-14s %10s %12d\n", "framing", "", uint64(total)-entryBytes)
+	fmt.Printf("total: %d entries, %d bytes in %d frames", entries, total, dec.Frames())
+	if lastTime > 0 {
+		secs := float64(lastTime) / 1e9
+		fmt.Printf(", %.3f s of guest time, %.0f bytes/s (%.3f Mbit/s)", secs, float64(total)/secs, float64(total)*8/secs/1e6)
+	}
+	fmt.Println()
+	if readErr != nil {
+		fmt.Fprintf(os.Stderr, "ftvm log stats: %v\n", readErr)
+		return exitDiverged
+	}
+	return 0
+}
