@@ -118,8 +118,11 @@ func ParseSpec(s, vmID string) (Spec, error) {
 	seen := map[string]bool{}
 	for _, w := range words[1:] {
 		key, val, ok := strings.Cut(w, "=")
-		if !ok || val == "" {
+		if !ok {
 			return Spec{}, specErr(s, "%q is not key=value", w)
+		}
+		if val == "" {
+			return Spec{}, specErr(s, "%s= has no value", key)
 		}
 		if spec.Kind == KindUser && (key == "ip" || key == "gw") {
 			return Spec{}, specErr(s, "%s: user networking always puts the guest at %s behind %s", key, DefaultGuestAddr, DefaultGateway)
@@ -193,7 +196,10 @@ func (s Spec) check() error {
 	if !s.Addr.IsValid() || !s.Addr.Addr().Is4() {
 		return fmt.Errorf("guest address %s is not IPv4", s.Addr)
 	}
-	if !s.Addr.Contains(s.Gateway) || s.Gateway == s.Addr.Addr() {
+	if isNetOrBroadcast(s.Addr, s.Addr.Addr()) {
+		return fmt.Errorf("guest address %s is its subnet's network or broadcast address", s.Addr)
+	}
+	if !s.Addr.Contains(s.Gateway) || s.Gateway == s.Addr.Addr() || isNetOrBroadcast(s.Addr, s.Gateway) {
 		return fmt.Errorf("gateway %s must be another address in the guest's subnet %s (give gw=)", s.Gateway, s.Addr.Masked())
 	}
 	if s.Kind == KindTap {
@@ -261,6 +267,15 @@ func parseHostFwd(v string) (HostFwd, error) {
 		return HostFwd{}, fmt.Errorf("guest port %q: want 1-65535", guestPort)
 	}
 	return HostFwd{Host: netip.AddrPortFrom(addr, uint16(hostPort)), GuestPort: uint16(gp)}, nil
+}
+
+// isNetOrBroadcast reports whether a is the first or last address of
+// prefix p, which no host may use.
+func isNetOrBroadcast(p netip.Prefix, a netip.Addr) bool {
+	b := a.As4()
+	v := uint32(b[0])<<24 | uint32(b[1])<<16 | uint32(b[2])<<8 | uint32(b[3])
+	host := uint32(1)<<(32-p.Bits()) - 1
+	return v&host == 0 || v&host == host
 }
 
 // checkIfName applies Linux's rules for an interface name (dev_valid_name).

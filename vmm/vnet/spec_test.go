@@ -50,8 +50,11 @@ func TestParseSpec(t *testing.T) {
 		{in: "tap,ifname=tap0,ip=fd00::2/64", wantErr: "IPv4"},
 		{in: "tap,ifname=tap0,gw=10.0.2.15", wantErr: "another address"},
 		{in: "tap,ifname=tap0,gw=nope", wantErr: "gw=nope"},
+		{in: "tap,ifname=tap0,ip=192.168.7.0/24,gw=192.168.7.1", wantErr: "network or broadcast"},
+		{in: "tap,ifname=tap0,ip=192.168.7.2/24,gw=192.168.7.255", wantErr: "another address"},
 		{in: "tap,ifname=tap0,hostfwd=udp::1-:1", wantErr: `unknown option "hostfwd"`},
 		{in: "tap,ifname=tap0,", wantErr: `"" is not key=value`},
+		{in: "user,mac=", wantErr: "mac= has no value"},
 	}
 	for _, tt := range tests {
 		spec, err := ParseSpec(tt.in, "vm1")

@@ -203,6 +203,9 @@ func TestTapCarriesFramesBothWays(t *testing.T) {
 			}
 			answeredARP = true
 		case layers.EthernetTypeIPv4:
+			if len(frame) < 34 || layers.IPProtocol(frame[23]) != layers.IPProtocolUDP {
+				continue // IGMP reports and the like
+			}
 			eth, ip, udp := udpOf(t, frame)
 			if ip.DstIP.String() != "10.99.0.2" || udp.DstPort != 7000 {
 				continue

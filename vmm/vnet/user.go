@@ -113,7 +113,9 @@ func (u *User) readHost(fwd int, conn *net.UDPConn) {
 		if err != nil {
 			continue // a datagram socket's errors are per datagram (ICMP reports and the like)
 		}
-		if n > maxUDPPayload {
+		// Refuse before the NAT sees the client: a datagram that cannot be
+		// queued must not evict a mapping that live clients still use.
+		if n > maxUDPPayload || u.rx.len() == RxQueueFrames {
 			u.rx.dropped.Add(1)
 			continue
 		}

@@ -11,6 +11,18 @@
 // are its outputs: the VMM's NIC device decides when each crosses (at
 // guest-caused exits, after the Output Rule), so a backend only queues and
 // carries frames, it never calls into the VM.
+//
+// Life of a backend in a fault-tolerant pair:
+//
+//	spec, err := vnet.ParseSpec(flag, vmID)  // both sides: the same MAC and addresses
+//	b, err := vnet.Open(spec)                // the primary: bound at once
+//	b, err := vnet.New(spec)                 // the backup: created, nothing bound ...
+//	b.Bind(); b.Announce()                   // ... until it goes live
+//
+// Under user networking the NAT table is host state the log does not carry:
+// a backup that goes live starts with an empty table (clients that send
+// again get new gateway ports) unless the primary's table was handed over
+// with (*User).NATMappings and RestoreNAT.
 package vnet
 
 import (
@@ -39,7 +51,8 @@ type Backend interface {
 
 	// Receive copies the next pending frame into buf (len(buf) >= MaxFrame)
 	// and returns its length; ok is false when none is pending. It never
-	// blocks.
+	// blocks. A frame that does not fit a shorter buf is dropped and
+	// counted, never truncated.
 	Receive(buf []byte) (n int, ok bool)
 
 	// Pending returns a channel (buffered, size 1) that holds a token while
