@@ -31,6 +31,26 @@ struct ftvm_boot_info {
 #define FTVM_PORT_WAIT 0x04
 #define FTVM_PORT_EXIT 0x05
 
+#define FTVM_PORT_NIC_INFO 0x20
+#define FTVM_PORT_NIC_TX 0x21
+#define FTVM_PORT_NIC_RX 0x22
+#define FTVM_NIC_MAX_BATCH 256
+#define FTVM_ETH_MAX_FRAME 1514
+
+struct ftvm_pkt_desc {
+	uint64_t addr;
+	uint32_t len;
+	uint32_t flags; /* 0 */
+};
+
+struct ftvm_nic_info {
+	uint8_t mac[6];
+	uint8_t zero[2];
+	uint8_t ip[4];  /* network order */
+	uint8_t prefix; /* e.g. 24 */
+	uint8_t zero2[3];
+};
+
 #define FTVM_CLOCK_MONOTONIC 0
 #define FTVM_CLOCK_REALTIME 1
 
@@ -40,6 +60,7 @@ struct ftvm_boot_info {
 #define FTVM_WAIT_FOREVER (~0UL)
 
 #define FTVM_EFAULT (-14)
+#define FTVM_ENODEV (-19)
 #define FTVM_EINVAL (-22)
 
 /* A call into the VMM: out %al, $port with arguments in rdi, rsi, rdx. */
@@ -66,6 +87,18 @@ static inline uint64_t ftvm_clock(int which)
 static inline uint64_t ftvm_wait(uint64_t timeout_ns)
 {
 	return (uint64_t)FTVM_CALL3(FTVM_PORT_WAIT, timeout_ns, 0, 0);
+}
+static inline long ftvm_nic_info(struct ftvm_nic_info *info, uint8_t gateway[4])
+{
+	return FTVM_CALL3(FTVM_PORT_NIC_INFO, info, gateway, 0);
+}
+static inline long ftvm_nic_tx(struct ftvm_pkt_desc *d, size_t n)
+{
+	return FTVM_CALL3(FTVM_PORT_NIC_TX, d, n, 0);
+}
+static inline long ftvm_nic_rx(struct ftvm_pkt_desc *d, size_t n)
+{
+	return FTVM_CALL3(FTVM_PORT_NIC_RX, d, n, 0);
 }
 static inline __attribute__((noreturn)) void ftvm_exit(int status)
 {

@@ -1,0 +1,33 @@
+/* kvstore: a UDP key-value server with exactly-once requests.
+ *
+ *   kvstore [port=7000]
+ *
+ * One request per datagram, one reply per request, in text: see ../README.md, "kvstore",
+ * and kv.c. Replies to a burst of requests leave with one transmit call (net_serve_once).
+ * The server never exits on its own; an idle server sleeps in the VMM's wait call. */
+#include "rt.h"
+#include "net.h"
+#include "kv.h"
+
+const char *const guest_args[] = { "port", 0 };
+
+int main(struct ftvm_boot_info *bi)
+{
+	long port = arg_long(bi, "port", 7000);
+	char ip[16];
+
+	if (port < 1 || port > 65535) {
+		printf("kvstore: port=%ld: want 1-65535\n", port);
+		return 2;
+	}
+	long r = net_init(bi);
+	if (r < 0) {
+		printf("kvstore: no NIC (error %ld)\n", r);
+		return 1;
+	}
+	kv_init();
+	udp_bind((uint16_t)port);
+	printf("kvstore: listening on %s:%ld\n", net_fmt_ip(ip, net_cfg.ip), port);
+	for (;;)
+		net_serve_once(kv_udp_handler, NULL);
+}
