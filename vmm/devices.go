@@ -45,6 +45,10 @@ func newBus(m *Machine) bus {
 	b.ports[portWait] = waitRequest
 	b.ports[portExit] = powerOff
 	b.ports[portRewrite] = m.emulateRewritten
+	n := &nic{cfg: m.cfg.NIC}
+	b.ports[portNICInfo] = n.info
+	b.ports[portNICTX] = n.transmit
+	b.ports[portNICRX] = n.receive
 	for v := 0; v < 32; v++ {
 		b.ports[portException+v] = m.guestException
 	}

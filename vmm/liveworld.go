@@ -4,12 +4,14 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
 	"time"
 
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm/vnet"
 )
 
 // LiveWorld answers the guest's questions from the real world: the host's
@@ -29,7 +31,18 @@ type LiveWorld struct {
 	pending []byte
 	eof     bool
 	inErr   error
+	// eofSeen: the guest has been told the input ended (a read returned
+	// EOF), so wait stops reporting it; otherwise a server whose stdin is
+	// closed would never sleep.
+	eofSeen bool
+
+	net      vnet.Backend // nil: no network
+	netReady bool         // a Pending token was taken and frames may remain
 }
+
+// AttachNet connects the world to a network backend: received frames
+// become NetReceive answers, packet outputs are sent through it.
+func (w *LiveWorld) AttachNet(b vnet.Backend) { w.net = b }
 
 // maxPendingInput bounds buffered console input: the reader stops reading
 // its source (and so pushes back on it) rather than growing without bound.
@@ -133,6 +146,9 @@ func (w *LiveWorld) ConsoleRead(_ replay.ExecPoint, buf []byte) (int, bool, erro
 	defer w.mu.Unlock()
 	n := copy(buf, w.pending)
 	w.pending = w.pending[n:]
+	if n == 0 && w.eof {
+		w.eofSeen = true
+	}
 	if n > 0 && len(w.pending) < maxPendingInput {
 		close(w.changed) // wake a reader held back by a full buffer
 		w.changed = make(chan struct{})
@@ -149,18 +165,38 @@ func (w *LiveWorld) Wait(_ replay.ExecPoint, timeoutNS uint64) (replay.WaitResul
 		defer t.Stop()
 		timer = t.C
 	}
+	var netPending <-chan struct{}
+	if w.net != nil {
+		netPending = w.net.Pending()
+	}
 	for {
 		w.mu.Lock()
-		ready, ch := len(w.pending) > 0 || w.eof, w.changed
+		console, ch := len(w.pending) > 0 || w.eof && !w.eofSeen, w.changed
 		w.mu.Unlock()
-		if ready {
-			return replay.WaitConsoleInput, nil
+		if !w.netReady && netPending != nil {
+			select {
+			case <-netPending:
+				w.netReady = true
+			default:
+			}
+		}
+		var res replay.WaitResult
+		if console {
+			res |= replay.WaitConsoleInput
+		}
+		if w.netReady {
+			res |= replay.WaitNetRX
+		}
+		if res != 0 {
+			return res, nil
 		}
 		if timeoutNS == 0 {
 			return replay.WaitTimeout, nil
 		}
 		select {
 		case <-ch:
+		case <-netPending:
+			w.netReady = true
 		case <-timer:
 			return replay.WaitTimeout, nil
 		case <-w.ctx.Done():
@@ -169,16 +205,54 @@ func (w *LiveWorld) Wait(_ replay.ExecPoint, timeoutNS uint64) (replay.WaitResul
 	}
 }
 
-// NetReceive delivers nothing: this world has no network.
-func (w *LiveWorld) NetReceive(replay.ExecPoint, [][]byte, []int) (int, error) { return 0, nil }
-
-// Output writes console output to the world's writer.
-func (w *LiveWorld) Output(_ replay.ExecPoint, kind replay.OutputKind, data []byte) error {
-	if kind != replay.OutputConsole {
-		return fmt.Errorf("vmm: live world has no sink for output kind %d", kind)
+// NetReceive hands over pending received frames without blocking.
+func (w *LiveWorld) NetReceive(_ replay.ExecPoint, frames [][]byte, lens []int) (int, error) {
+	if w.net == nil {
+		return 0, nil
 	}
-	if _, err := w.out.Write(data); err != nil {
-		return fmt.Errorf("vmm: console output: %w", err)
+	n := 0
+	for ; n < len(frames); n++ {
+		l, ok := w.net.Receive(frames[n])
+		if !ok {
+			w.netReady = false // drained; the backend's token says when more come
+			break
+		}
+		lens[n] = l
+	}
+	return n, nil
+}
+
+// Output writes console output to the world's writer and sends a batch of
+// packets (frames as replay.AppendFrame wrote them) through the backend.
+func (w *LiveWorld) Output(_ replay.ExecPoint, kind replay.OutputKind, data []byte) error {
+	return SendOutput(w.out, w.net, kind, data)
+}
+
+// SendOutput delivers one output to its sink: console bytes to out, a
+// packet batch to net. A frame the network drops is lost on the wire, as on
+// a real NIC, not an error of the VM.
+func SendOutput(out io.Writer, net vnet.Backend, kind replay.OutputKind, data []byte) error {
+	switch kind {
+	case replay.OutputConsole:
+		if _, err := out.Write(data); err != nil {
+			return fmt.Errorf("vmm: console output: %w", err)
+		}
+	case replay.OutputPacket:
+		if net == nil {
+			return fmt.Errorf("vmm: a packet output but no network backend")
+		}
+		for rest := data; len(rest) > 0; {
+			frame, next, ok := replay.NextFrame(rest)
+			if !ok {
+				return fmt.Errorf("vmm: malformed packet batch")
+			}
+			if err := net.Send(frame); err != nil && !errors.Is(err, vnet.ErrDropped) {
+				return fmt.Errorf("vmm: sending a packet: %w", err)
+			}
+			rest = next
+		}
+	default:
+		return fmt.Errorf("vmm: no sink for output kind %d", kind)
 	}
 	return nil
 }

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"runtime"
 	"strings"
@@ -21,8 +23,9 @@ const DefaultMemory = 64 << 20
 // Config is what, besides the image, defines a VM. Primary and backup must
 // agree on it (ConfigDigest).
 type Config struct {
-	MemSize uint64 // bytes of guest RAM; 0 means DefaultMemory
-	Cmdline string // the guest's command line
+	MemSize uint64     // bytes of guest RAM; 0 means DefaultMemory
+	Cmdline string     // the guest's command line
+	NIC     *NICConfig // the guest's NIC; nil for none
 }
 
 func (c Config) withDefaults() Config {
@@ -36,7 +39,7 @@ func (c Config) withDefaults() Config {
 func ConfigDigest(c Config) [32]byte {
 	c = c.withDefaults()
 	h := sha256.New()
-	fmt.Fprintf(h, "ftvm-config abi=%d tsc_hz=%d mem=%d cmdline=%q", abiVersion, TSCHz, c.MemSize, c.Cmdline)
+	fmt.Fprintf(h, "ftvm-config abi=%d tsc_hz=%d %s", abiVersion, TSCHz, c.Text())
 	var d [32]byte
 	h.Sum(d[:0])
 	return d
@@ -45,25 +48,54 @@ func ConfigDigest(c Config) [32]byte {
 // Text is the config in the form a log's start entry carries, so that a
 // replay rebuilds the same VM from the log alone.
 func (c Config) Text() string {
-	b, _ := json.Marshal(struct {
-		Mem     uint64 `json:"mem"`
-		Cmdline string `json:"cmdline"`
-	}{c.withDefaults().MemSize, c.Cmdline})
+	v := configText{Mem: ptr(c.withDefaults().MemSize), Cmdline: c.Cmdline}
+	if c.NIC != nil {
+		v.MAC = net.HardwareAddr(c.NIC.MAC[:]).String()
+		v.Addr, v.Gateway = c.NIC.Addr.String(), c.NIC.Gateway.String()
+	}
+	b, _ := json.Marshal(v)
 	return string(b)
 }
 
+type configText struct {
+	Mem     *uint64 `json:"mem"`
+	Cmdline string  `json:"cmdline"`
+	MAC     string  `json:"mac,omitempty"`
+	Addr    string  `json:"addr,omitempty"`
+	Gateway string  `json:"gateway,omitempty"`
+}
+
+func ptr[T any](v T) *T { return &v }
+
 // ParseConfigText reads what Text wrote.
 func ParseConfigText(s string) (Config, error) {
-	var v struct {
-		Mem     *uint64 `json:"mem"`
-		Cmdline string  `json:"cmdline"`
-	}
+	var v configText
 	dec := json.NewDecoder(strings.NewReader(s))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&v); err != nil || v.Mem == nil {
+	bad := func(err error) (Config, error) {
 		return Config{}, fmt.Errorf("vmm: recorded configuration %q is not understood: %v", s, err)
 	}
-	return Config{MemSize: *v.Mem, Cmdline: v.Cmdline}, nil
+	if err := dec.Decode(&v); err != nil || v.Mem == nil {
+		return bad(err)
+	}
+	c := Config{MemSize: *v.Mem, Cmdline: v.Cmdline}
+	if v.MAC != "" {
+		mac, err := net.ParseMAC(v.MAC)
+		if err != nil || len(mac) != 6 {
+			return bad(err)
+		}
+		addr, err := netip.ParsePrefix(v.Addr)
+		if err != nil {
+			return bad(err)
+		}
+		gw, err := netip.ParseAddr(v.Gateway)
+		if err != nil {
+			return bad(err)
+		}
+		c.NIC = &NICConfig{Addr: addr, Gateway: gw}
+		copy(c.NIC.MAC[:], mac)
+	}
+	return c, nil
 }
 
 // StartInfo describes a run of img with cfg for a log's start entry.

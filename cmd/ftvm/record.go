@@ -17,11 +17,10 @@ import (
 const exitDiverged = 123
 
 func cmdRecord(args []string) int {
-	fs := newFlagSet("record", "--log FILE [--mem SIZE] [--vm-id ID] GUEST.elf [ARGS...]")
+	fs := newFlagSet("record", "--log FILE [--mem SIZE] [--net SPEC] [--vm-id ID] GUEST.elf [ARGS...]")
 	var g guestFlags
 	g.register(fs)
 	logPath := fs.String("log", "", "write the log to `FILE` (as FILE.incomplete until the run ends)")
-	vmID := fs.String("vm-id", "ftvm", "a name for the VM, kept in the log")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -41,8 +40,19 @@ func cmdRecord(args []string) int {
 	}
 	ctx, cancel := interruptContext()
 	defer cancel()
-	rec := replay.NewRecorder(vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout), log, replay.RecorderConfig{})
-	if err := rec.Start(vmm.StartInfo(img, cfg, *vmID)); err != nil {
+	live := vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout)
+	netb, err := g.openNet(true)
+	if err != nil {
+		log.Abort()
+		fmt.Fprintf(os.Stderr, "ftvm record: --net: %v\n", err)
+		return exitFailed
+	}
+	if netb != nil {
+		defer netb.Close()
+		live.AttachNet(netb)
+	}
+	rec := replay.NewRecorder(live, log, replay.RecorderConfig{})
+	if err := rec.Start(vmm.StartInfo(img, cfg, g.vmID)); err != nil {
 		log.Abort()
 		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
 		return exitFailed

@@ -11,6 +11,7 @@ import (
 	"syscall"
 
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/vnet"
 )
 
 // sizeFlag is a memory size flag such as --mem 64M.
@@ -25,12 +26,49 @@ func (s *sizeFlag) Set(v string) error {
 
 // guestFlags are the flags every command that starts a guest takes.
 type guestFlags struct {
-	mem sizeFlag
+	mem  sizeFlag
+	net  string
+	pcap string
+	vmID string
+	spec *vnet.Spec
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
 	g.mem.v = vmm.DefaultMemory
 	fs.Var(&g.mem, "mem", "guest memory (e.g. 64M, 1G)")
+	fs.StringVar(&g.net, "net", "", "a NIC: user,hostfwd=udp:HOSTADDR:HOSTPORT-:GUESTPORT[,...] or tap,ifname=NAME[,ip=A.B.C.D/N,gw=A.B.C.D]")
+	fs.StringVar(&g.pcap, "pcap", "", "write every frame the guest sends and receives to `FILE` (pcap)")
+	fs.StringVar(&g.vmID, "vm-id", "ftvm", "the VM's name (its default MAC derives from it)")
+}
+
+// openNet opens the network backend the flags ask for, bound now (bind
+// false: created but bound later, for a backup). nil when there is no NIC.
+func (g *guestFlags) openNet(bind bool) (vnet.Backend, error) {
+	if g.spec == nil {
+		return nil, nil
+	}
+	open := vnet.New
+	if bind {
+		open = vnet.Open
+	}
+	b, err := open(*g.spec)
+	if err != nil {
+		return nil, err
+	}
+	if g.pcap != "" {
+		f, err := os.Create(g.pcap)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		p, err := vnet.WithPcap(b, f)
+		if err != nil {
+			b.Close()
+			return nil, err
+		}
+		return p, nil
+	}
+	return b, nil
 }
 
 // loadGuest reads and rewrites the image and builds the VM config from the
@@ -47,7 +85,19 @@ func (g *guestFlags) loadGuest(args []string) (*vmm.Image, vmm.Config, error) {
 	if err != nil {
 		return nil, vmm.Config{}, fmt.Errorf("%s: %w", args[0], err)
 	}
-	return img, vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " ")}, nil
+	cfg := vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " ")}
+	if g.net != "" {
+		spec, err := vnet.ParseSpec(g.net, g.vmID)
+		if err != nil {
+			return nil, vmm.Config{}, err
+		}
+		g.spec = &spec
+		cfg.NIC = &vmm.NICConfig{Addr: spec.Addr, Gateway: spec.Gateway}
+		copy(cfg.NIC.MAC[:], spec.MAC)
+	} else if g.pcap != "" {
+		return nil, vmm.Config{}, errors.New("--pcap needs --net")
+	}
+	return img, cfg, nil
 }
 
 // newFlagSet makes a flag set that reports errors instead of exiting, and
@@ -85,7 +135,7 @@ func exitStatus(res vmm.Result, err error) int {
 }
 
 func cmdRun(args []string) int {
-	fs := newFlagSet("run", "[--mem SIZE] GUEST.elf [ARGS...]")
+	fs := newFlagSet("run", "[--mem SIZE] [--net SPEC [--pcap FILE]] GUEST.elf [ARGS...]")
 	var g guestFlags
 	g.register(fs)
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +149,15 @@ func cmdRun(args []string) int {
 	ctx, cancel := interruptContext()
 	defer cancel()
 	world := vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout)
+	netb, err := g.openNet(true)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm run: --net: %v\n", err)
+		return exitFailed
+	}
+	if netb != nil {
+		defer netb.Close()
+		world.AttachNet(netb)
+	}
 	m, err := vmm.New(img, cfg, world)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm run: %v\n", err)
