@@ -22,6 +22,7 @@ var commands = map[string]func(args []string) int{
 	"record":  cmdRecord,
 	"replay":  cmdReplay,
 	"log":     cmdLog,
+	"kv":      cmdKV,
 }
 
 func usage() {
@@ -36,6 +37,8 @@ commands:
   replay --log FILE GUEST.elf            replay a log, checking every execution point;
                                          exits 0 only if the final state matches
   log dump FILE | log stats FILE         print a log's entries, or bytes per kind
+  kv --addr ADDR put K V | get K | append K V | bench [--clients N] [--duration D]
+                                         a client for the kvstore guest
 `)
 }
 
