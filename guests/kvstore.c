@@ -1,7 +1,10 @@
 /* kvstore: a UDP key-value server with exactly-once requests.
  *
- *   kvstore [port=7000]
+ *   kvstore [port=7000] [requests=N]
  *
+ * requests=N (default 0: never) makes the server exit 0 once it has handled N
+ * datagrams and sent its replies: a run with a definite end, for record/replay
+ * and benchmarks.
  * One request per datagram, one reply per request, in text: see ../README.md, "kvstore",
  * and kv.c. Replies to a burst of requests leave with one transmit call (net_serve_once).
  * The server never exits on its own; an idle server sleeps in the VMM's wait call. */
@@ -9,11 +12,12 @@
 #include "net.h"
 #include "kv.h"
 
-const char *const guest_args[] = { "port", 0 };
+const char *const guest_args[] = { "port", "requests", 0 };
 
 int main(struct ftvm_boot_info *bi)
 {
 	long port = arg_long(bi, "port", 7000);
+	long requests = arg_long(bi, "requests", 0);
 	char ip[16];
 
 	if (port < 1 || port > 65535) {
@@ -28,6 +32,10 @@ int main(struct ftvm_boot_info *bi)
 	kv_init();
 	udp_bind((uint16_t)port);
 	printf("kvstore: listening on %s:%ld\n", net_fmt_ip(ip, net_cfg.ip), port);
-	for (;;)
+	while (requests <= 0 || kv_stats.requests < (uint64_t)requests)
 		net_serve_once(kv_udp_handler, NULL);
+	net_flush();
+	printf("kvstore: handled %lu requests, executed %lu; exiting\n",
+	       (unsigned long)kv_stats.requests, (unsigned long)kv_stats.executed);
+	return 0;
 }

@@ -133,6 +133,9 @@ func cmdReplay(args []string) int {
 	var world replay.World = rep
 	if !*quiet {
 		world = replay.WithOutputs(rep, func(kind replay.OutputKind, data []byte) error {
+			if kind != replay.OutputConsole {
+				return nil // packets were checked against the log; there is no wire to show them on
+			}
 			_, err := os.Stdout.Write(data)
 			return err
 		})
