@@ -12,6 +12,7 @@ guests:
 	$(MAKE) -s -C guests
 
 test: all
+	$(MAKE) -s -C guests check
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 45m ./...
 

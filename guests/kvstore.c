@@ -2,8 +2,8 @@
  *
  *   kvstore [port=7000] [requests=N]
  *
- * requests=N (default 0: never) makes the server exit 0 once it has handled N
- * datagrams and sent its replies: a run with a definite end, for record/replay
+ * requests=N (default 0: never) makes the server exit 0 once it has executed N
+ * requests (a retried duplicate is answered, not executed again) and sent its replies: a run with a definite end, for record/replay
  * and benchmarks.
  * One request per datagram, one reply per request, in text: see ../README.md, "kvstore",
  * and kv.c. Replies to a burst of requests leave with one transmit call (net_serve_once).
@@ -32,7 +32,7 @@ int main(struct ftvm_boot_info *bi)
 	kv_init();
 	udp_bind((uint16_t)port);
 	printf("kvstore: listening on %s:%ld\n", net_fmt_ip(ip, net_cfg.ip), port);
-	while (requests <= 0 || kv_stats.requests < (uint64_t)requests)
+	while (requests <= 0 || kv_stats.executed < (uint64_t)requests)
 		net_serve_once(kv_udp_handler, NULL);
 	net_flush();
 	printf("kvstore: handled %lu requests, executed %lu; exiting\n",

@@ -32,7 +32,13 @@ func freeUDPPort(t *testing.T) int {
 // startFTVM starts the binary in the background; wait returns its status.
 func startFTVM(t *testing.T, args ...string) (wait func() (string, string, int)) {
 	t.Helper()
-	cmd := exec.Command(ftvmBin, args...)
+	return startCmd(t, append([]string{ftvmBin}, args...)...)
+}
+
+// startCmd starts a command in the background; wait returns its status.
+func startCmd(t *testing.T, args ...string) (wait func() (string, string, int)) {
+	t.Helper()
+	cmd := exec.Command(args[0], args[1:]...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Start(); err != nil {
@@ -99,7 +105,7 @@ func TestKVStoreUserNet(t *testing.T) {
 		guest("kvstore"), "requests=7")
 	kvSession(t, fmt.Sprintf("127.0.0.1:%d", port))
 	out, errOut, status := wait()
-	if status != 0 || !strings.Contains(out, "handled 7 requests, executed 7") {
+	if status != 0 || !strings.Contains(out, "executed 7") {
 		t.Fatalf("status %d\n%s%s", status, out, errOut)
 	}
 	f, err := os.Open(pcap)
@@ -128,8 +134,9 @@ func TestKVStoreUserNet(t *testing.T) {
 			}
 		}
 	}
-	if toGuest != 7 || fromGuest != 7 {
-		t.Fatalf("capture has %d requests and %d replies; want 7 and 7", toGuest, fromGuest)
+	// A retried request is a datagram too, and gets its reply again.
+	if toGuest < 7 || fromGuest != toGuest {
+		t.Fatalf("capture has %d requests and %d replies; want at least 7, one reply each", toGuest, fromGuest)
 	}
 }
 
