@@ -23,6 +23,10 @@ var commands = map[string]func(args []string) int{
 	"replay":  cmdReplay,
 	"log":     cmdLog,
 	"kv":      cmdKV,
+	"primary": cmdPrimary,
+	"backup":  cmdBackup,
+	"pair":    cmdPair,
+	"status":  cmdStatus,
 }
 
 func usage() {
@@ -37,6 +41,12 @@ commands:
   replay --log FILE GUEST.elf            replay a log, checking every execution point;
                                          exits 0 only if the final state matches
   log dump FILE | log stats FILE         print a log's entries, or bytes per kind
+  pair [--net SPEC] [--kill-primary-after D] GUEST.elf [ARGS...]
+                                         run a guest protected by a backup (two processes here)
+  primary --backup ADDR --arbiter URL GUEST.elf [ARGS...]
+  backup --listen ADDR --arbiter URL GUEST.elf [ARGS...]
+                                         the two halves of a pair, on two hosts
+  status ADDR                            show a primary's or backup's --metrics for a person
   kv --addr ADDR put K V | get K | append K V | bench [--clients N] [--duration D]
                                          a client for the kvstore guest
 `)

@@ -13,9 +13,6 @@ import (
 	"github.com/ftvm/ftvm/vmm"
 )
 
-// exitDiverged: a replay parted from its recording, or its log is unusable.
-const exitDiverged = 123
-
 func cmdRecord(args []string) int {
 	fs := newFlagSet("record", "--log FILE [--mem SIZE] [--net SPEC] [--vm-id ID] GUEST.elf [ARGS...]")
 	var g guestFlags

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/splitbrain"
+	"github.com/ftvm/ftvm/vmm/ft"
+)
+
+// Exit statuses of a pair member besides the guest's own.
+const (
+	exitHalted   = 124 // lost the go-live test-and-set: this side halted
+	exitDiverged = 123 // the backup's replay diverged (also replay's status)
+)
+
+// ftFlags are the flags primary and backup share.
+type ftFlags struct {
+	guestFlags
+	arbiter         string
+	generation      uint64
+	metrics         string
+	failoverTimeout time.Duration
+	heartbeat       time.Duration
+}
+
+func (f *ftFlags) register(fs *flag.FlagSet) {
+	f.guestFlags.register(fs)
+	fs.StringVar(&f.arbiter, "arbiter", "", "go-live arbiter: file:///DIR or s3://BUCKET/PREFIX?endpoint=URL (required)")
+	fs.Uint64Var(&f.generation, "generation", 1, "the pairing's generation: the arbiter decides once per VM id and generation")
+	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on `ADDR` (/metrics)")
+	fs.DurationVar(&f.failoverTimeout, "failover-timeout", logchannel.DefaultFailoverTimeout, "declare the peer dead after this long without hearing from it")
+	fs.DurationVar(&f.heartbeat, "heartbeat", logchannel.DefaultHeartbeatInterval, "heartbeat interval while the log is idle")
+}
+
+// common builds the shared options; bind says whether to bind the network now.
+func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func(), error) {
+	img, cfg, err := f.loadGuest(args)
+	if err != nil {
+		return ft.Common{}, nil, err
+	}
+	if f.arbiter == "" {
+		return ft.Common{}, nil, errors.New("--arbiter is required (file:///DIR or s3://BUCKET/PREFIX?endpoint=URL)")
+	}
+	arb, err := splitbrain.Open(f.arbiter)
+	if err != nil {
+		return ft.Common{}, nil, err
+	}
+	host, _ := os.Hostname()
+	c := ft.Common{
+		Image: img, Config: cfg, VMID: f.vmID, Generation: f.generation, Arbiter: arb,
+		Claimant: fmt.Sprintf("%s@%s:%d", role, host, os.Getpid()),
+		Stdin:    os.Stdin, Stdout: os.Stdout,
+		Channel: logchannel.Config{FailoverTimeout: f.failoverTimeout, HeartbeatInterval: f.heartbeat},
+		Logf: func(format string, args ...any) {
+			fmt.Fprintf(os.Stderr, "ftvm %s %s: %s\n", role, time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+		},
+	}
+	cleanup := func() {}
+	if c.Net, err = f.openNet(bind); err != nil {
+		return ft.Common{}, nil, fmt.Errorf("--net: %w", err)
+	}
+	if c.Net != nil {
+		cleanup = func() { c.Net.Close() }
+	}
+	if f.metrics != "" {
+		c.Metrics = ft.NewMetrics()
+		addr, err := c.Metrics.Serve(f.metrics)
+		if err != nil {
+			cleanup()
+			return ft.Common{}, nil, err
+		}
+		c.Logf("metrics on http://%s/metrics", addr)
+	}
+	return c, cleanup, nil
+}
+
+func cmdPrimary(args []string) int {
+	fs := newFlagSet("primary", "--backup ADDR --arbiter URL [--vm-id ID] [--net SPEC] [--metrics ADDR] GUEST.elf [ARGS...]")
+	var f ftFlags
+	f.register(fs)
+	backup := fs.String("backup", "", "the backup's logging-channel `ADDR` (host:port)")
+	maxLag := fs.Duration("max-lag", ft.DefaultMaxLag, "throttle the guest while the backup's replay lags more than this")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if *backup == "" {
+		fmt.Fprintln(os.Stderr, "ftvm primary: --backup ADDR is required")
+		return exitUsage
+	}
+	c, cleanup, err := f.common(fs.Args(), "primary", true)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm primary: %v\n", err)
+		return exitFailed
+	}
+	defer cleanup()
+	ctx, cancel := interruptContext()
+	defer cancel()
+	res, err := ft.RunPrimary(ctx, ft.PrimaryOptions{Common: c, BackupAddr: *backup, MaxLag: *maxLag})
+	if errors.Is(err, ft.ErrLostArbitration) {
+		fmt.Fprintf(os.Stderr, "ftvm primary: HALTED: %v\n", err)
+		return exitHalted
+	}
+	return exitStatus(res, err)
+}
+
+func cmdBackup(args []string) int {
+	fs := newFlagSet("backup", "--listen ADDR --arbiter URL [--vm-id ID] [--net SPEC] [--metrics ADDR] GUEST.elf [ARGS...]")
+	var f ftFlags
+	f.register(fs)
+	listen := fs.String("listen", "127.0.0.1:7400", "accept the primary's logging channel on `ADDR`")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	c, cleanup, err := f.common(fs.Args(), "backup", false)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm backup: %v\n", err)
+		return exitFailed
+	}
+	defer cleanup()
+	ln, err := logchannel.Listen(*listen)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm backup: %v\n", err)
+		return exitFailed
+	}
+	defer ln.Close()
+	c.Logf("listening for the primary on %s", ln.Addr())
+	ctx, cancel := interruptContext()
+	defer cancel()
+	out, err := ft.RunBackup(ctx, ft.BackupOptions{Common: c, Listener: ln})
+	switch {
+	case errors.Is(err, ft.ErrLostArbitration):
+		fmt.Fprintf(os.Stderr, "ftvm backup: HALTED: %v\n", err)
+		return exitHalted
+	case errors.Is(err, ft.ErrDiverged):
+		fmt.Fprintf(os.Stderr, "ftvm backup: %v\n", err)
+		return exitDiverged
+	case err == nil && !out.WentLive:
+		c.Logf("%s", out.Summary)
+	}
+	return exitStatus(out.Result, err)
+}

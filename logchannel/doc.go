@@ -1,0 +1,91 @@
+// Package logchannel carries the replay log from the primary VMM to the
+// backup over TCP, and the backup's acknowledgements back: the logging
+// channel of VMware vSphere FT (Scales et al. 2010).
+//
+// The primary Dials and gets a *Sender, a replay.Sink for its Recorder;
+// the backup Listens, Accepts and gets a *Receiver, a replay.Source for
+// its Replayer. The log travels in the replay package's own format (one
+// Encoder on the primary, one Decoder on the backup, CRC-32C per frame):
+// this package adds no second format for entries, only the messages
+// around the log's bytes.
+//
+// # What each side promises
+//
+// The backup acknowledges an entry when it has received it whole, checked
+// its frame's CRC and queued it for replay: on receipt, not on replay. The
+// primary releases an output (package outputrule) once the ack of the
+// output's entry is in (Sender.Acks), which is VM-FT's Output Rule. An ack
+// never covers an entry the backup does not have; a Sender that receives
+// such an ack treats it as a protocol violation and drops the backup.
+//
+// Both sides watch each other: any message (log, ack, heartbeat) is a sign
+// of life, a side that has sent nothing for HeartbeatInterval sends a
+// heartbeat, and a side that has heard nothing for FailoverTimeout
+// declares its peer lost (Sender.PeerLost, or ErrPeerLost from
+// Receiver.Next once the received entries are replayed). What happens next
+// (go live, or go on without a backup) is decided elsewhere, by the
+// split-brain arbiter.
+//
+// Memory is bounded on both sides. The Sender blocks Append and Flush
+// while MaxUnacked bytes are unacknowledged; the Receiver stops reading
+// the socket while MaxQueued bytes of entries wait for Next, so TCP pushes
+// back on the primary. A stalled backup stalls the primary, as in VM-FT.
+//
+// The backup reports how far its replay has come (ReportReplayed); the
+// primary turns that into a lag in exits and in time (Sender.Lag) and
+// throttles its vCPU with Sender.WaitLag when the lag grows.
+//
+// # Wire protocol, version 1
+//
+// Both directions start with a preamble, then messages:
+//
+//	preamble = "FTVMCHAN" (8 bytes), protocol version uint16 LE
+//	message  = type (1 byte), body length uint32 LE (<= MaxMessageLen,
+//	           17 MiB), body
+//
+// The body of every message but a log message ends with the CRC-32C
+// (Castagnoli) of the message's type, length and the rest of the body. A
+// log message needs none: its body is whole frames of the replay log
+// stream, which carry their own CRC. The preamble and the message header
+// keep their layout in every version, so two versions can still refuse
+// each other with a reason.
+//
+// Handshake. Each side sends its preamble and a hello, reads the peer's,
+// compares, sends a verdict and reads the peer's verdict; the session
+// starts only if both accept, and a side that refuses says why.
+//
+//	'H' hello    role u8 (1 primary, 2 backup), heartbeat interval u32 LE
+//	             (microseconds), generation u64 LE, guest image SHA-256
+//	             [32], config digest [32], VM id length u8, VM id
+//	'V' verdict  accept u8 (1, or 0 to refuse), reason length u16 LE,
+//	             reason (UTF-8, at most 1024 bytes)
+//
+// A side refuses if the peer's protocol version, VM id, generation, image
+// or config digest differ from its own, if the peer has the same role, or if the
+// peer's heartbeat interval is more than half this side's failover
+// timeout. Both sides then fail with a *RefusedError naming each
+// difference ("peer runs guest image 3cc6... but this side runs
+// 7a62...", matching ErrRefused). Bytes other than the magic fail with
+// ErrNotFTVM; silence fails after HandshakeTimeout.
+//
+// Session. Primary to backup:
+//
+//	'L' log        bytes of the replay log stream: the stream header and/or
+//	               one frame, exactly what one Encoder Flush writes. The
+//	               stream header comes first, right after the handshake.
+//	'P' heartbeat  the sender's timestamp int64 LE (ns on its own clock)
+//	'E' echo       the timestamp of the peer's heartbeat, sent back at once
+//
+// Backup to primary: 'P' and 'E' the same, and
+//
+//	'A' ack        seq uint64 LE: every entry up to it is received;
+//	               replayed exit uint64 LE: the backup's replay progress
+//
+// The backup acks when it has decoded every frame of the log messages it
+// has read, so one ack may cover several frames that arrived together. An
+// ack that only reports progress goes at most every millisecond. A
+// message of a type the receiving side does not expect, over the length
+// limit, of the wrong size or with a bad CRC, and a log frame that does not
+// decode, end the session: the side that sees it closes the connection and
+// reports its peer lost, naming what was wrong.
+package logchannel

@@ -1,0 +1,123 @@
+package ft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/splitbrain"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// BackupOptions configure RunBackup.
+type BackupOptions struct {
+	Common
+	// Listener takes the primary's connection.
+	Listener *logchannel.Listener
+}
+
+// BackupOutcome says how a backup's run ended.
+type BackupOutcome struct {
+	Result vmm.Result
+	// Verified: the primary's guest ended and the replay reached the same
+	// final state (registers and memory digest) at the same last exit.
+	Verified bool
+	// WentLive: the primary was lost, this backup won the arbiter and ran
+	// the guest live from exit LiveAt on.
+	WentLive bool
+	LiveAt   uint64
+	Summary  replay.Summary
+}
+
+// ErrDiverged wraps the error of a backup whose replay parted from the
+// primary: it stopped, and it never goes live.
+var ErrDiverged = errors.New("ft: the backup's replay diverged; it will not go live")
+
+// RunBackup accepts the primary's connection, replays its log with outputs
+// dropped and every execution point checked, and acknowledges entries on
+// receipt. If the primary is lost, it replays every received entry, asks
+// the arbiter, and if it wins goes live: it binds the guest's network
+// identity and carries on with real inputs and outputs.
+func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
+	var out BackupOutcome
+	recv, err := o.Listener.Accept(ctx, o.hello(), o.Channel)
+	if err != nil {
+		return out, err
+	}
+	defer recv.Close()
+	o.logf("backup: primary connected; replaying")
+	o.Metrics.SetRole("backup")
+	o.Metrics.receiverMetrics(recv.Stats)
+
+	start, src, err := replay.PeekStart(recv)
+	if err != nil {
+		return out, err
+	}
+	if start.Config != o.Config.Text() {
+		return out, fmt.Errorf("ft: the primary runs configuration %s, this backup %s", start.Config, o.Config.Text())
+	}
+	rep := replay.NewReplayer(src)
+	if _, err := rep.VerifyStart(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
+		return out, err
+	}
+	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
+	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed}
+	fw.goLive = func(cause error) error {
+		o.logf("backup: the primary is gone (%v); replayed the whole log; asking the arbiter", cause)
+		o.Metrics.SetRole("deciding")
+		_, err := arbitrate(ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: o.Generation,
+			Claimant: o.Claimant, Reason: fmt.Sprintf("backup lost the primary: %v", cause)}, o.logf)
+		if err != nil {
+			o.Metrics.SetRole("halted")
+			return err
+		}
+		if o.Net != nil {
+			if err := o.Net.Bind(); err != nil {
+				return fmt.Errorf("ft: going live: binding the guest's network: %w", err)
+			}
+			if err := o.Net.Announce(); err != nil {
+				o.logf("backup: announcing the guest's address: %v", err)
+			}
+			live.AttachNet(o.Net)
+		}
+		out.WentLive, out.LiveAt = true, rep.Summary().Exits
+		o.Metrics.SetRole("live")
+		o.logf("backup: LIVE since %s (won the arbiter; the guest continues from exit %d)", time.Now().Format(time.RFC3339Nano), out.LiveAt)
+		return nil
+	}
+	m, err := vmm.New(o.Image, o.Config, fw)
+	if err != nil {
+		return out, err
+	}
+	defer m.Close()
+	out.Result, err = m.Run(ctx)
+	out.Summary = rep.Summary()
+	var div *replay.DivergenceError
+	if errors.As(err, &div) {
+		o.Metrics.SetRole("diverged")
+		return out, fmt.Errorf("%w: %v", ErrDiverged, err)
+	}
+	var fault *vmm.GuestFault
+	if err != nil && !errors.As(err, &fault) {
+		return out, err
+	}
+	if out.WentLive {
+		return out, err
+	}
+	digest, derr := m.StateDigest()
+	if derr == nil {
+		derr = rep.Finish(digest)
+	}
+	if derr != nil {
+		if errors.As(derr, &div) {
+			return out, fmt.Errorf("%w: %v", ErrDiverged, derr)
+		}
+		return out, derr
+	}
+	out.Verified = true
+	o.logf("backup: verified: replayed to the primary's last exit %d with the same final state %x", out.Summary.Exits, digest[:8])
+	return out, err
+}

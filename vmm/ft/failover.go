@@ -1,0 +1,130 @@
+package ft
+
+import (
+	"errors"
+
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// failoverWorld is the backup's world: it answers from the replayer while
+// the log lasts. When the log ends because the primary is gone (the
+// channel's ErrPeerLost, after every received entry was replayed), it asks
+// goLive; if that succeeds, this very exit and every later one are
+// answered by the live world, whose clocks continue from the log's last
+// values. A divergence is never turned into going live.
+type failoverWorld struct {
+	rep      *replay.Replayer
+	live     *vmm.LiveWorld
+	lost     error                   // the channel's "peer lost" sentinel
+	goLive   func(cause error) error // arbiter + network takeover; nil error: go live
+	progress func(exit uint64)       // tells the channel how far the replay got
+
+	isLive             bool
+	lastTSC, lastClock uint64
+}
+
+var _ replay.World = (*failoverWorld)(nil)
+
+// next decides, after the replayer answered with err, whether to use the
+// live world for this call (true) or return err.
+func (f *failoverWorld) next(p replay.ExecPoint, err error) (bool, error) {
+	if err == nil {
+		f.progress(p.Exit)
+		return false, nil
+	}
+	var div *replay.DivergenceError
+	if errors.As(err, &div) || !errors.Is(err, f.lost) {
+		return false, err
+	}
+	if err := f.goLive(err); err != nil {
+		return false, err
+	}
+	f.live.ContinueFrom(f.lastTSC, f.lastClock)
+	f.isLive = true
+	return true, nil
+}
+
+func (f *failoverWorld) TSC(p replay.ExecPoint) (uint64, error) {
+	if !f.isLive {
+		v, err := f.rep.TSC(p)
+		if live, err := f.next(p, err); !live {
+			f.lastTSC = max(f.lastTSC, v)
+			return v, err
+		}
+	}
+	return f.live.TSC(p)
+}
+
+func (f *failoverWorld) Random(p replay.ExecPoint, k replay.RandKind) (uint64, error) {
+	if !f.isLive {
+		v, err := f.rep.Random(p, k)
+		if live, err := f.next(p, err); !live {
+			return v, err
+		}
+	}
+	return f.live.Random(p, k)
+}
+
+func (f *failoverWorld) Clock(p replay.ExecPoint, c replay.ClockID) (uint64, error) {
+	if !f.isLive {
+		v, err := f.rep.Clock(p, c)
+		if live, err := f.next(p, err); !live {
+			if c == replay.ClockMonotonic {
+				f.lastClock = max(f.lastClock, v)
+			}
+			return v, err
+		}
+	}
+	return f.live.Clock(p, c)
+}
+
+func (f *failoverWorld) ConsoleRead(p replay.ExecPoint, buf []byte) (int, bool, error) {
+	if !f.isLive {
+		n, eof, err := f.rep.ConsoleRead(p, buf)
+		if live, err := f.next(p, err); !live {
+			return n, eof, err
+		}
+	}
+	return f.live.ConsoleRead(p, buf)
+}
+
+func (f *failoverWorld) Wait(p replay.ExecPoint, timeoutNS uint64) (replay.WaitResult, error) {
+	if !f.isLive {
+		r, err := f.rep.Wait(p, timeoutNS)
+		if live, err := f.next(p, err); !live {
+			return r, err
+		}
+	}
+	return f.live.Wait(p, timeoutNS)
+}
+
+func (f *failoverWorld) NetReceive(p replay.ExecPoint, frames [][]byte, lens []int) (int, error) {
+	if !f.isLive {
+		n, err := f.rep.NetReceive(p, frames, lens)
+		if live, err := f.next(p, err); !live {
+			return n, err
+		}
+	}
+	return f.live.NetReceive(p, frames, lens)
+}
+
+func (f *failoverWorld) Output(p replay.ExecPoint, kind replay.OutputKind, data []byte) error {
+	if !f.isLive {
+		err := f.rep.Output(p, kind, data)
+		if live, err := f.next(p, err); !live {
+			return err
+		}
+	}
+	return f.live.Output(p, kind, data)
+}
+
+func (f *failoverWorld) PowerOff(p replay.ExecPoint, status int) error {
+	if !f.isLive {
+		err := f.rep.PowerOff(p, status)
+		if live, err := f.next(p, err); !live {
+			return err
+		}
+	}
+	return f.live.PowerOff(p, status)
+}

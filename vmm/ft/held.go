@@ -1,0 +1,232 @@
+// Package ft runs a guest fault-tolerantly, VM-FT style: a primary that
+// records every non-deterministic input and ships it to a backup over the
+// logging channel, holding each output until the backup has acknowledged
+// the entry that produced it (the Output Rule), and a backup that replays
+// the log one step behind, checks every execution point, and goes live
+// when the primary is gone and the arbiter says it may.
+//
+// It is the glue between vmm, replay, logchannel, outputrule and
+// splitbrain; the command line only parses flags and calls it.
+package ft
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/ftvm/ftvm/outputrule"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// holdingWorld is the primary's live world under the Output Rule: the
+// recorder logs each output's entry and hands the output here with that
+// entry's Seq; it leaves when an ack covers the Seq.
+type holdingWorld struct {
+	*vmm.LiveWorld
+	ctx   context.Context
+	start time.Time
+	send  func(replay.OutputKind, []byte) error // to the real sinks
+	flush func() error                          // ship buffered entries now
+	m     *Metrics
+
+	mu       sync.Mutex // serialises Rule, release order and the sinks
+	rule     *outputrule.Rule
+	solo     bool          // no backup any more: outputs leave at once
+	ackCh    chan struct{} // closed and replaced at every ack, to wake a full Hold
+	sendErr  error
+	lastHeld uint64
+}
+
+var _ replay.OutputHolder = (*holdingWorld)(nil)
+
+// maxHeldBytes bounds the outputs a primary holds for its backup; past it
+// the vCPU waits for acks (VM-FT stalls the primary when its buffer fills).
+const maxHeldBytes = 8 << 20
+
+func newHoldingWorld(ctx context.Context, live *vmm.LiveWorld, send func(replay.OutputKind, []byte) error, flush func() error, m *Metrics) *holdingWorld {
+	return &holdingWorld{LiveWorld: live, ctx: ctx, start: time.Now(), send: send, flush: flush, m: m,
+		rule: outputrule.New(maxHeldBytes), ackCh: make(chan struct{})}
+}
+
+func (h *holdingWorld) now() time.Duration { return time.Since(h.start) }
+
+// HoldOutput holds an output until the entry seq is acknowledged, and makes
+// the channel send that entry at once (VM-FT flushes the log as soon as an
+// output waits on it).
+func (h *holdingWorld) HoldOutput(_ replay.ExecPoint, seq uint64, kind replay.OutputKind, data []byte) error {
+	for {
+		h.mu.Lock()
+		if h.solo {
+			err := h.send(kind, data)
+			h.mu.Unlock()
+			return err
+		}
+		err := h.rule.Hold(seq, kind, data, h.now())
+		if err == nil {
+			h.lastHeld = seq
+			h.m.held(h.rule.Held())
+			// The ack may have overtaken the hold: release what it covers.
+			h.releaseLocked(h.rule.Ack(h.rule.Acked(), h.now()))
+			h.mu.Unlock()
+			return h.flush()
+		}
+		wake := h.ackCh
+		h.mu.Unlock()
+		if !errors.Is(err, outputrule.ErrFull) {
+			return err
+		}
+		if err := h.flush(); err != nil {
+			return err
+		}
+		select {
+		case <-wake:
+		case <-h.ctx.Done():
+			return vmm.ErrInterrupted
+		}
+	}
+}
+
+// Ack is called in order for each acknowledgement from the backup.
+func (h *holdingWorld) Ack(seq uint64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.releaseLocked(h.rule.Ack(seq, h.now()))
+	close(h.ackCh)
+	h.ackCh = make(chan struct{})
+}
+
+// goSolo releases everything held and lets later outputs leave at once: the
+// backup is gone and this primary won the right to carry on alone.
+func (h *holdingWorld) goSolo() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.solo = true
+	h.releaseLocked(h.rule.Ack(^uint64(0), h.now()))
+	close(h.ackCh)
+	h.ackCh = make(chan struct{})
+}
+
+// drained reports whether every held output has left.
+func (h *holdingWorld) drained() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	n, _ := h.rule.Held()
+	return n == 0
+}
+
+func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
+	for _, r := range rel {
+		if err := h.send(r.Kind, r.Data); err != nil && h.sendErr == nil {
+			h.sendErr = err
+		}
+		h.m.released(r.Delay)
+	}
+	h.m.held(h.rule.Held())
+}
+
+// gatedSink is the primary's log sink: the logging channel while there is
+// a backup; while a lost backup's fate is decided it blocks the vCPU
+// (nothing more may be logged or output); once the primary carries on alone
+// it drops entries; if the primary lost the decision it refuses them.
+type gatedSink struct {
+	inner replay.Sink
+
+	mu      sync.Mutex
+	state   sinkState
+	decided chan struct{} // closed when state leaves sinkDeciding
+	err     error         // why the sink refuses (sinkHalted)
+}
+
+type sinkState int
+
+const (
+	sinkLive sinkState = iota
+	sinkDeciding
+	sinkSolo
+	sinkHalted
+)
+
+func newGatedSink(inner replay.Sink) *gatedSink {
+	return &gatedSink{inner: inner, decided: make(chan struct{})}
+}
+
+// gate waits out a decision and says whether to use the inner sink.
+func (g *gatedSink) gate() (bool, error) {
+	g.mu.Lock()
+	st, decided := g.state, g.decided
+	g.mu.Unlock()
+	if st == sinkDeciding {
+		<-decided
+		g.mu.Lock()
+		st = g.state
+		g.mu.Unlock()
+	}
+	switch st {
+	case sinkSolo:
+		return false, nil
+	case sinkHalted:
+		return false, g.err
+	}
+	return true, nil
+}
+
+func (g *gatedSink) Append(e replay.Entry) error {
+	use, err := g.gate()
+	if !use || err != nil {
+		return err
+	}
+	if err := g.inner.Append(e); err != nil {
+		if use, err2 := g.afterFailure(); !use {
+			return err2
+		}
+		return err
+	}
+	return nil
+}
+
+func (g *gatedSink) Flush() error {
+	use, err := g.gate()
+	if !use || err != nil {
+		return err
+	}
+	if err := g.inner.Flush(); err != nil {
+		if use, err2 := g.afterFailure(); !use {
+			return err2
+		}
+		return err
+	}
+	return nil
+}
+
+// afterFailure: a channel error while a decision is (or is about to be)
+// under way is not the VM's failure: wait for the decision.
+func (g *gatedSink) afterFailure() (bool, error) {
+	g.mu.Lock()
+	live := g.state == sinkLive
+	g.mu.Unlock()
+	if live {
+		g.deciding()
+	}
+	return g.gate()
+}
+
+// deciding starts a decision: the sink blocks until solo or halt.
+func (g *gatedSink) deciding() {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state == sinkLive {
+		g.state = sinkDeciding
+	}
+}
+
+func (g *gatedSink) decide(st sinkState, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.state == sinkSolo || g.state == sinkHalted {
+		return
+	}
+	g.state, g.err = st, err
+	close(g.decided)
+}

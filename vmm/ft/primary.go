@@ -1,0 +1,219 @@
+package ft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/splitbrain"
+	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/vnet"
+)
+
+// Common are the options primary and backup share.
+type Common struct {
+	Image  *vmm.Image
+	Config vmm.Config
+	VMID   string
+	// Generation numbers one primary/backup pairing; the arbiter decides
+	// once per VM id and generation.
+	Generation uint64
+	Arbiter    splitbrain.Arbiter
+	// Claimant names this side to the arbiter and in logs, e.g. "backup@host".
+	Claimant string
+	Stdin    io.Reader
+	Stdout   io.Writer
+	// Net is the guest's network backend, or nil. The primary's is bound;
+	// the backup's is created unbound and bound when it goes live.
+	Net     vnet.Backend
+	Channel logchannel.Config
+	Metrics *Metrics
+	// Logf reports what happens (connected, lost the backup, live, ...)
+	// for a person; nil discards.
+	Logf func(format string, args ...any)
+}
+
+func (c *Common) logf(format string, args ...any) {
+	if c.Logf != nil {
+		c.Logf(format, args...)
+	}
+}
+
+func (c *Common) hello() logchannel.Hello {
+	return logchannel.Hello{VMID: c.VMID, Generation: c.Generation,
+		ImageSHA256: c.Image.Hash, ConfigDigest: vmm.ConfigDigest(c.Config)}
+}
+
+func (c *Common) send(kind replay.OutputKind, data []byte) error {
+	return vmm.SendOutput(c.Stdout, c.Net, kind, data)
+}
+
+// PrimaryOptions configure RunPrimary.
+type PrimaryOptions struct {
+	Common
+	BackupAddr string
+	// MaxLag throttles the primary while the backup's replay is more than
+	// this far behind (0: DefaultMaxLag).
+	MaxLag time.Duration
+}
+
+// DefaultMaxLag: VM-FT keeps the backup typically under 100 ms behind and
+// throttles the primary past about a second; a failover replays the lag
+// before going live, so the lag bounds the go-live time. 500 ms keeps that
+// cost well under a second while leaving room for the bursts of a loaded,
+// 2-core machine.
+const DefaultMaxLag = 500 * time.Millisecond
+
+// RunPrimary runs the guest as the primary of a pair: it connects to the
+// backup, records the guest into the logging channel, holds every output
+// until the backup acknowledges its entry, and returns when the guest
+// stops. If the backup is lost it asks the arbiter before releasing
+// anything more: it carries on alone if it wins and halts with
+// ErrLostArbitration if it loses.
+func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sender, err := dialBackup(ctx, o)
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	defer sender.Close()
+	o.logf("primary: connected to the backup at %s; recording", o.BackupAddr)
+	o.Metrics.SetRole("primary")
+	o.Metrics.channelMetrics(sender.Stats)
+
+	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
+	if o.Net != nil {
+		live.AttachNet(o.Net)
+	}
+	sink := newGatedSink(sender)
+	hw := newHoldingWorld(ctx, live, o.send, sink.Flush, o.Metrics)
+	go func() {
+		for {
+			select {
+			case seq := <-sender.Acks():
+				hw.Ack(seq)
+			case <-sender.PeerLost():
+				return
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	maxLag := o.MaxLag
+	if maxLag == 0 {
+		maxLag = DefaultMaxLag
+	}
+	rec := replay.NewRecorder(hw, &throttledSink{gatedSink: sink, sender: sender, ctx: ctx, maxLag: maxLag}, replay.RecorderConfig{})
+	if err := rec.Start(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
+		return vmm.Result{}, err
+	}
+	m, err := vmm.New(o.Image, o.Config, rec)
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	defer m.Close()
+
+	halted := make(chan error, 1)
+	runDone := make(chan struct{})
+	go func() {
+		select {
+		case <-sender.PeerLost():
+		case <-runDone:
+			return
+		}
+		sink.deciding()
+		cause := sender.Err()
+		o.logf("primary: lost the backup (%v); asking the arbiter before releasing any more output", cause)
+		o.Metrics.SetRole("deciding")
+		_, err := arbitrate(ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: o.Generation,
+			Claimant: o.Claimant, Reason: fmt.Sprintf("primary lost its backup: %v", cause)}, o.logf)
+		if err != nil {
+			o.logf("primary: %v", err)
+			o.Metrics.SetRole("halted")
+			sink.decide(sinkHalted, err)
+			halted <- err
+			cancel() // stop a vCPU that is computing without exits
+			return
+		}
+		o.logf("primary: won the arbiter at %s: carrying on alone, outputs released without a backup", time.Now().Format(time.RFC3339Nano))
+		o.Metrics.SetRole("solo")
+		hw.goSolo()
+		sink.decide(sinkSolo, nil)
+	}()
+
+	res, runErr := m.Run(ctx)
+	close(runDone)
+	select {
+	case err := <-halted:
+		return res, err
+	default:
+	}
+	var fault *vmm.GuestFault
+	if runErr != nil && !errors.As(runErr, &fault) {
+		return res, runErr
+	}
+	digest, err := m.StateDigest()
+	if err == nil {
+		err = rec.Finish(digest)
+	}
+	if err == nil {
+		err = sink.Flush()
+	}
+	if err != nil {
+		return res, err
+	}
+	// The guest has stopped; its last outputs leave when acknowledged.
+	for !hw.drained() {
+		select {
+		case err := <-halted:
+			return res, err
+		case <-ctx.Done():
+			return res, vmm.ErrInterrupted
+		case <-time.After(time.Millisecond):
+		}
+	}
+	if hw.sendErr != nil {
+		return res, hw.sendErr
+	}
+	return res, runErr
+}
+
+// dialBackup connects to the backup, retrying while it is not up yet (a
+// pair starts both at once) for up to a few seconds.
+func dialBackup(ctx context.Context, o PrimaryOptions) (*logchannel.Sender, error) {
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s, err := logchannel.Dial(ctx, o.BackupAddr, o.hello(), o.Channel)
+		if err == nil {
+			return s, nil
+		}
+		if errors.Is(err, logchannel.ErrRefused) || time.Now().After(deadline) || ctx.Err() != nil {
+			return nil, err
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// throttledSink makes the vCPU wait, every few hundred entries, while the
+// backup's replay lags more than maxLag behind.
+type throttledSink struct {
+	*gatedSink
+	sender *logchannel.Sender
+	ctx    context.Context
+	maxLag time.Duration
+	n      int
+}
+
+func (t *throttledSink) Append(e replay.Entry) error {
+	if t.n++; t.n%256 == 0 {
+		if err := t.sender.WaitLag(t.ctx, t.maxLag); err != nil && t.ctx.Err() != nil {
+			return vmm.ErrInterrupted
+		}
+	}
+	return t.gatedSink.Append(e)
+}
