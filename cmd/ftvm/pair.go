@@ -25,6 +25,7 @@ func cmdPair(args []string) int {
 	g.register(fs)
 	arbiter := fs.String("arbiter", "", "go-live arbiter URL (default: file:// in a new temporary directory)")
 	killAfter := fs.Duration("kill-primary-after", 0, "kill -9 the primary after this long, to watch the backup take over")
+	killBackupAfter := fs.Duration("kill-backup-after", 0, "kill -9 the backup after this long, to watch the primary carry on alone")
 	failover := fs.Duration("failover-timeout", 0, "passed to both sides (default: theirs)")
 	metricsP := fs.String("metrics-primary", "", "the primary's --metrics ADDR")
 	metricsB := fs.String("metrics-backup", "", "the backup's --metrics ADDR")
@@ -93,6 +94,12 @@ func cmdPair(args []string) int {
 		time.AfterFunc(*killAfter, func() {
 			pairLog("killing the primary (kill -9) to show a failover")
 			primary.cmd.Process.Kill()
+		})
+	}
+	if *killBackupAfter > 0 {
+		time.AfterFunc(*killBackupAfter, func() {
+			pairLog("killing the backup (kill -9)")
+			backup.cmd.Process.Kill()
 		})
 	}
 

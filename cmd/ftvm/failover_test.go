@@ -1,0 +1,110 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math/rand"
+	"os"
+	"os/exec"
+	"sort"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/ftvm/ftvm/bench/kv"
+)
+
+// pairTrial runs kvstore under ftvm pair with a client workload and the
+// given pair flags, stops the pair, and returns the workload's outcome and
+// the pair's stderr.
+func pairTrial(t *testing.T, seed int64, duration time.Duration, pairFlags ...string) (kv.Outcome, string) {
+	t.Helper()
+	port := freeUDPPort(t)
+	args := append([]string{"pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port)}, pairFlags...)
+	cmd := exec.Command(ftvmBin, append(args, guest("kvstore"))...)
+	var errb syncBuf
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("the pair did not stop on SIGTERM:\n%s", errb.String())
+		}
+	}()
+	w := kv.Workload{Clients: 3, Keys: 4, Duration: duration, FirstID: uint64(seed) * 100, Seed: seed, OpTimeout: 30 * time.Second}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	out, err := w.Run(ctx, fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out, errb.String()
+}
+
+// checkHistory fails the test unless every call completed and the history
+// is linearizable (which includes: no acknowledged write is lost).
+func checkHistory(t *testing.T, out kv.Outcome, stderr string) {
+	t.Helper()
+	if out.Failed > 0 {
+		t.Fatalf("%d calls never got a reply\n%s", out.Failed, stderr)
+	}
+	if len(out.Calls) < 20 {
+		t.Fatalf("only %d calls completed\n%s", len(out.Calls), stderr)
+	}
+	res, info := kv.CheckLinearizable(out.Calls, 30*time.Second)
+	if res != porcupine.Ok {
+		path := fmt.Sprintf("%s/history-%d.html", os.TempDir(), time.Now().UnixNano())
+		if f, err := os.Create(path); err == nil {
+			porcupine.Visualize(kv.Model, info, f)
+			f.Close()
+		}
+		t.Fatalf("history of %d calls is %v (visualisation: %s)\n%s", len(out.Calls), res, path, stderr)
+	}
+}
+
+// TestKillPrimary: kill -9 of the primary at a random moment under load,
+// in many trials. Every time the backup goes live, every client call
+// completes, and the history is linearizable.
+func TestKillPrimary(t *testing.T) {
+	requireKVM(t)
+	trials := 20
+	if testing.Short() {
+		trials = 3
+	}
+	rng := rand.New(rand.NewSource(time.Now().UnixNano()))
+	var gaps []time.Duration
+	for i := 0; i < trials; i++ {
+		kill := time.Duration(300+rng.Intn(1200)) * time.Millisecond
+		out, stderr := pairTrial(t, int64(i+1), 2500*time.Millisecond, "--kill-primary-after", kill.String())
+		if !strings.Contains(stderr, "backup: LIVE since") {
+			t.Fatalf("trial %d (kill at %v): the backup did not go live\n%s", i, kill, stderr)
+		}
+		checkHistory(t, out, stderr)
+		gaps = append(gaps, out.MaxGap)
+		t.Logf("trial %d: kill at %v, %d calls, unavailability %v", i, kill, len(out.Calls), out.MaxGap.Round(time.Millisecond))
+	}
+	sort.Slice(gaps, func(i, j int) bool { return gaps[i] < gaps[j] })
+	t.Logf("client-observed unavailability over %d trials: p50 %v, max %v", trials, gaps[len(gaps)/2].Round(time.Millisecond), gaps[len(gaps)-1].Round(time.Millisecond))
+}
+
+// TestKillBackup: the backup dies; the primary wins the test-and-set and
+// carries on, and the clients see no error.
+func TestKillBackup(t *testing.T) {
+	requireKVM(t)
+	out, stderr := pairTrial(t, 99, 2500*time.Millisecond, "--kill-backup-after", "700ms")
+	if !strings.Contains(stderr, "primary: won the arbiter") {
+		t.Fatalf("the primary did not carry on alone:\n%s", stderr)
+	}
+	checkHistory(t, out, stderr)
+	t.Logf("%d calls, unavailability %v", len(out.Calls), out.MaxGap.Round(time.Millisecond))
+}
