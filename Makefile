@@ -23,6 +23,6 @@ clean:
 	rm -rf bin
 	$(MAKE) -s -C guests clean
 
-# The default job: the echo guest with console input from a script.
+# The default job: a protected kvstore with clients, and a failover.
 demo: all
-	printf 'hello ftvm\nfault tolerance\n' | ./bin/ftvm run guests/build/echo.elf
+	./bin/ftvm demo

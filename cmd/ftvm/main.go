@@ -27,12 +27,14 @@ var commands = map[string]func(args []string) int{
 	"backup":  cmdBackup,
 	"pair":    cmdPair,
 	"status":  cmdStatus,
+	"demo":    cmdDemo,
 }
 
 func usage() {
 	fmt.Fprint(os.Stderr, `usage: ftvm COMMAND [flags] [args]
 
 commands:
+  demo                                   kvstore under a pair, 3 clients, kill -9 of the primary
   run [--mem SIZE] GUEST.elf [ARGS...]   run a guest; console on stdin/stdout
   inspect GUEST.elf                      show segments, entry and rewritten instructions
   doctor                                 check this host's KVM for ftvm
