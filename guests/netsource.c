@@ -3,7 +3,8 @@
  *   netsource [port=7002] [batch=64]
  *
  * A datagram "SEND <count> <size> <port>" arriving on the port makes it send <count>
- * datagrams of <size> payload bytes (0-1472) to the requester's IP at <port>, at most
+ * datagrams of <size> payload bytes (0-1472) to the requester's IP at <port> (0: the port
+ * the request came from), at most
  * <batch> frames per transmit call, then one datagram "DONE <sent>" to the same place.
  * Each payload starts with its sequence number (0, 1, ...) as 10 zero-padded decimal
  * digits (cut short when <size> is smaller), followed by the letters a-z repeated. A bad
@@ -74,7 +75,7 @@ void netsource_handler(const struct udp_dgram *d, void *ctx)
 		}
 		i = j + 1;
 	}
-	if (v[0] > SRC_MAX_COUNT || v[1] > NET_UDP_MAX || v[2] == 0 || v[2] > 65535) {
+	if (v[0] > SRC_MAX_COUNT || v[1] > NET_UDP_MAX || v[2] > 65535) {
 		reply(d, "ERR syntax");
 		return;
 	}
@@ -84,7 +85,9 @@ void netsource_handler(const struct udp_dgram *d, void *ctx)
 	}
 	job.active = 1;
 	job.ip = d->src_ip;
-	job.port = (uint16_t)v[2];
+	/* Port 0: the requester's own port, which is all a client behind user
+	 * networking's NAT can name. */
+	job.port = v[2] ? (uint16_t)v[2] : d->src_port;
 	job.size = (uint32_t)v[1];
 	job.count = v[0];
 	job.next = job.sent = 0;

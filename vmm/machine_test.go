@@ -177,3 +177,21 @@ func TestKickBeforeRunIsNotLost(t *testing.T) {
 		t.Fatalf("got %+v %v", exit, err)
 	}
 }
+
+// TestKickAfterClose: a cancellation that lands as Run returns may kick
+// after Close; that must be harmless (it once dereferenced the unmapped
+// kvm_run page).
+func TestKickAfterClose(t *testing.T) {
+	requireKVM(t)
+	for i := 0; i < 50; i++ {
+		ctx, cancel := context.WithCancel(context.Background())
+		m, err := New(loadGuest(t, "hello"), Config{}, NewLiveWorld(ctx, nil, io.Discard))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.Run(ctx)
+		m.Close()
+		cancel()
+		m.vcpu.kick()
+	}
+}

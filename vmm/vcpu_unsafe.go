@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"unsafe"
 
@@ -62,6 +63,10 @@ type vcpuFD struct {
 	// halves the exit cost here). Before the first run, ioctls are used.
 	syncRegs bool
 	ran      bool
+	// mu serialises kick against close: a kick may come from any goroutine
+	// (a context's AfterFunc) even as the VM is being torn down.
+	mu     sync.Mutex
+	closed bool
 }
 
 // Offsets in struct kvm_run past the exit union (linux/kvm.h).
@@ -98,6 +103,9 @@ func newVcpuFD(fd int, mmapSize int) (*vcpuFD, error) {
 }
 
 func (v *vcpuFD) close() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	v.closed = true
 	if v.page != nil {
 		unix.Munmap(v.page)
 		v.page, v.run = nil, nil
@@ -107,6 +115,11 @@ func (v *vcpuFD) close() {
 
 // kick makes the current or next run return ExitKick. Safe from any goroutine.
 func (v *vcpuFD) kick() {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	if v.closed {
+		return
+	}
 	v.kickPending.Store(true)
 	// Sound: run points into the kvm_run mapping, alive while the vCPU is;
 	// KVM reads immediate_exit on entry, so a plain store is what it sees.

@@ -108,3 +108,30 @@ func TestKillBackup(t *testing.T) {
 	checkHistory(t, out, stderr)
 	t.Logf("%d calls, unavailability %v", len(out.Calls), out.MaxGap.Round(time.Millisecond))
 }
+
+// TestBenchQuick: ftvm bench --quick runs every benchmark once and writes
+// a report with every table, the JSON and the plots.
+func TestBenchQuick(t *testing.T) {
+	requireKVM(t)
+	dir := t.TempDir()
+	cmd := exec.Command(ftvmBin, "bench", "--quick", "--out", dir, "--guests", "../../guests/build")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		t.Fatalf("ftvm bench --quick: %v\n%s", err, out)
+	}
+	report, err := os.ReadFile(dir + "/REPORT.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"Table 1 analog", "| cpu |", "| kvstore |", "netsink receive", "netsource transmit",
+		"Output Rule added", "silent death", "Log composition"} {
+		if !strings.Contains(string(report), want) {
+			t.Errorf("report lacks %q", want)
+		}
+	}
+	for _, f := range []string{"results.json", "ratios.png", "failover.png"} {
+		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}

@@ -28,6 +28,7 @@ var commands = map[string]func(args []string) int{
 	"pair":    cmdPair,
 	"status":  cmdStatus,
 	"demo":    cmdDemo,
+	"bench":   cmdBench,
 }
 
 func usage() {
@@ -36,6 +37,7 @@ func usage() {
 commands:
   demo                                   kvstore under a pair, 3 clients, kill -9 of the primary
   run [--mem SIZE] GUEST.elf [ARGS...]   run a guest; console on stdin/stdout
+  bench [--quick]                        plain vs FT, logging bandwidth, output delay, failover time
   inspect GUEST.elf                      show segments, entry and rewritten instructions
   doctor                                 check this host's KVM for ftvm
   record --log FILE [--mem SIZE] GUEST.elf [ARGS...]

@@ -26,6 +26,7 @@ func cmdPair(args []string) int {
 	arbiter := fs.String("arbiter", "", "go-live arbiter URL (default: file:// in a new temporary directory)")
 	killAfter := fs.Duration("kill-primary-after", 0, "kill -9 the primary after this long, to watch the backup take over")
 	killBackupAfter := fs.Duration("kill-backup-after", 0, "kill -9 the backup after this long, to watch the primary carry on alone")
+	stopAfter := fs.Duration("stop-primary-after", 0, "SIGSTOP the primary after this long (a hung host: no connection reset, only silence), kill it 30 s later")
 	failover := fs.Duration("failover-timeout", 0, "passed to both sides (default: theirs)")
 	metricsP := fs.String("metrics-primary", "", "the primary's --metrics ADDR")
 	metricsB := fs.String("metrics-backup", "", "the backup's --metrics ADDR")
@@ -96,6 +97,13 @@ func cmdPair(args []string) int {
 			primary.cmd.Process.Kill()
 		})
 	}
+	if *stopAfter > 0 {
+		time.AfterFunc(*stopAfter, func() {
+			pairLog("freezing the primary (SIGSTOP): the backup can only notice the silence")
+			primary.cmd.Process.Signal(syscall.SIGSTOP)
+			time.AfterFunc(30*time.Second, func() { primary.cmd.Process.Kill() })
+		})
+	}
 	if *killBackupAfter > 0 {
 		time.AfterFunc(*killBackupAfter, func() {
 			pairLog("killing the backup (kill -9)")
@@ -111,6 +119,7 @@ func cmdPair(args []string) int {
 		for sig := range sigs {
 			pairLog("%v: stopping both members", sig)
 			primary.signal(sig)
+			primary.signal(syscall.SIGCONT) // a frozen primary must see it too
 			backup.signal(sig)
 		}
 	}()

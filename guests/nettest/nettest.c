@@ -1106,7 +1106,7 @@ static void test_netsource(void)
 
 	/* Bad requests are answered ERR syntax, to the requester's port. */
 	static const char *bad[] = { "SEND", "SEND 1 2", "SEND 1 2 3 4", "SEND 1 1473 9",
-				     "SEND 1 10 0", "SEND 1 10 65536", "SEND x 1 1", "send 1 1 1",
+				     "SEND 1 10 65536", "SEND x 1 1", "send 1 1 1",
 				     "SEND  1 1 1" };
 	fake_clear_tx();
 	for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
@@ -1118,6 +1118,17 @@ static void test_netsource(void)
 	for (int i = 0; i < fake.tx_count; i++)
 		CHECK(parse_udp(fake.tx[i], fake.tx_len[i], &p) && p.dport == 5555 && p.plen == 10 &&
 			      memcmp(p.payload, "ERR syntax", 10) == 0, "reply %d", i);
+
+	/* Port 0: the datagrams go to the port the request came from (all a client
+	 * behind user networking's NAT can name). */
+	fake_clear_tx();
+	cmd = "SEND 2 10 0";
+	fake_inject(f, mk_udp(f, OUR_MAC, PEER_MAC, PEER_IP, OUR_IP, 5555, 7002, cmd, strlen(cmd), 0));
+	for (int i = 0; i < 5; i++)
+		netsource_step();
+	CHECK(!netsource_busy() && fake.tx_count == 3, "port 0: %d frames", fake.tx_count);
+	for (int i = 0; i < fake.tx_count; i++)
+		CHECK(parse_udp(fake.tx[i], fake.tx_len[i], &p) && p.dport == 5555, "port 0: frame %d to %d", i, p.dport);
 
 	/* Zero datagrams: just DONE 0. An off-link requester: ARP for the gateway first. */
 	fake_clear_tx();

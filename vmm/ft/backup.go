@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/ftvm/ftvm/logchannel"
@@ -75,7 +76,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 			return err
 		}
 		if o.Net != nil {
-			if err := o.Net.Bind(); err != nil {
+			if err := bindRetrying(ctx, o.Net.Bind, o.logf); err != nil {
 				return fmt.Errorf("ft: going live: binding the guest's network: %w", err)
 			}
 			if err := o.Net.Announce(); err != nil {
@@ -120,4 +121,26 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	out.Verified = true
 	o.logf("backup: verified: replayed to the primary's last exit %d with the same final state %x", out.Summary.Exits, digest[:8])
 	return out, err
+}
+
+// bindRetrying binds the guest's network identity, waiting while another
+// process still holds it: a fenced primary on the same host keeps its
+// forwarded ports until it halts. It gives up after 30 s.
+func bindRetrying(ctx context.Context, bind func() error, logf func(string, ...any)) error {
+	deadline := time.Now().Add(30 * time.Second)
+	for logged := false; ; {
+		err := bind()
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return err
+		}
+		if !logged {
+			logf("backup: the guest's address is still held (%v); waiting for the old primary to let go", err)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
 }

@@ -37,6 +37,8 @@ type holdingWorld struct {
 	ackCh    chan struct{} // closed and replaced at every ack, to wake a full Hold
 	sendErr  error
 	lastHeld uint64
+	delays   []time.Duration // when recording: every release's delay
+	record   bool
 }
 
 var _ replay.OutputHolder = (*holdingWorld)(nil)
@@ -122,6 +124,9 @@ func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
 			h.sendErr = err
 		}
 		h.m.released(r.Delay)
+		if h.record {
+			h.delays = append(h.delays, r.Delay)
+		}
 	}
 	h.m.held(h.rule.Held())
 }

@@ -59,6 +59,16 @@ type PrimaryOptions struct {
 	// MaxLag throttles the primary while the backup's replay is more than
 	// this far behind (0: DefaultMaxLag).
 	MaxLag time.Duration
+	// OnDone, if set, gets the primary's figures when RunPrimary returns
+	// (for benchmarks): the channel's statistics and every output's delay.
+	OnDone func(PrimaryStats)
+}
+
+// PrimaryStats are a primary run's figures.
+type PrimaryStats struct {
+	Channel      logchannel.Stats
+	OutputDelays []time.Duration
+	Elapsed      time.Duration
 }
 
 // DefaultMaxLag: VM-FT keeps the backup typically under 100 ms behind and
@@ -92,6 +102,16 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	}
 	sink := newGatedSink(sender)
 	hw := newHoldingWorld(ctx, live, o.send, sink.Flush, o.Metrics)
+	if o.OnDone != nil {
+		hw.record = true
+		began := time.Now()
+		defer func() {
+			hw.mu.Lock()
+			delays := append([]time.Duration(nil), hw.delays...)
+			hw.mu.Unlock()
+			o.OnDone(PrimaryStats{Channel: sender.Stats(), OutputDelays: delays, Elapsed: time.Since(began)})
+		}()
+	}
 	go func() {
 		for {
 			select {

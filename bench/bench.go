@@ -1,0 +1,476 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/ftvm/ftvm/bench/kv"
+	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/vnet"
+)
+
+// Options configure a benchmark run.
+type Options struct {
+	// Quick: one repetition of short runs and a few failover trials: a
+	// smoke test that finishes in under two minutes.
+	Quick bool
+	// GuestDir holds the guest images (guests/build).
+	GuestDir string
+	// FTVM is the ftvm binary, for the failover trials (real processes).
+	FTVM string
+	// Logf reports progress.
+	Logf func(format string, args ...any)
+}
+
+func (o Options) reps() int {
+	if o.Quick {
+		return 1
+	}
+	return 5
+}
+
+func (o Options) dur(quick, full time.Duration) time.Duration {
+	if o.Quick {
+		return quick
+	}
+	return full
+}
+
+// Stat is a median with its spread over repetitions.
+type Stat struct {
+	Median, Min, Max float64
+	Samples          []float64
+}
+
+func newStat(xs []float64) Stat {
+	s := append([]float64(nil), xs...)
+	sort.Float64s(s)
+	if len(s) == 0 {
+		return Stat{}
+	}
+	return Stat{Median: s[len(s)/2], Min: s[0], Max: s[len(s)-1], Samples: xs}
+}
+
+// Throughput is one workload's plain and FT figures.
+type Throughput struct {
+	Workload string
+	Unit     string // of Plain and FT, e.g. "runs/s", "ops/s", "Mbit/s"
+	Plain    Stat
+	FT       Stat
+	// Ratio is FT/plain, per alternating pair of runs.
+	Ratio Stat
+	// LogMbps is the logging bandwidth under FT.
+	LogMbps Stat
+	Note    string
+}
+
+// Results is everything one benchmark run measured.
+type Results struct {
+	Date      string
+	Machine   map[string]string
+	Command   string
+	Quick     bool
+	Table1    []Throughput
+	Table2    []Throughput
+	KVLatency map[string]map[string]float64 // mode -> p50/p99/p999 (ms)
+	// OutputDelay: the delay the Output Rule added on kvstore (ms).
+	OutputDelay map[string]float64
+	Failover    []FailoverRow
+	LogKinds    []LogKind
+	PerPacket   map[string]float64
+}
+
+func (o Options) image(name string) (*vmm.Image, error) {
+	b, err := os.ReadFile(filepath.Join(o.GuestDir, name+".elf"))
+	if err != nil {
+		return nil, err
+	}
+	return vmm.LoadELF(b)
+}
+
+// Run runs every benchmark.
+func Run(ctx context.Context, o Options) (*Results, error) {
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	r := &Results{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Quick: o.Quick,
+		KVLatency: map[string]map[string]float64{}, OutputDelay: map[string]float64{}}
+	arbDir, err := os.MkdirTemp("", "ftvm-bench-arbiter-")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(arbDir)
+	for _, step := range []func(context.Context, Options, *Results, string) error{benchCPU, benchEcho, benchKV, benchNet, benchLog, benchFailover} {
+		if err := step(ctx, o, r, arbDir); err != nil {
+			return r, err
+		}
+	}
+	return r, nil
+}
+
+// alternate runs plain and FT alternately reps times and collects the
+// metric each returns.
+func alternate(o Options, name string, run func(Mode) (value, logMbps float64, err error)) (Throughput, error) {
+	t := Throughput{Workload: name}
+	var plain, ftv, ratio, logs []float64
+	for i := 0; i < o.reps(); i++ {
+		p, _, err := run(Plain)
+		if err != nil {
+			return t, fmt.Errorf("%s plain: %w", name, err)
+		}
+		f, l, err := run(FT)
+		if err != nil {
+			return t, fmt.Errorf("%s ft: %w", name, err)
+		}
+		plain, ftv, logs = append(plain, p), append(ftv, f), append(logs, l)
+		if p > 0 {
+			ratio = append(ratio, f/p)
+		}
+		o.Logf("%s: plain %.4g, ft %.4g, log %.3f Mbit/s", name, p, f, l)
+	}
+	t.Plain, t.FT, t.Ratio, t.LogMbps = newStat(plain), newStat(ftv), newStat(ratio), newStat(logs)
+	return t, nil
+}
+
+func logMbps(run vmRun) float64 {
+	if run.Primary.Elapsed == 0 {
+		return 0
+	}
+	return float64(run.Primary.Channel.LogBytes) * 8 / run.Primary.Elapsed.Seconds() / 1e6
+}
+
+func benchCPU(ctx context.Context, o Options, r *Results, arbDir string) error {
+	img, err := o.image("cpu")
+	if err != nil {
+		return err
+	}
+	cfg := cpuConfig(o)
+	t, err := alternate(o, "cpu", func(m Mode) (float64, float64, error) {
+		run := startVM(ctx, m, vmSpec{Image: img, Config: cfg}, arbDir)
+		return 1 / run.Elapsed.Seconds(), logMbps(run), run.Err
+	})
+	t.Unit, t.Note = "runs/s", "compute with an RDTSC exit every ~0.2 ms"
+	r.Table1 = append(r.Table1, t)
+	return err
+}
+
+func benchEcho(ctx context.Context, o Options, r *Results, arbDir string) error {
+	img, err := o.image("echo")
+	if err != nil {
+		return err
+	}
+	var in strings.Builder
+	for i := 0; i < map[bool]int{true: 500, false: 3000}[o.Quick]; i++ {
+		fmt.Fprintf(&in, "line %d of the echo benchmark\n", i)
+	}
+	t, err := alternate(o, "echo", func(m Mode) (float64, float64, error) {
+		run := startVM(ctx, m, vmSpec{Image: img, Stdin: in.String()}, arbDir)
+		return 1 / run.Elapsed.Seconds(), logMbps(run), run.Err
+	})
+	t.Unit, t.Note = "runs/s", "console input and output: every output held for an ack"
+	r.Table1 = append(r.Table1, t)
+	return err
+}
+
+// userNet is user networking forwarding a free loopback UDP port to port.
+func userNet(port uint16) (*vnet.Spec, string, error) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return nil, "", err
+	}
+	addr := c.LocalAddr().String()
+	c.Close()
+	spec, err := vnet.ParseSpec(fmt.Sprintf("user,hostfwd=udp:%s-:%d", addr, port), "bench")
+	return &spec, addr, err
+}
+
+func nicConfig(s *vnet.Spec, cmdline string) vmm.Config {
+	cfg := vmm.Config{Cmdline: cmdline, NIC: &vmm.NICConfig{Addr: s.Addr, Gateway: s.Gateway}}
+	copy(cfg.NIC.MAC[:], s.MAC)
+	return cfg
+}
+
+func benchKV(ctx context.Context, o Options, r *Results, arbDir string) error {
+	img, err := o.image("kvstore")
+	if err != nil {
+		return err
+	}
+	d := o.dur(2*time.Second, 8*time.Second)
+	lat := map[Mode][]time.Duration{}
+	var delays []time.Duration
+	t, err := alternate(o, "kvstore", func(m Mode) (float64, float64, error) {
+		spec, addr, err := userNet(7000)
+		if err != nil {
+			return 0, 0, err
+		}
+		var res kv.BenchResult
+		var berr error
+		run := startVM(ctx, m, vmSpec{Image: img, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+			res, berr = kv.Bench(ctx, addr, 4, d, uint64(time.Now().UnixNano()%1e9))
+		}}, arbDir)
+		if berr == nil && res.Errors > 0 {
+			berr = fmt.Errorf("%d client errors", res.Errors)
+		}
+		if run.Err != nil {
+			berr = run.Err
+		}
+		lat[m] = append(lat[m], res.Latencies...)
+		delays = append(delays, run.Primary.OutputDelays...)
+		return float64(res.Ops) / res.Elapsed.Seconds(), logMbps(run), berr
+	})
+	t.Unit, t.Note = "ops/s", "4 clients, 30% PUT 60% GET 10% APPEND, UDP over user networking"
+	r.Table1 = append(r.Table1, t)
+	for m, l := range lat {
+		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
+		r.KVLatency[string(m)] = map[string]float64{"p50_ms": ms(quantile(l, 0.5)), "p99_ms": ms(quantile(l, 0.99)), "p999_ms": ms(quantile(l, 0.999))}
+	}
+	sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
+	r.OutputDelay = map[string]float64{"p50_ms": ms(quantile(delays, 0.5)), "p99_ms": ms(quantile(delays, 0.99)), "outputs": float64(len(delays))}
+	return err
+}
+
+func quantile(s []time.Duration, q float64) time.Duration {
+	if len(s) == 0 {
+		return 0
+	}
+	return s[min(len(s)-1, int(q*float64(len(s))))]
+}
+
+func ms(d time.Duration) float64 { return float64(d) / 1e6 }
+
+func benchNet(ctx context.Context, o Options, r *Results, arbDir string) error {
+	sink, err := o.image("netsink")
+	if err != nil {
+		return err
+	}
+	source, err := o.image("netsource")
+	if err != nil {
+		return err
+	}
+	d := o.dur(time.Second, 4*time.Second)
+	t, err := alternate(o, "netsink receive", func(m Mode) (float64, float64, error) {
+		spec, addr, err := userNet(7001)
+		if err != nil {
+			return 0, 0, err
+		}
+		var mbps float64
+		var nerr error
+		run := startVM(ctx, m, vmSpec{Image: sink, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+			mbps, nerr = blastSink(ctx, addr, d)
+		}}, arbDir)
+		if run.Err != nil {
+			nerr = run.Err
+		}
+		return mbps, logMbps(run), nerr
+	})
+	t.Unit, t.Note = "Mbit/s", "1400-byte UDP payloads sent as fast as one client can; counted by the guest"
+	r.Table2 = append(r.Table2, t)
+	if err != nil {
+		return err
+	}
+	count := map[bool]int{true: 20000, false: 100000}[o.Quick]
+	t, err = alternate(o, "netsource transmit", func(m Mode) (float64, float64, error) {
+		spec, addr, err := userNet(7002)
+		if err != nil {
+			return 0, 0, err
+		}
+		var mbps float64
+		var nerr error
+		run := startVM(ctx, m, vmSpec{Image: source, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+			mbps, nerr = drainSource(ctx, addr, count, 1400)
+		}}, arbDir)
+		if run.Err != nil {
+			nerr = run.Err
+		}
+		return mbps, logMbps(run), nerr
+	})
+	t.Unit, t.Note = "Mbit/s", fmt.Sprintf("%d datagrams of 1400 bytes, batches of 64 per exit", count)
+	r.Table2 = append(r.Table2, t)
+	return err
+}
+
+// blastSink sends datagrams to netsink for d, then asks what it received.
+func blastSink(ctx context.Context, addr string, d time.Duration) (float64, error) {
+	c, err := net.Dial("udp", addr)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	payload := make([]byte, 1400)
+	for i := range payload {
+		payload[i] = byte('a' + i%26)
+	}
+	start := time.Now()
+	for time.Since(start) < d && ctx.Err() == nil {
+		for i := 0; i < 64; i++ {
+			c.Write(payload)
+		}
+	}
+	time.Sleep(100 * time.Millisecond) // let the guest drain its queue
+	buf := make([]byte, 256)
+	for try := 0; try < 50; try++ {
+		c.Write([]byte("REPORT"))
+		c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, err := c.Read(buf)
+		if err != nil {
+			continue
+		}
+		f := strings.Fields(string(buf[:n]))
+		if len(f) != 2 {
+			return 0, fmt.Errorf("netsink answered %q", buf[:n])
+		}
+		bytes, _ := strconv.ParseFloat(f[1], 64)
+		return bytes * 8 / d.Seconds() / 1e6, nil
+	}
+	return 0, fmt.Errorf("netsink did not answer REPORT")
+}
+
+// drainSource asks netsource for count datagrams and measures how fast
+// they arrive.
+func drainSource(ctx context.Context, addr string, count, size int) (float64, error) {
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	c.SetReadBuffer(8 << 20)
+	dst, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 2048)
+	var got, bytes int
+	var start time.Time
+	for try := 0; try < 20 && got == 0; try++ {
+		c.WriteToUDP([]byte(fmt.Sprintf("SEND %d %d 0", count, size)), dst) // 0: reply to the port the request came from
+		c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		if n, _, err := c.ReadFromUDP(buf); err == nil && !strings.HasPrefix(string(buf[:n]), "ERR") {
+			start, got, bytes = time.Now(), 1, n
+		}
+	}
+	if got == 0 {
+		return 0, fmt.Errorf("netsource sent nothing")
+	}
+	end := start
+	for ctx.Err() == nil {
+		c.SetReadDeadline(time.Now().Add(2 * time.Second))
+		n, _, err := c.ReadFromUDP(buf)
+		if err != nil {
+			break
+		}
+		end = time.Now()
+		if strings.HasPrefix(string(buf[:n]), "DONE") {
+			break
+		}
+		got++
+		bytes += n
+	}
+	if end.Sub(start) <= 0 {
+		return 0, fmt.Errorf("netsource: only %d datagrams", got)
+	}
+	return float64(bytes) * 8 / end.Sub(start).Seconds() / 1e6, nil
+}
+
+// FailoverRow is the unavailability clients saw in failover trials.
+type FailoverRow struct {
+	How             string // "kill -9" or "SIGSTOP"
+	FailoverTimeout string
+	Trials          int
+	P50, P99, Max   float64 // ms
+	Samples         []float64
+}
+
+var liveRE = regexp.MustCompile(`backup: LIVE since`)
+
+func benchFailover(ctx context.Context, o Options, r *Results, _ string) error {
+	if o.FTVM == "" {
+		o.Logf("failover: skipped (no ftvm binary given)")
+		return nil
+	}
+	kvImg := filepath.Join(o.GuestDir, "kvstore.elf")
+	configs := []struct {
+		how, timeout string
+		trials       int
+	}{
+		{"kill -9", "1s", 50}, {"silent death", "250ms", 50}, {"silent death", "500ms", 50}, {"silent death", "1s", 50},
+	}
+	for _, c := range configs {
+		if o.Quick {
+			c.trials = 2
+		}
+		row := FailoverRow{How: c.how, FailoverTimeout: c.timeout}
+		for i := 0; i < c.trials; i++ {
+			var gap time.Duration
+			var err error
+			after := time.Duration(500+(int64(i)*137)%1000) * time.Millisecond
+			if c.how == "kill -9" {
+				gap, err = failoverTrial(ctx, o.FTVM, kvImg, after, c.timeout, int64(i))
+			} else {
+				timeout, _ := time.ParseDuration(c.timeout)
+				gap, err = silentDeathTrial(ctx, o, timeout, after, int64(i))
+			}
+			if err != nil {
+				return fmt.Errorf("failover %s %s trial %d: %w", c.how, c.timeout, i, err)
+			}
+			row.Samples = append(row.Samples, ms(gap))
+		}
+		s := append([]float64(nil), row.Samples...)
+		sort.Float64s(s)
+		row.Trials, row.P50, row.P99, row.Max = len(s), s[len(s)/2], s[min(len(s)-1, int(0.99*float64(len(s))))], s[len(s)-1]
+		o.Logf("failover %s, timeout %s: p50 %.0f ms, p99 %.0f ms over %d trials", c.how, c.timeout, row.P50, row.P99, row.Trials)
+		r.Failover = append(r.Failover, row)
+	}
+	return nil
+}
+
+// failoverTrial runs kvstore under ftvm pair with clients and kills the
+// primary (kill -9) after `after`; it returns the longest time no client
+// got a reply, after checking the history is linearizable.
+func failoverTrial(ctx context.Context, ftvm, image string, after time.Duration, timeout string, seed int64) (time.Duration, error) {
+	_, addr, err := userNet(7000)
+	if err != nil {
+		return 0, err
+	}
+	cmd := exec.CommandContext(ctx, ftvm, "pair", "--net", "user,hostfwd=udp:"+addr+"-:7000", "--failover-timeout", timeout, "--kill-primary-after", after.String(), image)
+	var stderr strings.Builder
+	cmd.Stderr = &lockedBuilder{b: &stderr}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		done := make(chan struct{})
+		go func() { cmd.Wait(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			cmd.Process.Kill()
+		}
+	}()
+	w := kv.Workload{Clients: 3, Keys: 4, Duration: after + 1500*time.Millisecond, FirstID: uint64(seed+1) * 1000, Seed: seed, OpTimeout: 30 * time.Second}
+	out, err := w.Run(ctx, addr)
+	if err != nil {
+		return 0, err
+	}
+	if out.Failed > 0 {
+		return 0, fmt.Errorf("%d calls without a reply", out.Failed)
+	}
+	if res, _ := kv.CheckLinearizable(out.Calls, time.Minute); res != porcupine.Ok {
+		return 0, fmt.Errorf("history is %v", res)
+	}
+	if !liveRE.MatchString(stderr.String()) {
+		return 0, fmt.Errorf("the backup did not go live:\n%s", stderr.String())
+	}
+	return out.MaxGap, nil
+}

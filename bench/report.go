@@ -1,0 +1,277 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/ftvm/ftvm/bench/kv"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm"
+	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
+	"gonum.org/v1/plot/vg"
+)
+
+// LogKind is one entry kind's share of a log.
+type LogKind struct {
+	Log         string
+	Kind        string
+	Entries     int
+	Bytes       int     // encoded entry bytes (frame overhead excluded)
+	PerEntry    float64 // Bytes / Entries
+	Payload     int     // the bytes the entries stand for (packet, console, output bytes)
+	PayloadPerE float64
+}
+
+// benchLog records kvstore serving clients and cpu into memory and breaks
+// the logs down by entry kind.
+func benchLog(ctx context.Context, o Options, r *Results, arbDir string) error {
+	kvImg, err := o.image("kvstore")
+	if err != nil {
+		return err
+	}
+	spec, addr, err := userNet(7000)
+	if err != nil {
+		return err
+	}
+	var berr error
+	kvRun := startVM(ctx, Record, vmSpec{Image: kvImg, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+		_, berr = kv.Bench(ctx, addr, 4, o.dur(time.Second, 3*time.Second), 77)
+	}}, arbDir)
+	if kvRun.Err != nil || berr != nil {
+		return fmt.Errorf("log composition: %v %v", kvRun.Err, berr)
+	}
+	cpuImg, err := o.image("cpu")
+	if err != nil {
+		return err
+	}
+	cpuRun := startVM(ctx, Record, vmSpec{Image: cpuImg, Config: cpuConfig(o)}, arbDir)
+	if cpuRun.Err != nil {
+		return cpuRun.Err
+	}
+	r.PerPacket = map[string]float64{}
+	for _, l := range []struct {
+		name string
+		log  []byte
+	}{{"kvstore", kvRun.Log}, {"cpu", cpuRun.Log}} {
+		kinds, packets, packetBytes, rxBytes := composition(l.log)
+		for _, k := range kinds {
+			k.Log = l.name
+			r.LogKinds = append(r.LogKinds, k)
+		}
+		if l.name == "kvstore" && packets > 0 {
+			r.PerPacket["rx_packets"] = float64(packets)
+			r.PerPacket["rx_packet_bytes_per_packet"] = float64(packetBytes) / float64(packets)
+			r.PerPacket["rx_log_bytes_per_packet"] = float64(rxBytes) / float64(packets)
+		}
+	}
+	return nil
+}
+
+func cpuConfig(o Options) vmm.Config {
+	return vmm.Config{Cmdline: map[bool]string{true: "rounds=2000 work=32000", false: "rounds=10000 work=32000"}[o.Quick]}
+}
+
+// composition tallies a log by kind.
+func composition(log []byte) (kinds []LogKind, packets, packetBytes, rxLogBytes int) {
+	dec := replay.NewDecoder(bytes.NewReader(log))
+	byKind := map[replay.Kind]*LogKind{}
+	for {
+		e, err := dec.Next()
+		if err != nil {
+			break
+		}
+		k := byKind[e.Kind]
+		if k == nil {
+			k = &LogKind{Kind: e.Kind.String()}
+			byKind[e.Kind] = k
+		}
+		k.Entries++
+		k.Bytes += dec.EntrySize()
+		k.Payload += len(e.Data) + int(e.Length)
+		if e.Kind == replay.KindNetRX {
+			rxLogBytes += dec.EntrySize()
+			for rest := e.Data; len(rest) > 0; {
+				f, next, ok := replay.NextFrame(rest)
+				if !ok {
+					break
+				}
+				packets++
+				packetBytes += len(f)
+				rest = next
+			}
+		}
+	}
+	for _, k := range byKind {
+		k.PerEntry = float64(k.Bytes) / float64(k.Entries)
+		k.PayloadPerE = float64(k.Payload) / float64(k.Entries)
+		kinds = append(kinds, *k)
+	}
+	sort.Slice(kinds, func(i, j int) bool { return kinds[i].Bytes > kinds[j].Bytes })
+	return kinds, packets, packetBytes, rxLogBytes
+}
+
+func machine() map[string]string {
+	m := map[string]string{"cores": fmt.Sprint(runtime.NumCPU()), "go": runtime.Version()}
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(line, "model name") {
+				m["cpu"] = strings.TrimSpace(strings.SplitN(line, ":", 2)[1])
+				break
+			}
+		}
+	}
+	if out, err := exec.Command("uname", "-sr").Output(); err == nil {
+		m["kernel"] = strings.TrimSpace(string(out))
+	}
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		m["memory"] = strings.TrimSpace(strings.TrimPrefix(strings.SplitN(string(b), "\n", 2)[0], "MemTotal:"))
+	}
+	return m
+}
+
+// VM-FT's published figures for the same rows (Scales et al. 2010,
+// Tables 1 and 2), for comparison in the report.
+var vmftNotes = map[string]string{
+	"cpu":                "VM-FT SPECJbb2005 0.98 / 1.5 Mbit/s; kernel compile 0.95 / 3.0 Mbit/s",
+	"echo":               "no direct analog (interactive console)",
+	"kvstore":            "VM-FT Oracle Swingbench 0.99 / 12 Mbit/s; MS-SQL DVD Store 0.94 / 18 Mbit/s",
+	"netsink receive":    "VM-FT receive 940 -> 604 Mbit/s (log 730) on a 1 Gbit logging link, -> 860 (log 990) on 10 Gbit",
+	"netsource transmit": "VM-FT transmit 940 -> 855 Mbit/s (log 42) on 1 Gbit, -> 935 (log 60) on 10 Gbit",
+}
+
+// WriteReport writes REPORT.md, results.json and the plots into dir.
+func (r *Results) WriteReport(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(filepath.Join(dir, "results.json"), js); err != nil {
+		return err
+	}
+	if err := r.plotRatios(filepath.Join(dir, "ratios.png")); err != nil {
+		return err
+	}
+	if len(r.Failover) > 0 {
+		if err := r.plotFailover(filepath.Join(dir, "failover.png")); err != nil {
+			return err
+		}
+	}
+	return writeAtomic(filepath.Join(dir, "REPORT.md"), []byte(r.markdown()))
+}
+
+// writeAtomic writes to a temporary name and renames, so a report is never
+// half-written.
+func writeAtomic(path string, b []byte) error {
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+func stat(s Stat, format string) string {
+	if len(s.Samples) <= 1 {
+		return fmt.Sprintf(format, s.Median)
+	}
+	return fmt.Sprintf(format+" ("+format+"-"+format+")", s.Median, s.Min, s.Max)
+}
+
+func (r *Results) markdown() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "# ftvm benchmark report\n\n%s. Command: `%s`%s.\n\n", r.Date, r.Command, map[bool]string{true: " (quick: one repetition, short runs)", false: ""}[r.Quick])
+	fmt.Fprintf(&b, "Machine: %s, %s cores, %s, %s, Go %s. Plain runs (`ftvm run`) and FT runs (a primary and a backup over loopback TCP on the same machine) alternate; each figure is the median over the repetitions with the range in parentheses. Unlike VM-FT's two hosts, primary and backup share this machine's cores: the backup's replay competes with the primary for CPU, which is most of the cost for CPU-bound rows, and the logging link is loopback.\n\n",
+		r.Machine["cpu"], r.Machine["cores"], r.Machine["memory"], r.Machine["kernel"], r.Machine["go"])
+	table := func(title string, rows []Throughput) {
+		fmt.Fprintf(&b, "## %s\n\n| workload | plain | FT | FT/plain | log Mbit/s | what | VM-FT (for comparison) |\n|---|---|---|---|---|---|---|\n", title)
+		for _, t := range rows {
+			fmt.Fprintf(&b, "| %s | %s %s | %s %s | %s | %s | %s | %s |\n", t.Workload, stat(t.Plain, "%.4g"), t.Unit, stat(t.FT, "%.4g"), t.Unit,
+				stat(t.Ratio, "%.3f"), stat(t.LogMbps, "%.3f"), t.Note, vmftNotes[t.Workload])
+		}
+		b.WriteString("\n")
+	}
+	table("Table 1 analog: FT overhead and logging bandwidth", r.Table1)
+	table("Table 2 analog: network throughput", r.Table2)
+	b.WriteString("![FT/plain throughput ratios](ratios.png)\n\n")
+	fmt.Fprintf(&b, "## Latency and the Output Rule (kvstore)\n\n| | p50 | p99 | p999 |\n|---|---|---|---|\n")
+	for _, m := range []string{"plain", "ft"} {
+		if l, ok := r.KVLatency[m]; ok {
+			fmt.Fprintf(&b, "| client latency, %s | %.3f ms | %.3f ms | %.3f ms |\n", m, l["p50_ms"], l["p99_ms"], l["p999_ms"])
+		}
+	}
+	fmt.Fprintf(&b, "| delay the Output Rule added to an output (%.0f outputs) | %.3f ms | %.3f ms | |\n\n", r.OutputDelay["outputs"], r.OutputDelay["p50_ms"], r.OutputDelay["p99_ms"])
+	if len(r.Failover) > 0 {
+		b.WriteString("## Failover: client-observed unavailability\n\nkvstore under `ftvm pair` with 3 clients (porcupine-checked histories); the primary fails 0.5-1.5 s in. `kill -9` (of the real `ftvm pair` process) on the same host resets the logging channel's connection, so the backup learns at once. A silent death (in one process, through a proxy) makes the primary's host vanish: its VM and sockets are gone and its logging channel goes silent with no FIN or reset, as when a host loses power, so only the failover timeout detects it. Unavailability is the longest time no client got a reply; the clients resend every 200 ms.\n\n| failure | failover timeout | trials | p50 | p99 | max |\n|---|---|---|---|---|---|\n")
+		for _, f := range r.Failover {
+			fmt.Fprintf(&b, "| %s | %s | %d | %.0f ms | %.0f ms | %.0f ms |\n", f.How, f.FailoverTimeout, f.Trials, f.P50, f.P99, f.Max)
+		}
+		b.WriteString("\n![failover unavailability](failover.png)\n\n")
+	}
+	b.WriteString("## Log composition\n\n| log | kind | entries | bytes | bytes/entry | payload bytes/entry |\n|---|---|---|---|---|---|\n")
+	for _, k := range r.LogKinds {
+		fmt.Fprintf(&b, "| %s | %s | %d | %d | %.2f | %.1f |\n", k.Log, k.Kind, k.Entries, k.Bytes, k.PerEntry, k.PayloadPerE)
+	}
+	if p := r.PerPacket; p["rx_packets"] > 0 {
+		fmt.Fprintf(&b, "\nReceived packets (kvstore): %.0f packets of %.1f bytes on average took %.1f log bytes each: the floor is the packet itself, which the backup cannot get any other way.\n",
+			p["rx_packets"], p["rx_packet_bytes_per_packet"], p["rx_log_bytes_per_packet"])
+	}
+	return b.String()
+}
+
+func (r *Results) plotRatios(path string) error {
+	p := plot.New()
+	p.Title.Text = "FT / plain throughput (median)"
+	p.Y.Label.Text = "ratio"
+	var vals plotter.Values
+	var names []string
+	for _, t := range append(append([]Throughput(nil), r.Table1...), r.Table2...) {
+		vals = append(vals, t.Ratio.Median)
+		names = append(names, t.Workload)
+	}
+	bars, err := plotter.NewBarChart(vals, vg.Points(30))
+	if err != nil {
+		return err
+	}
+	bars.Color = plotutil.Color(0)
+	p.Add(bars)
+	p.NominalX(names...)
+	p.Y.Min, p.Y.Max = 0, 1.2
+	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+}
+
+func (r *Results) plotFailover(path string) error {
+	p := plot.New()
+	p.Title.Text = "Client-observed unavailability after a primary failure (CDF)"
+	p.X.Label.Text = "ms"
+	p.Y.Label.Text = "fraction of trials"
+	for i, f := range r.Failover {
+		s := append([]float64(nil), f.Samples...)
+		sort.Float64s(s)
+		pts := make(plotter.XYs, len(s))
+		for j, v := range s {
+			pts[j].X, pts[j].Y = v, float64(j+1)/float64(len(s))
+		}
+		line, err := plotter.NewLine(pts)
+		if err != nil {
+			return err
+		}
+		line.Color = plotutil.Color(i)
+		p.Add(line)
+		p.Legend.Add(f.How+", timeout "+f.FailoverTimeout, line)
+	}
+	p.Legend.Top = false
+	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+}

@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/splitbrain"
+	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/ft"
+	"github.com/ftvm/ftvm/vmm/vnet"
+)
+
+// Mode is how a workload's VM runs.
+type Mode string
+
+const (
+	Plain Mode = "plain" // ftvm run
+	FT    Mode = "ft"    // a primary and a backup in this process, over loopback
+	// Record: a plain run recorded into memory, for the log's composition.
+	Record Mode = "record"
+)
+
+// vmRun is one VM run's figures.
+type vmRun struct {
+	Elapsed time.Duration
+	Stdout  string
+	Primary ft.PrimaryStats // FT only
+	Log     []byte          // Record only
+	Err     error
+}
+
+// vmSpec says what to run.
+type vmSpec struct {
+	Image  *vmm.Image
+	Config vmm.Config
+	Stdin  string
+	Net    *vnet.Spec
+	// Ready, if set, is called once the VM runs, and the VM is stopped when
+	// it returns (for servers that never exit).
+	Ready func(ctx context.Context)
+}
+
+// startVM runs spec in mode until the guest ends or spec.Ready returns.
+func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var out strings.Builder
+	var run vmRun
+	stdout := &lockedBuilder{b: &out}
+	openNet := func(bind bool) (vnet.Backend, error) {
+		if spec.Net == nil {
+			return nil, nil
+		}
+		if bind {
+			return vnet.Open(*spec.Net)
+		}
+		return vnet.New(*spec.Net)
+	}
+	readyDone := make(chan struct{})
+	if spec.Ready != nil {
+		go func() {
+			defer close(readyDone)
+			time.Sleep(50 * time.Millisecond) // let the VM reach its idle loop
+			spec.Ready(ctx)
+			cancel()
+		}()
+	} else {
+		close(readyDone)
+	}
+	began := time.Now()
+	switch mode {
+	case Plain, Record:
+		live := vmm.NewLiveWorld(ctx, strings.NewReader(spec.Stdin), stdout)
+		nb, err := openNet(true)
+		if err != nil {
+			return vmRun{Err: err}
+		}
+		if nb != nil {
+			defer nb.Close()
+			live.AttachNet(nb)
+		}
+		var world replay.World = live
+		var log bytes.Buffer
+		enc := replay.NewEncoder(&log)
+		if mode == Record {
+			rec := replay.NewRecorder(live, enc, replay.RecorderConfig{})
+			if err := rec.Start(vmm.StartInfo(spec.Image, spec.Config, "bench")); err != nil {
+				return vmRun{Err: err}
+			}
+			world = rec
+		}
+		m, err := vmm.New(spec.Image, spec.Config, world)
+		if err != nil {
+			return vmRun{Err: err}
+		}
+		defer m.Close()
+		_, run.Err = m.Run(ctx)
+		enc.Flush()
+		run.Log = log.Bytes()
+	case FT:
+		run.Err = runFT(ctx, spec, stdout, openNet, arbDir, &run)
+	}
+	run.Elapsed = time.Since(began)
+	if spec.Ready != nil && errors.Is(run.Err, vmm.ErrInterrupted) {
+		run.Err = nil // stopped on purpose
+	}
+	cancel()
+	<-readyDone
+	run.Stdout = out.String()
+	return run
+}
+
+func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool) (vnet.Backend, error), arbDir string, run *vmRun) error {
+	arb, err := splitbrain.Open("file://" + arbDir)
+	if err != nil {
+		return err
+	}
+	ln, err := logchannel.Listen("127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
+	gen := uint64(time.Now().UnixNano())
+	common := func(role string, in io.Reader, out io.Writer, nb vnet.Backend) ft.Common {
+		return ft.Common{Image: spec.Image, Config: spec.Config, VMID: "bench", Generation: gen, Arbiter: arb,
+			Claimant: role, Stdin: in, Stdout: out, Net: nb}
+	}
+	bnet, err := openNet(false)
+	if err != nil {
+		return err
+	}
+	if bnet != nil {
+		defer bnet.Close()
+	}
+	backupDone := make(chan struct{})
+	go func() {
+		defer close(backupDone)
+		ft.RunBackup(ctx, ft.BackupOptions{Common: common("backup", strings.NewReader(""), io.Discard, bnet), Listener: ln})
+	}()
+	pnet, err := openNet(true)
+	if err != nil {
+		return err
+	}
+	if pnet != nil {
+		defer pnet.Close()
+	}
+	_, err = ft.RunPrimary(ctx, ft.PrimaryOptions{Common: common("primary", strings.NewReader(spec.Stdin), stdout, pnet), BackupAddr: ln.Addr().String(),
+		OnDone: func(s ft.PrimaryStats) { run.Primary = s }})
+	<-backupDone
+	return err
+}
+
+// lockedBuilder is console output written by the VM's and the ack goroutine.
+type lockedBuilder struct {
+	mu sync.Mutex
+	b  *strings.Builder
+}
+
+func (l *lockedBuilder) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
