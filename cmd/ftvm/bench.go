@@ -35,7 +35,9 @@ func cmdBench(args []string) int {
 	defer cancel()
 	began := time.Now()
 	res, err := bench.Run(ctx, bench.Options{Quick: *quick, GuestDir: *guests, FTVM: exe,
-		Logf: func(f string, a ...any) { fmt.Fprintf(os.Stderr, "ftvm bench %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...)) }})
+		Logf: func(f string, a ...any) {
+			fmt.Fprintf(os.Stderr, "ftvm bench %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
+		}})
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm bench: %v\n", err)
 		return exitFailed
