@@ -267,7 +267,7 @@ func benchNet(ctx context.Context, o Options, r *Results, arbDir string) error {
 		var mbps float64
 		var nerr error
 		run := startVM(ctx, m, vmSpec{Image: sink, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
-			mbps, nerr = blastSink(ctx, addr, d)
+			mbps, nerr = BlastSink(ctx, addr, d)
 		}}, arbDir)
 		if run.Err != nil {
 			nerr = run.Err
@@ -288,7 +288,7 @@ func benchNet(ctx context.Context, o Options, r *Results, arbDir string) error {
 		var mbps float64
 		var nerr error
 		run := startVM(ctx, m, vmSpec{Image: source, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
-			mbps, nerr = drainSource(ctx, addr, count, 1400)
+			mbps, nerr = DrainSource(ctx, addr, count, 1400)
 		}}, arbDir)
 		if run.Err != nil {
 			nerr = run.Err
@@ -300,8 +300,10 @@ func benchNet(ctx context.Context, o Options, r *Results, arbDir string) error {
 	return err
 }
 
-// blastSink sends datagrams to netsink for d, then asks what it received.
-func blastSink(ctx context.Context, addr string, d time.Duration) (float64, error) {
+// BlastSink sends 1400-byte datagrams to the netsink guest at addr for d
+// as fast as it can, then asks what it received, and returns the guest's
+// receive throughput in Mbit/s.
+func BlastSink(ctx context.Context, addr string, d time.Duration) (float64, error) {
 	c, err := net.Dial("udp", addr)
 	if err != nil {
 		return 0, err
@@ -336,9 +338,9 @@ func blastSink(ctx context.Context, addr string, d time.Duration) (float64, erro
 	return 0, fmt.Errorf("netsink did not answer REPORT")
 }
 
-// drainSource asks netsource for count datagrams and measures how fast
-// they arrive.
-func drainSource(ctx context.Context, addr string, count, size int) (float64, error) {
+// DrainSource asks the netsource guest at addr for count datagrams of size
+// bytes and returns how fast they arrived, in Mbit/s.
+func DrainSource(ctx context.Context, addr string, count, size int) (float64, error) {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		return 0, err

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -12,66 +11,12 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/ftvm/ftvm/bench/kv"
+	"github.com/ftvm/ftvm/bench/netproxy"
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm/ft"
 	"github.com/ftvm/ftvm/vmm/vnet"
 )
-
-// silenceProxy relays the logging channel until silence is closed; from
-// then on it swallows everything in both directions and keeps the
-// connections open: to the backup, the primary's host has vanished (no
-// FIN, no reset), which only the failover timeout can detect.
-func silenceProxy(backupAddr string, silence <-chan struct{}) (string, func(), error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", nil, err
-	}
-	var mu sync.Mutex
-	var conns []net.Conn
-	pipe := func(dst, src net.Conn) {
-		buf := make([]byte, 64<<10)
-		for {
-			n, err := src.Read(buf)
-			select {
-			case <-silence:
-				io.Copy(io.Discard, src)
-				return
-			default:
-			}
-			if n > 0 {
-				dst.Write(buf[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		b, err := net.Dial("tcp", backupAddr)
-		if err != nil {
-			c.Close()
-			return
-		}
-		mu.Lock()
-		conns = append(conns, c, b)
-		mu.Unlock()
-		go pipe(b, c)
-		go pipe(c, b)
-	}()
-	return ln.Addr().String(), func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	}, nil
-}
 
 // silentDeathTrial runs kvstore fault-tolerantly in this process with
 // clients, and after `after` makes the primary's host vanish: its logging
@@ -100,12 +45,11 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 		return 0, err
 	}
 	defer ln.Close()
-	silence := make(chan struct{})
-	paddr, stopProxy, err := silenceProxy(ln.Addr().String(), silence)
+	proxy, err := netproxy.New(ln.Addr().String())
 	if err != nil {
 		return 0, err
 	}
-	defer stopProxy()
+	defer proxy.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	chcfg := logchannel.Config{FailoverTimeout: timeout, HeartbeatInterval: timeout / 5}
@@ -136,10 +80,10 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 	pctx, kill := context.WithCancel(ctx)
 	go func() {
 		defer wg.Done()
-		ft.RunPrimary(pctx, ft.PrimaryOptions{Common: common("primary", pnet), BackupAddr: paddr})
+		ft.RunPrimary(pctx, ft.PrimaryOptions{Common: common("primary", pnet), BackupAddr: proxy.Addr()})
 		pnet.Close() // the dead host's sockets are gone
 	}()
-	time.AfterFunc(after, func() { close(silence); kill() })
+	time.AfterFunc(after, func() { proxy.Freeze(); kill() })
 	w := kv.Workload{Clients: 3, Keys: 4, Duration: after + 1500*time.Millisecond + timeout, FirstID: uint64(seed+1) * 1000, Seed: seed, OpTimeout: 30 * time.Second}
 	out, err := w.Run(ctx, addr)
 	cancel()

@@ -29,6 +29,7 @@ var commands = map[string]func(args []string) int{
 	"status":  cmdStatus,
 	"demo":    cmdDemo,
 	"bench":   cmdBench,
+	"net":     cmdNet,
 }
 
 func usage() {
@@ -37,6 +38,8 @@ func usage() {
 commands:
   demo                                   kvstore under a pair, 3 clients, kill -9 of the primary
   run [--mem SIZE] GUEST.elf [ARGS...]   run a guest; console on stdin/stdout
+  net sink --addr ADDR | net source --addr ADDR
+                                         drive the netsink / netsource guests (throughput)
   bench [--quick]                        plain vs FT, logging bandwidth, output delay, failover time
   inspect GUEST.elf                      show segments, entry and rewritten instructions
   doctor                                 check this host's KVM for ftvm

@@ -173,3 +173,54 @@ func TestKVStoreRecordReplay(t *testing.T) {
 		t.Fatalf("replay: status %d\nstdout %q (recorded %q)\n%s", status, repOut, recOut, errOut)
 	}
 }
+
+// TestPairEcho: under ftvm pair, echo with stdin fed by the test prints
+// exactly what ftvm run prints, and the backup verifies its replay.
+func TestPairEcho(t *testing.T) {
+	requireKVM(t)
+	input := "first\nsecond line\nthird\n"
+	want, _, status := ftvm(t, input, "run", guest("echo"))
+	if status != 0 {
+		t.Fatalf("run: status %d", status)
+	}
+	out, errOut, status := ftvm(t, input, "pair", guest("echo"))
+	if status != 0 || out != want || !strings.Contains(errOut, "backup: verified") {
+		t.Fatalf("pair: status %d\nstdout %q (run printed %q)\n%s", status, out, want, errOut)
+	}
+}
+
+// TestPairKVStore: a scripted kvstore session under ftvm pair; the backup
+// replays every exit, packets included, and verifies the final state.
+func TestPairKVStore(t *testing.T) {
+	requireKVM(t)
+	port := freeUDPPort(t)
+	wait := startFTVM(t, "pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), guest("kvstore"), "requests=7")
+	kvSession(t, fmt.Sprintf("127.0.0.1:%d", port))
+	out, errOut, status := wait()
+	if status != 0 || !strings.Contains(out, "executed 7") || !strings.Contains(errOut, "backup: verified") || !strings.Contains(errOut, "net-rx=") {
+		t.Fatalf("status %d\n%s%s", status, out, errOut)
+	}
+}
+
+// TestNetClients drives netsink and netsource through the CLI's client
+// modes under ftvm run.
+func TestNetClients(t *testing.T) {
+	requireKVM(t)
+	for _, c := range []struct{ guest, mode string }{{"netsink", "sink"}, {"netsource", "source"}} {
+		port := freeUDPPort(t)
+		gport := map[string]string{"netsink": "7001", "netsource": "7002"}[c.guest]
+		startFTVM(t, "run", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:%s", port, gport), guest(c.guest))
+		time.Sleep(200 * time.Millisecond)
+		args := []string{"net", c.mode, "--addr", fmt.Sprintf("127.0.0.1:%d", port)}
+		if c.mode == "sink" {
+			args = append(args, "--duration", "500ms")
+		} else {
+			args = append(args, "--count", "2000")
+		}
+		out, errOut, status := ftvm(t, "", args...)
+		if status != 0 || !strings.Contains(out, "Mbit/s") {
+			t.Fatalf("%v: status %d %s %s", args, status, out, errOut)
+		}
+		t.Logf("%s: %s", c.guest, strings.TrimSpace(out))
+	}
+}

@@ -3,74 +3,20 @@ package ft
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
-	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/bench/netproxy"
 	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
 )
-
-// freezeProxy forwards a connection both ways until freeze is closed, then
-// stops forwarding anything while keeping both connections open: a
-// partition of the logging channel with both sides alive.
-func freezeProxy(t *testing.T, backupAddr string, freeze <-chan struct{}) string {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var conns []net.Conn
-	var mu sync.Mutex
-	t.Cleanup(func() {
-		ln.Close()
-		mu.Lock()
-		for _, c := range conns {
-			c.Close()
-		}
-		mu.Unlock()
-	})
-	pipe := func(dst, src net.Conn) {
-		buf := make([]byte, 32<<10)
-		for {
-			n, err := src.Read(buf)
-			select {
-			case <-freeze:
-				// Partitioned: swallow everything from now on.
-				io.Copy(io.Discard, src)
-				return
-			default:
-			}
-			if n > 0 {
-				dst.Write(buf[:n])
-			}
-			if err != nil {
-				return
-			}
-		}
-	}
-	go func() {
-		c, err := ln.Accept()
-		if err != nil {
-			return
-		}
-		b, err := net.Dial("tcp", backupAddr)
-		if err != nil {
-			c.Close()
-			return
-		}
-		mu.Lock()
-		conns = append(conns, c, b)
-		mu.Unlock()
-		go pipe(b, c)
-		go pipe(c, b)
-	}()
-	return ln.Addr().String()
-}
 
 // TestPartition cuts the logging channel while both sides stay alive: in
 // every trial exactly one side goes live (or carries on) and the other
@@ -79,10 +25,17 @@ func TestPartition(t *testing.T) {
 	img := loadImage(t, "cpu")
 	cfg := vmm.Config{Cmdline: "rounds=4000 work=20000"}
 	for trial := 0; trial < 4; trial++ {
-		freeze := make(chan struct{})
-		time.AfterFunc(time.Duration(200+100*trial)*time.Millisecond, func() { close(freeze) })
+		var proxy *netproxy.Proxy
 		r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond},
-			func(a string) string { return freezeProxy(t, a, freeze) }, nil)
+			func(a string) string {
+				var err error
+				if proxy, err = netproxy.New(a); err != nil {
+					t.Fatal(err)
+				}
+				time.AfterFunc(time.Duration(200+100*trial)*time.Millisecond, proxy.Freeze)
+				return proxy.Addr()
+			}, nil)
+		proxy.Close()
 		primaryHalted := errors.Is(r.primaryErr, ErrLostArbitration)
 		backupHalted := errors.Is(r.backupErr, ErrLostArbitration)
 		primaryOn := r.primaryErr == nil
@@ -170,5 +123,22 @@ func TestArbiterUnreachable(t *testing.T) {
 	defer mu.Unlock()
 	if len(events) != 2 || events[0] != "arbiter back" || events[1] != "backup live" {
 		t.Fatalf("events %q: the backup must go live only after the arbiter is back", events)
+	}
+}
+
+// TestDivergedBackupNeverGoesLive: a divergence is returned as it is; the
+// go-live decision is never even asked for, whatever else is wrong.
+func TestDivergedBackupNeverGoesLive(t *testing.T) {
+	asked := false
+	f := &failoverWorld{lost: logchannel.ErrPeerLost, goLive: func(error) error { asked = true; return nil }, live: vmm.NewLiveWorld(context.Background(), nil, io.Discard),
+		progress: func(uint64) {}}
+	div := fmt.Errorf("replay: %w; and then %w", &replay.DivergenceError{Exit: 7, Mismatch: replay.MismatchRIP}, logchannel.ErrPeerLost)
+	live, err := f.next(replay.ExecPoint{Exit: 7}, div)
+	if live || err == nil || asked {
+		t.Fatalf("live %v err %v asked %v", live, err, asked)
+	}
+	// A lost primary with no divergence does ask.
+	if _, err := f.next(replay.ExecPoint{Exit: 8}, fmt.Errorf("x: %w", logchannel.ErrPeerLost)); !asked {
+		t.Fatalf("a lost primary did not lead to the arbiter (%v)", err)
 	}
 }

@@ -1,0 +1,87 @@
+// Package netproxy is a TCP relay that tests and benchmarks put between a
+// primary and its backup to partition their logging channel on demand.
+package netproxy
+
+import (
+	"io"
+	"net"
+	"sync"
+)
+
+// Proxy relays connections to a target until Freeze; from then on it
+// swallows everything in both directions and keeps the connections open:
+// to each side the other has gone silent, with no FIN and no reset, as when
+// a host loses power or the network is cut.
+type Proxy struct {
+	ln     net.Listener
+	target string
+	frozen chan struct{}
+	once   sync.Once
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+// New starts a proxy on 127.0.0.1 relaying to target.
+func New(target string) (*Proxy, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, err
+	}
+	p := &Proxy{ln: ln, target: target, frozen: make(chan struct{})}
+	go p.accept()
+	return p, nil
+}
+
+// Addr is the address to dial instead of the target.
+func (p *Proxy) Addr() string { return p.ln.Addr().String() }
+
+// Freeze cuts the relay silently. It may be called more than once.
+func (p *Proxy) Freeze() { p.once.Do(func() { close(p.frozen) }) }
+
+// Close stops the proxy and closes every connection.
+func (p *Proxy) Close() {
+	p.ln.Close()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+}
+
+func (p *Proxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		t, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, c, t)
+		p.mu.Unlock()
+		go p.pipe(t, c)
+		go p.pipe(c, t)
+	}
+}
+
+func (p *Proxy) pipe(dst, src net.Conn) {
+	buf := make([]byte, 64<<10)
+	for {
+		n, err := src.Read(buf)
+		select {
+		case <-p.frozen:
+			io.Copy(io.Discard, src)
+			return
+		default:
+		}
+		if n > 0 {
+			dst.Write(buf[:n])
+		}
+		if err != nil {
+			return
+		}
+	}
+}
