@@ -5,32 +5,21 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"testing"
 	"time"
 
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
 func TestMain(m *testing.M) {
-	if out, err := exec.Command("make", "-s", "-C", "../guests").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building guests: %v\n%s", err, out)
-		os.Exit(1)
-	}
+	vmmtest.BuildGuests("../guests")
 	os.Exit(m.Run())
 }
 
-func requireKVM(tb testing.TB) {
-	tb.Helper()
-	if err := vmm.KVMAvailable(); err != nil {
-		if os.Getenv("CI") == "true" {
-			tb.Fatalf("KVM is required in CI: %v", err)
-		}
-		tb.Skipf("no KVM: %v", err)
-	}
-}
+func requireKVM(tb testing.TB) { tb.Helper(); vmmtest.RequireKVM(tb) }
 
 func loadImage(tb testing.TB, name string) *vmm.Image {
 	tb.Helper()

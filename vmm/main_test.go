@@ -4,34 +4,22 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
 // TestMain builds the guests, which every KVM test runs.
 func TestMain(m *testing.M) {
-	if out, err := exec.Command("make", "-s", "-C", "../guests").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building guests: %v\n%s", err, out)
-		os.Exit(1)
-	}
+	vmmtest.BuildGuests("../guests")
 	os.Exit(m.Run())
 }
 
-// requireKVM skips without /dev/kvm, except in CI, where that is a failure.
-func requireKVM(t testing.TB) {
-	t.Helper()
-	if err := KVMAvailable(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("KVM is required in CI: %v", err)
-		}
-		t.Skipf("no KVM: %v", err)
-	}
-}
+func requireKVM(t testing.TB) { t.Helper(); vmmtest.RequireKVM(t) }
 
 func guestPath(name string) string { return filepath.Join("..", "guests", "build", name+".elf") }
 

@@ -13,17 +13,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
 var ftvmBin string
 
 // TestMain builds the guests and the ftvm binary the tests run.
 func TestMain(m *testing.M) {
-	if out, err := exec.Command("make", "-s", "-C", "../../guests").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building guests: %v\n%s", err, out)
-		os.Exit(1)
-	}
+	vmmtest.BuildGuests("../../guests")
 	dir, err := os.MkdirTemp("", "ftvm-cmd-test")
 	if err != nil {
 		panic(err)
@@ -38,15 +35,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func requireKVM(t *testing.T) {
-	t.Helper()
-	if err := vmm.KVMAvailable(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("KVM is required in CI: %v", err)
-		}
-		t.Skipf("no KVM: %v", err)
-	}
-}
+func requireKVM(t *testing.T) { t.Helper(); vmmtest.RequireKVM(t) }
 
 func guest(name string) string { return filepath.Join("..", "..", "guests", "build", name+".elf") }
 

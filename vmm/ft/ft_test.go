@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"strings"
 	"sync"
 	"testing"
@@ -17,25 +16,15 @@ import (
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
 func TestMain(m *testing.M) {
-	if out, err := exec.Command("make", "-s", "-C", "../../guests").CombinedOutput(); err != nil {
-		fmt.Fprintf(os.Stderr, "building guests: %v\n%s", err, out)
-		os.Exit(1)
-	}
+	vmmtest.BuildGuests("../../guests")
 	os.Exit(m.Run())
 }
 
-func requireKVM(t testing.TB) {
-	t.Helper()
-	if err := vmm.KVMAvailable(); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("KVM is required in CI: %v", err)
-		}
-		t.Skipf("no KVM: %v", err)
-	}
-}
+func requireKVM(t testing.TB) { t.Helper(); vmmtest.RequireKVM(t) }
 
 func loadImage(t testing.TB, name string) *vmm.Image {
 	t.Helper()
