@@ -210,6 +210,7 @@ func (r *Receiver) Stats() Stats {
 // backup lost), Next returns ErrClosed, and Close waits for the
 // Receiver's goroutines.
 func (r *Receiver) Close() error {
+	r.flushAcks(500 * time.Millisecond)
 	r.mu.Lock()
 	r.closed = true
 	if r.err == nil {
@@ -234,6 +235,22 @@ func (r *Receiver) fail(cause error) {
 	r.room.Broadcast()
 	r.mu.Unlock()
 	r.stopped()
+}
+
+// flushAcks gives the writer up to limit to acknowledge every entry
+// received: the primary holds outputs until their entries are acked, so a
+// backup that ends (its replay verified) must not leave its last ack unsent.
+func (r *Receiver) flushAcks(limit time.Duration) {
+	deadline := time.Now().Add(limit)
+	for r.ackedSeq.Load() < r.receivedSeq.Load() && time.Now().Before(deadline) {
+		select {
+		case <-r.done:
+			return
+		default:
+		}
+		r.signalWriter()
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func (r *Receiver) stopped() {

@@ -299,3 +299,23 @@ func TestOutputRule(t *testing.T) {
 		t.Fatalf("primary printed %q", out.String())
 	}
 }
+
+// TestBackupLostWhileDraining: the guest has stopped and its last outputs
+// wait for acks that never come (a proxy holds them). The primary must
+// notice the backup is gone during that final drain, win the arbiter and
+// release the outputs; it once stopped watching when the guest stopped,
+// and hung.
+func TestBackupLostWhileDraining(t *testing.T) {
+	img := loadImage(t, "echo")
+	gate := &ackGate{opened: make(chan struct{})}
+	t.Cleanup(func() { close(gate.opened) })
+	var out syncBuffer
+	r := runPair(t, img, vmm.Config{}, "last words\n", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond},
+		func(a string) string { return gate.start(t, a) }, &out)
+	if r.primaryErr != nil {
+		t.Fatalf("primary: %v", r.primaryErr)
+	}
+	if out.String() != "echo: LAST WORDS\necho: 1 lines\n" {
+		t.Fatalf("primary printed %q", out.String())
+	}
+}

@@ -138,8 +138,11 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	}
 	defer m.Close()
 
+	// The watcher runs until RunPrimary returns: a backup lost while the
+	// last outputs drain must be decided on like any other.
 	halted := make(chan error, 1)
 	runDone := make(chan struct{})
+	defer close(runDone)
 	go func() {
 		select {
 		case <-sender.PeerLost():
@@ -167,7 +170,6 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	}()
 
 	res, runErr := m.Run(ctx)
-	close(runDone)
 	select {
 	case err := <-halted:
 		return res, err
