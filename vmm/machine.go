@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"runtime"
 	"strings"
 
@@ -240,12 +239,6 @@ func (m *Machine) setupVCPU() error {
 // Memory is guest RAM.
 func (m *Machine) Memory() *GuestMemory { return &m.mem }
 
-// Layout is where the stack, heap and page tables are.
-func (m *Machine) Layout() Layout { return m.layout }
-
-// Exits is the number of guest-caused exits so far.
-func (m *Machine) Exits() uint64 { return m.exits }
-
 // Run runs the guest until it powers off, faults, or ctx is cancelled
 // (ErrInterrupted). A guest fault is a *GuestFault. Run locks its goroutine
 // to one OS thread while the vCPU runs.
@@ -348,13 +341,4 @@ func (m *Machine) Close() error {
 		unix.Close(m.kvmFD)
 	}
 	return nil
-}
-
-// KVMAvailable says whether /dev/kvm can be opened, and why not.
-func KVMAvailable() error {
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
-	if err != nil {
-		return err
-	}
-	return f.Close()
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -112,6 +111,3 @@ func parseReply(s string, tries int) (Reply, error) {
 	}
 	return Reply{Tries: tries}, fmt.Errorf("kv: malformed reply %q", s)
 }
-
-// ParseID parses a client id.
-func ParseID(s string) (uint64, error) { return strconv.ParseUint(s, 10, 64) }

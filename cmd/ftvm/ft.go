@@ -84,7 +84,7 @@ func cmdPrimary(args []string) int {
 	var f ftFlags
 	f.register(fs)
 	backup := fs.String("backup", "", "the backup's logging-channel `ADDR` (host:port)")
-	maxLag := fs.Duration("max-lag", ft.DefaultMaxLag, "throttle the guest while the backup's replay lags more than this")
+	maxLag := fs.Duration("max-lag", logchannel.DefaultMaxLag, "throttle the guest while the backup's replay lags more than this")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}

@@ -110,12 +110,13 @@ func (h *holdingWorld) goSolo() {
 	h.ackCh = make(chan struct{})
 }
 
-// drained reports whether every held output has left.
-func (h *holdingWorld) drained() bool {
+// pending reports whether every held output has left and, if not, a
+// channel closed at the next ack or when the primary goes solo.
+func (h *holdingWorld) pending() (bool, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n, _ := h.rule.Held()
-	return n == 0
+	return n == 0, h.ackCh
 }
 
 func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {

@@ -57,7 +57,9 @@ type PrimaryOptions struct {
 	Common
 	BackupAddr string
 	// MaxLag throttles the primary while the backup's replay is more than
-	// this far behind (0: DefaultMaxLag).
+	// this far behind (0: logchannel.DefaultMaxLag, 500 ms: VM-FT keeps the
+	// lag typically under 100 ms and throttles past about a second; a
+	// failover replays the lag before going live, so it bounds go-live time).
 	MaxLag time.Duration
 	// OnDone, if set, gets the primary's figures when RunPrimary returns
 	// (for benchmarks): the channel's statistics and every output's delay.
@@ -70,13 +72,6 @@ type PrimaryStats struct {
 	OutputDelays []time.Duration
 	Elapsed      time.Duration
 }
-
-// DefaultMaxLag: VM-FT keeps the backup typically under 100 ms behind and
-// throttles the primary past about a second; a failover replays the lag
-// before going live, so the lag bounds the go-live time. 500 ms keeps that
-// cost well under a second while leaving room for the bursts of a loaded,
-// 2-core machine.
-const DefaultMaxLag = 500 * time.Millisecond
 
 // RunPrimary runs the guest as the primary of a pair: it connects to the
 // backup, records the guest into the logging channel, holds every output
@@ -126,7 +121,7 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	}()
 	maxLag := o.MaxLag
 	if maxLag == 0 {
-		maxLag = DefaultMaxLag
+		maxLag = logchannel.DefaultMaxLag
 	}
 	rec := replay.NewRecorder(hw, &throttledSink{gatedSink: sink, sender: sender, ctx: ctx, maxLag: maxLag}, replay.RecorderConfig{})
 	if err := rec.Start(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
@@ -190,13 +185,17 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 		return res, err
 	}
 	// The guest has stopped; its last outputs leave when acknowledged.
-	for !hw.drained() {
+	for {
+		drained, changed := hw.pending()
+		if drained {
+			break
+		}
 		select {
 		case err := <-halted:
 			return res, err
 		case <-ctx.Done():
 			return res, vmm.ErrInterrupted
-		case <-time.After(time.Millisecond):
+		case <-changed:
 		}
 	}
 	if hw.sendErr != nil {
