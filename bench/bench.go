@@ -17,6 +17,7 @@ import (
 	"github.com/anishathalye/porcupine"
 	"github.com/ftvm/ftvm/bench/kv"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/vnet"
 )
 
@@ -27,6 +28,8 @@ type Options struct {
 	Quick bool
 	// GuestDir holds the guest images (guests/build).
 	GuestDir string
+	// Backend runs every guest of the run.
+	Backend backend.Backend
 	// FTVM is the ftvm binary, for the failover trials (real processes).
 	FTVM string
 	// Logf reports progress.
@@ -77,13 +80,17 @@ type Throughput struct {
 
 // Results is everything one benchmark run measured.
 type Results struct {
-	Date      string
-	Machine   map[string]string
-	Command   string
-	Quick     bool
-	Table1    []Throughput
-	Table2    []Throughput
-	KVLatency map[string]map[string]float64 // mode -> p50/p99/p999 (ms)
+	// Backend ran every guest of this run; ExitRoundTripUS is its cost of
+	// one guest-caused exit, VMM work included, measured at the start.
+	Backend         string
+	ExitRoundTripUS float64
+	Date            string
+	Machine         map[string]string
+	Command         string
+	Quick           bool
+	Table1          []Throughput
+	Table2          []Throughput
+	KVLatency       map[string]map[string]float64 // mode -> p50/p99/p999 (ms)
 	// OutputDelay: the delay the Output Rule added on kvstore (ms).
 	OutputDelay map[string]float64
 	Failover    []FailoverRow
@@ -104,8 +111,17 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
-	r := &Results{Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Quick: o.Quick,
+	if o.Backend == nil {
+		return nil, fmt.Errorf("bench: no backend given")
+	}
+	r := &Results{Backend: o.Backend.Name(), Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Quick: o.Quick,
 		KVLatency: map[string]map[string]float64{}, OutputDelay: map[string]float64{}}
+	per, err := vmm.ExitRoundTrip(o.Backend, 20000)
+	if err != nil {
+		return nil, fmt.Errorf("bench: measuring the %s exit round trip: %w", o.Backend.Name(), err)
+	}
+	r.ExitRoundTripUS = float64(per) / 1e3
+	o.Logf("backend %s: exit round trip %.1f us", r.Backend, r.ExitRoundTripUS)
 	arbDir, err := os.MkdirTemp("", "ftvm-bench-arbiter-")
 	if err != nil {
 		return nil, err
@@ -157,7 +173,7 @@ func benchCPU(ctx context.Context, o Options, r *Results, arbDir string) error {
 	}
 	cfg := cpuConfig(o)
 	t, err := alternate(o, "cpu", func(m Mode) (float64, float64, error) {
-		run := startVM(ctx, m, vmSpec{Image: img, Config: cfg}, arbDir)
+		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: img, Config: cfg}, arbDir)
 		return 1 / run.Elapsed.Seconds(), logMbps(run), run.Err
 	})
 	t.Unit, t.Note = "runs/s", "compute with an RDTSC exit every ~0.2 ms"
@@ -175,7 +191,7 @@ func benchEcho(ctx context.Context, o Options, r *Results, arbDir string) error 
 		fmt.Fprintf(&in, "line %d of the echo benchmark\n", i)
 	}
 	t, err := alternate(o, "echo", func(m Mode) (float64, float64, error) {
-		run := startVM(ctx, m, vmSpec{Image: img, Stdin: in.String()}, arbDir)
+		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: img, Stdin: in.String()}, arbDir)
 		return 1 / run.Elapsed.Seconds(), logMbps(run), run.Err
 	})
 	t.Unit, t.Note = "runs/s", "console input and output: every output held for an ack"
@@ -216,7 +232,7 @@ func benchKV(ctx context.Context, o Options, r *Results, arbDir string) error {
 		}
 		var res kv.BenchResult
 		var berr error
-		run := startVM(ctx, m, vmSpec{Image: img, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: img, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
 			res, berr = kv.Bench(ctx, addr, 4, d, uint64(time.Now().UnixNano()%1e9))
 		}}, arbDir)
 		if berr == nil && res.Errors > 0 {
@@ -266,7 +282,7 @@ func benchNet(ctx context.Context, o Options, r *Results, arbDir string) error {
 		}
 		var mbps float64
 		var nerr error
-		run := startVM(ctx, m, vmSpec{Image: sink, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: sink, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
 			mbps, nerr = BlastSink(ctx, addr, d)
 		}}, arbDir)
 		if run.Err != nil {
@@ -287,7 +303,7 @@ func benchNet(ctx context.Context, o Options, r *Results, arbDir string) error {
 		}
 		var mbps float64
 		var nerr error
-		run := startVM(ctx, m, vmSpec{Image: source, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: source, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
 			mbps, nerr = DrainSource(ctx, addr, count, 1400)
 		}}, arbDir)
 		if run.Err != nil {
@@ -417,7 +433,7 @@ func benchFailover(ctx context.Context, o Options, r *Results, _ string) error {
 			var err error
 			after := time.Duration(500+(int64(i)*137)%1000) * time.Millisecond
 			if c.how == "kill -9" {
-				gap, err = failoverTrial(ctx, o.FTVM, kvImg, after, c.timeout, int64(i))
+				gap, err = failoverTrial(ctx, o.FTVM, o.Backend.Name(), kvImg, after, c.timeout, int64(i))
 			} else {
 				timeout, _ := time.ParseDuration(c.timeout)
 				gap, err = silentDeathTrial(ctx, o, timeout, after, int64(i))
@@ -439,12 +455,12 @@ func benchFailover(ctx context.Context, o Options, r *Results, _ string) error {
 // failoverTrial runs kvstore under ftvm pair with clients and kills the
 // primary (kill -9) after `after`; it returns the longest time no client
 // got a reply, after checking the history is linearizable.
-func failoverTrial(ctx context.Context, ftvm, image string, after time.Duration, timeout string, seed int64) (time.Duration, error) {
+func failoverTrial(ctx context.Context, ftvm, backendName, image string, after time.Duration, timeout string, seed int64) (time.Duration, error) {
 	_, addr, err := userNet(7000)
 	if err != nil {
 		return 0, err
 	}
-	cmd := exec.CommandContext(ctx, ftvm, "pair", "--net", "user,hostfwd=udp:"+addr+"-:7000", "--failover-timeout", timeout, "--kill-primary-after", after.String(), image)
+	cmd := exec.CommandContext(ctx, ftvm, "pair", "--backend", backendName, "--net", "user,hostfwd=udp:"+addr+"-:7000", "--failover-timeout", timeout, "--kill-primary-after", after.String(), image)
 	var stderr strings.Builder
 	cmd.Stderr = &lockedBuilder{b: &stderr}
 	if err := cmd.Start(); err != nil {

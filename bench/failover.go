@@ -56,7 +56,7 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 	var stderr strings.Builder
 	logs := &lockedBuilder{b: &stderr}
 	common := func(role string, nb vnet.Backend) ft.Common {
-		return ft.Common{Image: img, Config: nicConfig(spec, ""), VMID: "bench-failover", Generation: 1, Arbiter: arb,
+		return ft.Common{Backend: o.Backend, Image: img, Config: nicConfig(spec, ""), VMID: "bench-failover", Generation: 1, Arbiter: arb,
 			Claimant: role, Stdin: strings.NewReader(""), Stdout: io.Discard, Net: nb, Channel: chcfg,
 			Logf: func(f string, a ...any) { fmt.Fprintf(logs, role+": "+f+"\n", a...) }}
 	}

@@ -35,7 +35,7 @@ func run(tb testing.TB, mode string, img *vmm.Image, cfg vmm.Config, input strin
 		}
 		world = rep
 	}
-	m, err := vmm.New(img, cfg, world)
+	m, err := vmm.New(requireBackend(tb), img, cfg, world)
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -61,7 +61,7 @@ func run(tb testing.TB, mode string, img *vmm.Image, cfg vmm.Config, input strin
 // alternating the three in each iteration so that machine noise hits all
 // alike, and reports each mode's time relative to the plain run.
 func BenchmarkRecordReplay(b *testing.B) {
-	requireKVM(b)
+	requireBackend(b)
 	var lines strings.Builder
 	for i := 0; i < 2000; i++ {
 		fmt.Fprintf(&lines, "line %d of the echo benchmark\n", i)

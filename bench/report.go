@@ -45,7 +45,7 @@ func benchLog(ctx context.Context, o Options, r *Results, arbDir string) error {
 		return err
 	}
 	var berr error
-	kvRun := startVM(ctx, Record, vmSpec{Image: kvImg, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+	kvRun := startVM(ctx, Record, vmSpec{Backend: o.Backend, Image: kvImg, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
 		_, berr = kv.Bench(ctx, addr, 4, o.dur(time.Second, 3*time.Second), 77)
 	}}, arbDir)
 	if kvRun.Err != nil || berr != nil {
@@ -55,7 +55,7 @@ func benchLog(ctx context.Context, o Options, r *Results, arbDir string) error {
 	if err != nil {
 		return err
 	}
-	cpuRun := startVM(ctx, Record, vmSpec{Image: cpuImg, Config: cpuConfig(o)}, arbDir)
+	cpuRun := startVM(ctx, Record, vmSpec{Backend: o.Backend, Image: cpuImg, Config: cpuConfig(o)}, arbDir)
 	if cpuRun.Err != nil {
 		return cpuRun.Err
 	}
@@ -192,7 +192,7 @@ func stat(s Stat, format string) string {
 
 func (r *Results) markdown() string {
 	var b strings.Builder
-	fmt.Fprintf(&b, "# ftvm benchmark report\n\n%s. Command: `%s`%s.\n\n", r.Date, r.Command, map[bool]string{true: " (quick: one repetition, short runs)", false: ""}[r.Quick])
+	fmt.Fprintf(&b, "# ftvm benchmark report: the %s backend\n\n%s. Command: `%s`%s. Every guest ran on the **%s** backend; its guest-caused exit costs %.1f µs, VMM work included.\n\n", r.Backend, r.Date, r.Command, map[bool]string{true: " (quick: one repetition, short runs)", false: ""}[r.Quick], r.Backend, r.ExitRoundTripUS)
 	fmt.Fprintf(&b, "Machine: %s, %s cores, %s, %s, Go %s. Plain runs (`ftvm run`) and FT runs (a primary and a backup over loopback TCP on the same machine) alternate; each figure is the median over the repetitions with the range in parentheses. Unlike VM-FT's two hosts, primary and backup share this machine's cores: the backup's replay competes with the primary for CPU, which is most of the cost for CPU-bound rows, and the logging link is loopback.\n\n",
 		r.Machine["cpu"], r.Machine["cores"], r.Machine["memory"], r.Machine["kernel"], r.Machine["go"])
 	table := func(title string, rows []Throughput) {
@@ -274,4 +274,62 @@ func (r *Results) plotFailover(path string) error {
 	}
 	p.Legend.Top = false
 	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+}
+
+// row finds a workload's figures in Table 1 or 2.
+func (r *Results) row(workload string) (Throughput, bool) {
+	for _, t := range append(append([]Throughput(nil), r.Table1...), r.Table2...) {
+		if t.Workload == workload {
+			return t, true
+		}
+	}
+	return Throughput{}, false
+}
+
+// WriteComparison writes dir/REPORT.md: the backends' key figures side by
+// side, each from its own run above (reports in dir/BACKEND/).
+func WriteComparison(dir, command string, runs []*Results) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# ftvm benchmark: backends side by side\n\nCommand: `%s`. One run per backend, one after the other on this machine; the full report of each is in its folder.\n\n", command)
+	b.WriteString("| figure |")
+	for _, r := range runs {
+		fmt.Fprintf(&b, " [%s](%s/REPORT.md) |", r.Backend, r.Backend)
+	}
+	b.WriteString("\n|---|")
+	for range runs {
+		b.WriteString("---|")
+	}
+	b.WriteString("\n")
+	line := func(name string, cell func(r *Results) string) {
+		fmt.Fprintf(&b, "| %s |", name)
+		for _, r := range runs {
+			fmt.Fprintf(&b, " %s |", cell(r))
+		}
+		b.WriteString("\n")
+	}
+	line("guest-caused exit round trip", func(r *Results) string { return fmt.Sprintf("%.1f µs", r.ExitRoundTripUS) })
+	line("`cpu` plain run time", func(r *Results) string {
+		if t, ok := r.row("cpu"); ok && t.Plain.Median > 0 {
+			return fmt.Sprintf("%.3f s", 1/t.Plain.Median)
+		}
+		return "-"
+	})
+	for _, w := range []string{"cpu", "kvstore", "echo"} {
+		line("FT/plain, `"+w+"`", func(r *Results) string {
+			if t, ok := r.row(w); ok {
+				return stat(t.Ratio, "%.3f")
+			}
+			return "-"
+		})
+	}
+	line("FT/plain, `netsink receive`", func(r *Results) string {
+		if t, ok := r.row("netsink receive"); ok {
+			return stat(t.Ratio, "%.3f")
+		}
+		return "-"
+	})
+	return writeAtomic(filepath.Join(dir, "REPORT.md"), []byte(b.String()))
 }

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
@@ -19,7 +20,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func requireKVM(tb testing.TB) { tb.Helper(); vmmtest.RequireKVM(tb) }
+func requireBackend(tb testing.TB) backend.Backend { tb.Helper(); return vmmtest.Backend(tb) }
 
 func loadImage(tb testing.TB, name string) *vmm.Image {
 	tb.Helper()
@@ -40,7 +41,7 @@ func runPlain(tb testing.TB, img *vmm.Image, cfg vmm.Config) string {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	m, err := vmm.New(img, cfg, vmm.NewLiveWorld(ctx, nil, &out))
+	m, err := vmm.New(requireBackend(tb), img, cfg, vmm.NewLiveWorld(ctx, nil, &out))
 	if err != nil {
 		tb.Fatal(err)
 	}
@@ -55,7 +56,7 @@ func runPlain(tb testing.TB, img *vmm.Image, cfg vmm.Config) string {
 // instructions per second: one configuration with very few exits (the
 // native speed) and the default one (one RDTSC exit per 32,000 iterations).
 func BenchmarkCPUNative(b *testing.B) {
-	requireKVM(b)
+	requireBackend(b)
 	img := loadImage(b, "cpu")
 	for _, args := range []string{"rounds=10 work=50000000", "rounds=10000 work=32000"} {
 		b.Run(args, func(b *testing.B) {
@@ -85,7 +86,7 @@ func cpuInstructions(tb testing.TB, out string) float64 {
 // BenchmarkExitRoundTrip measures one guest-caused exit, VMM work included:
 // the cpu guest with work=1 is nearly all RDTSC exits.
 func BenchmarkExitRoundTrip(b *testing.B) {
-	requireKVM(b)
+	requireBackend(b)
 	img := loadImage(b, "cpu")
 	const rounds = 20000
 	for i := 0; i < b.N; i++ {

@@ -13,6 +13,7 @@ import (
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/ft"
 	"github.com/ftvm/ftvm/vmm/vnet"
 )
@@ -38,10 +39,11 @@ type vmRun struct {
 
 // vmSpec says what to run.
 type vmSpec struct {
-	Image  *vmm.Image
-	Config vmm.Config
-	Stdin  string
-	Net    *vnet.Spec
+	Backend backend.Backend
+	Image   *vmm.Image
+	Config  vmm.Config
+	Stdin   string
+	Net     *vnet.Spec
 	// Ready, if set, is called once the VM runs, and the VM is stopped when
 	// it returns (for servers that never exit).
 	Ready func(ctx context.Context)
@@ -96,7 +98,7 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 			}
 			world = rec
 		}
-		m, err := vmm.New(spec.Image, spec.Config, world)
+		m, err := vmm.New(spec.Backend, spec.Image, spec.Config, world)
 		if err != nil {
 			return vmRun{Err: err}
 		}
@@ -129,7 +131,7 @@ func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool
 	defer ln.Close()
 	gen := uint64(time.Now().UnixNano())
 	common := func(role string, in io.Reader, out io.Writer, nb vnet.Backend) ft.Common {
-		return ft.Common{Image: spec.Image, Config: spec.Config, VMID: "bench", Generation: gen, Arbiter: arb,
+		return ft.Common{Backend: spec.Backend, Image: spec.Image, Config: spec.Config, VMID: "bench", Generation: gen, Arbiter: arb,
 			Claimant: role, Stdin: in, Stdout: out, Net: nb}
 	}
 	bnet, err := openNet(false)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/bobuhiro11/gokvm/kvm"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"golang.org/x/sys/cpu"
 )
 
@@ -119,16 +119,12 @@ func checkHostCPU() error {
 	return nil
 }
 
-// kvmCPUID converts the fixed table for KVM_SET_CPUID2.
-func kvmCPUID() *kvm.CPUID {
+// backendCPUID is the fixed table for backends that can answer CPUID.
+func backendCPUID() []backend.CPUIDEntry {
 	t := fixedCPUID()
-	c := &kvm.CPUID{Nent: uint32(len(t)), Entries: make([]kvm.CPUIDEntry2, len(t))}
+	out := make([]backend.CPUIDEntry, len(t))
 	for i, e := range t {
-		flags := uint32(0)
-		if e.fn == 7 {
-			flags = 1 // KVM_CPUID_FLAG_SIGNIFCANT_INDEX
-		}
-		c.Entries[i] = kvm.CPUIDEntry2{Function: e.fn, Index: e.index, Flags: flags, Eax: e.eax, Ebx: e.ebx, Ecx: e.ecx, Edx: e.edx}
+		out[i] = backend.CPUIDEntry{Function: e.fn, Index: e.index, EAX: e.eax, EBX: e.ebx, ECX: e.ecx, EDX: e.edx}
 	}
-	return c
+	return out
 }

@@ -27,7 +27,7 @@ type recording struct {
 // record runs a guest live under a Recorder writing to memory.
 func record(t testing.TB, name, input string, cfg Config) recording {
 	t.Helper()
-	requireKVM(t)
+	requireBackend(t)
 	img := loadGuest(t, name)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -37,7 +37,7 @@ func record(t testing.TB, name, input string, cfg Config) recording {
 	if err := rec.Start(StartInfo(img, cfg, "test")); err != nil {
 		t.Fatal(err)
 	}
-	m, err := New(img, cfg, rec)
+	m, err := New(requireBackend(t), img, cfg, rec)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -81,7 +81,7 @@ func replayLog(t testing.TB, name string, log []byte) (recording, error) {
 	}
 	var console bytes.Buffer
 	world := replay.WithOutputs(rep, func(_ replay.OutputKind, b []byte) error { console.Write(b); return nil })
-	m, err := New(img, cfg, world)
+	m, err := New(requireBackend(t), img, cfg, world)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,8 +134,10 @@ func TestDeterminism(t *testing.T) {
 	}
 }
 
-// TestLongCPUDeterminism: a cpu run of at least 10 seconds with at least
-// 100,000 RDTSC reads replays to the same checksum, registers and memory.
+// TestLongCPUDeterminism: a long cpu run, at least 100,000 RDTSC reads
+// (110,000 rounds: about 1 s on kvm_pvm and 4 s on ptrace here), replays to
+// the same checksum, registers and memory. The promise is the count of
+// reads, which every machine sees alike; the time is only reported.
 func TestLongCPUDeterminism(t *testing.T) {
 	if testing.Short() {
 		t.Skip("long run")
@@ -145,9 +147,6 @@ func TestLongCPUDeterminism(t *testing.T) {
 	took := time.Since(start)
 	if n := rec.summary.Kinds[replay.KindTSC]; n < 100_000 {
 		t.Fatalf("only %d RDTSC entries", n)
-	}
-	if took < 10*time.Second {
-		t.Logf("recording took %v (< 10 s on this machine): run with larger work= to lengthen", took)
 	}
 	rep, err := replayLog(t, "cpu", rec.log)
 	if err != nil {

@@ -4,12 +4,15 @@ import (
 	"fmt"
 
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm/backend"
 )
 
 // exitContext is one guest-caused exit as a device sees it: where it
-// happened, the registers to answer in, guest memory and the world.
+// happened, the registers to answer in, guest memory and the world. It
+// holds nothing of the backend.
 type exitContext struct {
-	m     *Machine
+	*guestView
+	world replay.World
 	point replay.ExecPoint // as the guest left it; never changed
 	regs  replay.Regs      // what the guest resumes with
 	dirty bool
@@ -21,12 +24,10 @@ func (x *exitContext) setResult(v uint64) {
 	x.dirty = true
 }
 
-func (x *exitContext) world() replay.World { return x.m.world }
-
 // fault builds the error that stops the VM for something the guest did at
 // this exit, naming the RIP and the instruction there.
 func (x *exitContext) fault(what string) error {
-	return x.m.newFault(x.point.Exit, what, x.point.Regs)
+	return x.newFault(x.point.Exit, what, x.point.Regs)
 }
 
 // outHandler handles an out to its port. done stops the VM with status.
@@ -37,31 +38,39 @@ type bus struct {
 	ports [256]outHandler
 }
 
-func newBus(m *Machine) bus {
+func newBus(nicCfg *NICConfig) bus {
 	var b bus
 	b.ports[portConsoleWrite] = consoleWrite
 	b.ports[portConsoleRead] = consoleRead
 	b.ports[portClock] = clockRead
 	b.ports[portWait] = waitRequest
 	b.ports[portExit] = powerOff
-	b.ports[portRewrite] = m.emulateRewritten
-	n := &nic{cfg: m.cfg.NIC}
+	b.ports[portRewrite] = emulateRewritten
+	n := &nic{cfg: nicCfg}
 	b.ports[portNICInfo] = n.info
 	b.ports[portNICTX] = n.transmit
 	b.ports[portNICRX] = n.receive
 	for v := 0; v < 32; v++ {
-		b.ports[portException+v] = m.guestException
+		b.ports[portException+v] = strayExceptionPort
 	}
 	return b
 }
 
-func (b *bus) out(x *exitContext, port uint16) (bool, int, error) {
-	if port < 256 && b.ports[port] != nil {
-		return b.ports[port](x)
+func (b *bus) out(x *exitContext, e backend.Exit) (bool, int, error) {
+	if e.Port < 256 && b.ports[e.Port] != nil {
+		return b.ports[e.Port](x)
 	}
-	f := x.m.newFault(x.point.Exit, fmt.Sprintf("out to unknown port %#x", port), x.point.Regs)
-	// out has left RIP past itself: name the out, not what follows it.
-	f.RIP, f.Insn = x.m.instructionBefore(f.RIP, outEncodings(port))
+	f := x.newFault(x.point.Exit, fmt.Sprintf("out to unknown port %#x", e.Port), x.point.Regs)
+	// RIP is past the out: name the out, not what follows it.
+	f.RIP, f.Insn = x.instructionBefore(f.RIP, outEncodings(e.Port))
+	return false, 0, f
+}
+
+// strayExceptionPort: the backend turns an exception stub's out into an
+// exception exit; an out to those ports from anywhere else is the guest's.
+func strayExceptionPort(x *exitContext) (bool, int, error) {
+	f := x.newFault(x.point.Exit, "out to the VMM's reserved exception port from outside its stubs", x.point.Regs)
+	f.RIP, f.Insn = x.instructionBefore(f.RIP, [][]byte{{0xe6, byte(x.point.Regs.RAX)}})
 	return false, 0, f
 }
 
@@ -89,12 +98,12 @@ func consoleWrite(x *exitContext) (bool, int, error) {
 	if n > maxConsoleIO {
 		n = maxConsoleIO // a short write, as a real device may do
 	}
-	buf, err := x.m.mem.Slice(addr, n)
+	buf, err := x.mem.Slice(addr, n)
 	if err != nil {
 		x.setResult(errFault)
 		return false, 0, nil
 	}
-	if err := x.world().Output(x.point, replay.OutputConsole, buf); err != nil {
+	if err := x.world.Output(x.point, replay.OutputConsole, buf); err != nil {
 		return false, 0, err
 	}
 	x.setResult(n)
@@ -107,12 +116,12 @@ func consoleRead(x *exitContext) (bool, int, error) {
 	if n > maxConsoleIO {
 		n = maxConsoleIO
 	}
-	buf, err := x.m.mem.Slice(addr, n)
+	buf, err := x.mem.Slice(addr, n)
 	if err != nil {
 		x.setResult(errFault)
 		return false, 0, nil
 	}
-	got, eof, err := x.world().ConsoleRead(x.point, buf)
+	got, eof, err := x.world.ConsoleRead(x.point, buf)
 	if err != nil {
 		return false, 0, err
 	}
@@ -134,7 +143,7 @@ func clockRead(x *exitContext) (bool, int, error) {
 		x.setResult(errInval)
 		return false, 0, nil
 	}
-	ns, err := x.world().Clock(x.point, replay.ClockID(id))
+	ns, err := x.world.Clock(x.point, replay.ClockID(id))
 	if err != nil {
 		return false, 0, err
 	}
@@ -144,7 +153,7 @@ func clockRead(x *exitContext) (bool, int, error) {
 
 // waitRequest: RDI = timeout in ns. Parks the vCPU in the world.
 func waitRequest(x *exitContext) (bool, int, error) {
-	res, err := x.world().Wait(x.point, x.point.Regs.RDI)
+	res, err := x.world.Wait(x.point, x.point.Regs.RDI)
 	if err != nil {
 		return false, 0, err
 	}
@@ -158,7 +167,7 @@ func powerOff(x *exitContext) (bool, int, error) {
 	if status > 255 {
 		return false, 0, x.fault(fmt.Sprintf("exit with status %d, outside 0-255", status))
 	}
-	if err := x.world().PowerOff(x.point, int(status)); err != nil {
+	if err := x.world.PowerOff(x.point, int(status)); err != nil {
 		return false, 0, err
 	}
 	return true, int(status), nil
@@ -166,15 +175,15 @@ func powerOff(x *exitContext) (bool, int, error) {
 
 // emulateRewritten runs the instruction the loader replaced with a trap,
 // exactly as the CPU would, with the answer from the world.
-func (m *Machine) emulateRewritten(x *exitContext) (bool, int, error) {
-	site, ok := m.img.site(x.point.Regs.RIP)
+func emulateRewritten(x *exitContext) (bool, int, error) {
+	site, ok := x.img.site(x.point.Regs.RIP)
 	if !ok {
 		return false, 0, x.fault(fmt.Sprintf("out to the VMM's reserved port %#x outside a rewritten instruction", portRewrite))
 	}
 	r := &x.regs
 	switch site.Kind {
 	case SiteRDTSC, SiteRDTSCP:
-		tsc, err := x.world().TSC(x.point)
+		tsc, err := x.world.TSC(x.point)
 		if err != nil {
 			return false, 0, err
 		}
@@ -187,7 +196,7 @@ func (m *Machine) emulateRewritten(x *exitContext) (bool, int, error) {
 		if site.Kind == SiteRDSEED {
 			kind = replay.RandRDSEED
 		}
-		v, err := x.world().Random(x.point, kind)
+		v, err := x.world.Random(x.point, kind)
 		if err != nil {
 			return false, 0, err
 		}

@@ -4,8 +4,8 @@ import (
 	"fmt"
 	"strings"
 
-	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"golang.org/x/arch/x86/x86asm"
 )
 
@@ -39,38 +39,44 @@ func (f *GuestFault) RegisterDump() string {
 	return b.String()
 }
 
+// guestView is what reports about the guest need: its memory and image.
+type guestView struct {
+	mem *GuestMemory
+	img *Image
+}
+
 // instructionBefore finds which of the encodings ends just before rip (for
 // exits and traps that leave RIP past their instruction) and returns its
 // address and disassembly, or rip unchanged.
-func (m *Machine) instructionBefore(rip uint64, encodings [][]byte) (uint64, string) {
+func (g *guestView) instructionBefore(rip uint64, encodings [][]byte) (uint64, string) {
 	for _, enc := range encodings {
 		n := uint64(len(enc))
 		if rip < n {
 			continue
 		}
-		if b, err := m.mem.Slice(rip-n, n); err == nil && string(b) == string(enc) {
-			return rip - n, m.decodeAt(rip - n)
+		if b, err := g.mem.Slice(rip-n, n); err == nil && string(b) == string(enc) {
+			return rip - n, g.decodeAt(rip - n)
 		}
 	}
-	return rip, m.decodeAt(rip)
+	return rip, g.decodeAt(rip)
 }
 
-func (m *Machine) newFault(exit uint64, what string, r replay.Regs) *GuestFault {
-	return &GuestFault{Exit: exit, What: what, RIP: r.RIP, Insn: m.decodeAt(r.RIP), Regs: r}
+func (g *guestView) newFault(exit uint64, what string, r replay.Regs) *GuestFault {
+	return &GuestFault{Exit: exit, What: what, RIP: r.RIP, Insn: g.decodeAt(r.RIP), Regs: r}
 }
 
 // decodeAt disassembles the instruction at rip, showing the original of a
 // rewritten one.
-func (m *Machine) decodeAt(rip uint64) string {
-	if s, ok := m.img.sites[rip]; ok {
+func (g *guestView) decodeAt(rip uint64) string {
+	if s, ok := g.img.sites[rip]; ok {
 		return s.Kind.String()
 	}
 	var code [15]byte
 	n := uint64(len(code))
-	if rip < m.mem.Size() && m.mem.Size()-rip < n {
-		n = m.mem.Size() - rip
+	if rip < g.mem.Size() && g.mem.Size()-rip < n {
+		n = g.mem.Size() - rip
 	}
-	b, err := m.mem.Slice(rip, n)
+	b, err := g.mem.Slice(rip, n)
 	if err != nil || n == 0 {
 		return ""
 	}
@@ -92,50 +98,21 @@ var vectorNames = [32]string{
 	"#HV hypervisor injection", "#VC VMM communication", "#SX security exception", "vector 31",
 }
 
-// hasErrorCode says which vectors push an error code.
-func hasErrorCode(v int) bool {
-	switch v {
-	case 8, 10, 11, 12, 13, 14, 17, 21, 29, 30:
-		return true
+// exceptionFault reports exception e, raised with registers r.
+func (g *guestView) exceptionFault(exit uint64, e backend.Exit, r replay.Regs) *GuestFault {
+	what := fmt.Sprintf("vector %d", e.Vector)
+	if e.Vector >= 0 && e.Vector < len(vectorNames) {
+		what = vectorNames[e.Vector]
 	}
-	return false
-}
-
-// guestException handles an exit from the exception stub of a vector: the
-// CPU pushed [error code,] RIP, CS, RFLAGS, RSP, SS on the IST stack.
-func (m *Machine) guestException(x *exitContext) (bool, int, error) {
-	stub := x.point.Regs.RIP - 2
-	v := int(stub-stubAddr) / 8
-	if stub < stubAddr || v >= 32 || stubAddr+uint64(v)*8 != stub {
-		return false, 0, x.fault(fmt.Sprintf("out to the VMM's reserved exception port from outside its stubs"))
+	if e.HasErrorCode {
+		what += fmt.Sprintf(" (error code %#x)", e.ErrorCode)
 	}
-	r := x.point.Regs
-	sp := r.RSP
-	what := vectorNames[v]
-	if hasErrorCode(v) {
-		code, err := m.mem.ReadU64(sp)
-		if err == nil {
-			what += fmt.Sprintf(" (error code %#x)", code)
-		}
-		sp += 8
+	if e.Vector == 14 {
+		what += fmt.Sprintf(" accessing %#x", e.Addr)
 	}
-	if v == 14 {
-		if s, err := kvm.GetSregs(uintptr(m.vcpu.fd)); err == nil {
-			what += fmt.Sprintf(" accessing %#x", s.CR2)
-		}
+	f := g.newFault(exit, what, r)
+	if e.Vector == 3 { // #BP is a trap: RIP is past the int3 (CC) or int $3 (CD 03)
+		f.RIP, f.Insn = g.instructionBefore(r.RIP, [][]byte{{0xcc}, {0xcd, 0x03}})
 	}
-	var frame [4]uint64 // RIP, CS, RFLAGS, RSP
-	for i := range frame {
-		w, err := m.mem.ReadU64(sp + uint64(i)*8)
-		if err != nil {
-			return false, 0, m.newFault(x.point.Exit, what+" (exception frame unreadable)", r)
-		}
-		frame[i] = w
-	}
-	r.RIP, r.RFLAGS, r.RSP = frame[0], frame[2], frame[3]
-	f := m.newFault(x.point.Exit, what, r)
-	if v == 3 { // #BP is a trap: RIP is past the int3 (CC) or int $3 (CD 03)
-		f.RIP, f.Insn = m.instructionBefore(r.RIP, [][]byte{{0xcc}, {0xcd, 0x03}})
-	}
-	return false, 0, f
+	return f
 }

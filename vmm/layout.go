@@ -3,6 +3,8 @@ package vmm
 import (
 	"encoding/binary"
 	"fmt"
+
+	"github.com/ftvm/ftvm/vmm/backend"
 )
 
 // The guest's memory layout; guests/ABI.md is the guest-facing description.
@@ -43,11 +45,19 @@ const (
 	portRewrite      = 0xd0
 	portException    = 0xe0 // + vector, 0-31
 
-	// Page-table entry bits.
-	ptePresent = 1 << 0
-	pteWrite   = 1 << 1
-	pteUser    = 1 << 2
-	pteNX      = 1 << 63
+	// Page-table entry bits. Accessed and Dirty are set from the start, so
+	// the CPU never writes the tables: guest RAM then holds the same bytes
+	// on a backend that walks them (KVM) and on one that does not (ptrace).
+	ptePresent  = 1 << 0
+	pteWrite    = 1 << 1
+	pteUser     = 1 << 2
+	pteAccessed = 1 << 5
+	pteDirty    = 1 << 6
+	pteNX       = 1 << 63
+
+	// entryRFLAGS is RFLAGS at the guest's first instruction: IF (and
+	// bit 1, always set). The backend adds IOPL as it needs.
+	entryRFLAGS = 0x202
 
 	// Minimum and maximum guest RAM: the page tables map RAM with 4 KiB
 	// pages through one page directory.
@@ -67,17 +77,45 @@ const (
 )
 
 func (p pagePerm) pte() uint64 {
+	const ad = pteAccessed | pteDirty
 	switch p {
 	case permSupervisor:
-		return ptePresent | pteWrite | pteNX
+		return ptePresent | pteWrite | pteNX | ad
 	case permUserRX:
-		return ptePresent | pteUser
+		return ptePresent | pteUser | ad
 	case permUserR:
-		return ptePresent | pteUser | pteNX
+		return ptePresent | pteUser | pteNX | ad
 	case permUserRW:
-		return ptePresent | pteWrite | pteUser | pteNX
+		return ptePresent | pteWrite | pteUser | pteNX | ad
 	}
 	return 0
+}
+
+// backendPerm is the guest's (CPL3) access to a page with permission p.
+func (p pagePerm) backendPerm() backend.Perm {
+	switch p {
+	case permUserRX:
+		return backend.PermReadExec
+	case permUserR:
+		return backend.PermRead
+	case permUserRW:
+		return backend.PermReadWrite
+	}
+	return backend.PermNone
+}
+
+// systemTables says where writeSystemTables and buildPageTables put the
+// guest's long-mode tables.
+func systemTables(l Layout) backend.SystemTables {
+	return backend.SystemTables{
+		PageTables: l.PageTables,
+		GDT:        gdtAddr, GDTLimit: 7*8 - 1,
+		IDT: idtAddr, IDTLimit: 256*16 - 1,
+		TSS: tssAddr, TSSLimit: tssLimit,
+		CodeSel: selUserCode, DataSel: selUserData, TSSSel: selTSS,
+		ExceptionStubs: stubAddr, ExceptionPort: portException,
+		ExceptionStackTop: excStackTop, ExceptionStackBytes: excStackTop - excStackLow,
+	}
 }
 
 // Layout is where things are in a guest of a given size.
@@ -113,7 +151,7 @@ func newLayout(mem, imageEnd uint64) (Layout, error) {
 // each page taken from perms (one entry per 4 KiB page of RAM).
 func buildPageTables(mem *GuestMemory, l Layout, perms []pagePerm) error {
 	pml4, pdpt, pd := l.PageTables, l.PageTables+pageSize, l.PageTables+2*pageSize
-	const inner = ptePresent | pteWrite | pteUser // leaves decide the access
+	const inner = ptePresent | pteWrite | pteUser | pteAccessed // leaves decide the access
 	if err := mem.WriteU64(pml4, pdpt|inner); err != nil {
 		return err
 	}
@@ -157,8 +195,8 @@ func writeSystemTables(mem *GuestMemory) error {
 		0,
 		0x00209a0000000000, // 0x08 kernel code (unused: the guest never runs at CPL0)
 		0x0000920000000000, // 0x10 kernel data
-		0x0020fa0000000000, // 0x18 user code, DPL3, L=1
-		0x0000f20000000000, // 0x20 user data, DPL3
+		0x0020fb0000000000, // 0x18 user code, DPL3, L=1, accessed (the CPU never writes it)
+		0x0000f30000000000, // 0x20 user data, DPL3, accessed
 	}
 	// 0x28: the 64-bit TSS descriptor (two slots), type 0xb (busy).
 

@@ -8,11 +8,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
+	"os"
 	"strings"
 
-	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"golang.org/x/sys/unix"
 )
 
@@ -25,6 +25,11 @@ type Config struct {
 	MemSize uint64     // bytes of guest RAM; 0 means DefaultMemory
 	Cmdline string     // the guest's command line
 	NIC     *NICConfig // the guest's NIC; nil for none
+	// Backend names the backend the guest runs on ("kvm", "ptrace"): a
+	// guest can tell them apart (guests/ABI.md), so a log recorded on one
+	// replays only on the same, and a pair must agree on it. New fills it
+	// in when it is empty.
+	Backend string
 }
 
 func (c Config) withDefaults() Config {
@@ -47,7 +52,7 @@ func ConfigDigest(c Config) [32]byte {
 // Text is the config in the form a log's start entry carries, so that a
 // replay rebuilds the same VM from the log alone.
 func (c Config) Text() string {
-	v := configText{Mem: ptr(c.withDefaults().MemSize), Cmdline: c.Cmdline}
+	v := configText{Mem: ptr(c.withDefaults().MemSize), Cmdline: c.Cmdline, Backend: c.Backend}
 	if c.NIC != nil {
 		v.MAC = net.HardwareAddr(c.NIC.MAC[:]).String()
 		v.Addr, v.Gateway = c.NIC.Addr.String(), c.NIC.Gateway.String()
@@ -62,6 +67,7 @@ type configText struct {
 	MAC     string  `json:"mac,omitempty"`
 	Addr    string  `json:"addr,omitempty"`
 	Gateway string  `json:"gateway,omitempty"`
+	Backend string  `json:"backend,omitempty"`
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -77,7 +83,7 @@ func ParseConfigText(s string) (Config, error) {
 	if err := dec.Decode(&v); err != nil || v.Mem == nil {
 		return bad(err)
 	}
-	c := Config{MemSize: *v.Mem, Cmdline: v.Cmdline}
+	c := Config{MemSize: *v.Mem, Cmdline: v.Cmdline, Backend: v.Backend}
 	if v.MAC != "" {
 		mac, err := net.ParseMAC(v.MAC)
 		if err != nil || len(mac) != 6 {
@@ -111,162 +117,162 @@ type Result struct {
 	Exits  uint64 // guest-caused exits
 }
 
-// Machine is one VM with one vCPU running one guest image.
+// Machine is one VM with one vCPU running one guest image, on one backend.
 type Machine struct {
-	kvmFD, vmFD int
-	vcpu        *vcpuFD
-	ram         []byte
-	mem         GuestMemory
-	img         *Image
-	cfg         Config
-	layout      Layout
-	world       replay.World
-	bus         bus
-	exits       uint64
-	closed      bool
+	backend string
+	vcpu    backend.VCPU
+	ramFile *os.File
+	ram     []byte
+	guest   guestView
+	cfg     Config
+	layout  Layout
+	world   replay.World
+	bus     bus
+	exits   uint64
+	closed  bool
 }
 
-// New creates a VM, loads img into it and prepares the vCPU at the entry
-// point. The world answers every non-deterministic question of the run.
-func New(img *Image, cfg Config, world replay.World) (*Machine, error) {
+// New creates a VM on backend b, loads img into it and prepares the vCPU
+// at the entry point. The world answers every non-deterministic question
+// of the run.
+func New(b backend.Backend, img *Image, cfg Config, world replay.World) (*Machine, error) {
+	if b == nil {
+		return nil, errors.New("vmm: no backend given")
+	}
 	cfg = cfg.withDefaults()
+	if cfg.Backend == "" {
+		cfg.Backend = b.Name()
+	}
+	if cfg.Backend != b.Name() {
+		return nil, fmt.Errorf("vmm: the configuration is for the %s backend, not %s (a guest can tell them apart, so a log or a pair cannot mix them)", cfg.Backend, b.Name())
+	}
 	layout, err := newLayout(cfg.MemSize, img.End)
 	if err != nil {
 		return nil, err
 	}
-	m := &Machine{kvmFD: -1, vmFD: -1, img: img, cfg: cfg, layout: layout, world: world}
-	if err := m.create(); err != nil {
+	if err := checkHostCPU(); err != nil {
+		return nil, err
+	}
+	m := &Machine{backend: b.Name(), cfg: cfg, layout: layout, world: world}
+	if err := m.create(b, img); err != nil {
 		m.Close()
 		return nil, err
 	}
-	m.bus = newBus(m)
+	m.bus = newBus(cfg.NIC)
 	return m, nil
 }
 
-func (m *Machine) create() error {
+func (m *Machine) create(b backend.Backend, img *Image) error {
 	var err error
-	if m.kvmFD, err = unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0); err != nil {
-		return fmt.Errorf("vmm: open /dev/kvm: %w (is KVM available and are you allowed to use it? try ftvm doctor)", err)
-	}
-	vmfd, err := kvm.CreateVM(uintptr(m.kvmFD))
-	if err != nil {
-		return fmt.Errorf("vmm: KVM_CREATE_VM: %w", err)
-	}
-	m.vmFD = int(vmfd)
-	if m.ram, err = guestMemoryMmap(m.cfg.MemSize); err != nil {
+	if m.ramFile, m.ram, err = guestRAM(m.cfg.MemSize); err != nil {
 		return err
 	}
-	m.mem = GuestMemory{b: m.ram}
-	region := kvm.UserspaceMemoryRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: m.cfg.MemSize, UserspaceAddr: hostAddr(m.ram)}
-	if err := kvm.SetUserMemoryRegion(uintptr(m.vmFD), &region); err != nil {
-		return fmt.Errorf("vmm: KVM_SET_USER_MEMORY_REGION: %w", err)
-	}
-	if err := m.loadImage(); err != nil {
+	m.guest = guestView{mem: &GuestMemory{b: m.ram}, img: img}
+	perms, err := m.loadImage(img)
+	if err != nil {
 		return err
 	}
-	vcpufd, err := kvm.CreateVCPU(uintptr(m.vmFD), 0)
-	if err != nil {
-		return fmt.Errorf("vmm: KVM_CREATE_VCPU: %w", err)
+	spec := &backend.Spec{
+		RAM: m.ram, RAMFile: m.ramFile, Pages: perms,
+		Entry:  replay.Regs{RIP: img.Entry, RSP: m.layout.StackTop, RDI: bootInfoAddr, RFLAGS: entryRFLAGS},
+		System: systemTables(m.layout),
+		CPUID:  backendCPUID(),
 	}
-	size, err := kvm.GetVCPUMMmapSize(uintptr(m.kvmFD))
-	if err != nil {
-		unix.Close(int(vcpufd))
-		return fmt.Errorf("vmm: KVM_GET_VCPU_MMAP_SIZE: %w", err)
-	}
-	if m.vcpu, err = newVcpuFD(int(vcpufd), int(size)); err != nil {
-		unix.Close(int(vcpufd))
+	if m.vcpu, err = b.NewVCPU(spec); err != nil {
 		return err
 	}
-	if caps, err := kvm.CheckExtension(uintptr(m.kvmFD), kvmCapSyncRegs); err == nil && caps&kvmSyncX86Regs != 0 {
-		m.vcpu.syncRegs = true
-	}
-	return m.setupVCPU()
+	return nil
 }
 
-// loadImage copies the image and the VMM's tables into guest RAM.
-func (m *Machine) loadImage() error {
+// guestRAM creates guest RAM as a memfd mapped here, so that a backend can
+// map the same pages into the guest.
+func guestRAM(size uint64) (*os.File, []byte, error) {
+	fd, err := unix.MemfdCreate("ftvm-guest-ram", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, nil, fmt.Errorf("vmm: memfd_create for guest RAM: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "ftvm-guest-ram")
+	if err := f.Truncate(int64(size)); err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("vmm: sizing guest RAM to %d bytes: %w", size, err)
+	}
+	b, err := unix.Mmap(fd, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_NORESERVE)
+	if err != nil {
+		f.Close()
+		return nil, nil, fmt.Errorf("vmm: mmap %d bytes of guest memory: %w", size, err)
+	}
+	return f, b, nil
+}
+
+// loadImage copies the image and the VMM's tables into guest RAM and
+// returns each page's permission.
+func (m *Machine) loadImage(img *Image) ([]backend.Perm, error) {
 	perms := make([]pagePerm, m.cfg.MemSize/pageSize)
 	systemPerms(m.layout, perms)
-	for _, s := range m.img.Segments {
+	mem := m.guest.mem
+	for _, s := range img.Segments {
 		if s.Addr+s.MemSize > m.layout.HeapEnd {
-			return fmt.Errorf("vmm: segment [%#x, %#x) does not fit in %d MiB of guest memory (raise --mem)", s.Addr, s.Addr+s.MemSize, m.cfg.MemSize>>20)
+			return nil, fmt.Errorf("vmm: segment [%#x, %#x) does not fit in %d MiB of guest memory (raise --mem)", s.Addr, s.Addr+s.MemSize, m.cfg.MemSize>>20)
 		}
-		if err := m.mem.Write(s.Addr, s.Data); err != nil {
-			return err
+		if err := mem.Write(s.Addr, s.Data); err != nil {
+			return nil, err
 		}
 		for a := s.Addr &^ (pageSize - 1); a < s.Addr+s.MemSize; a += pageSize {
 			perms[a/pageSize] = s.perm()
 		}
 	}
-	if err := writeSystemTables(&m.mem); err != nil {
-		return err
+	if err := writeSystemTables(mem); err != nil {
+		return nil, err
 	}
-	if err := writeBootInfo(&m.mem, m.layout, m.cfg.Cmdline); err != nil {
-		return err
+	if err := writeBootInfo(mem, m.layout, m.cfg.Cmdline); err != nil {
+		return nil, err
 	}
-	return buildPageTables(&m.mem, m.layout, perms)
-}
-
-func (m *Machine) setupVCPU() error {
-	if err := checkHostCPU(); err != nil {
-		return err
+	if err := buildPageTables(mem, m.layout, perms); err != nil {
+		return nil, err
 	}
-	if err := kvm.SetCPUID2(uintptr(m.vcpu.fd), kvmCPUID()); err != nil {
-		return fmt.Errorf("vmm: KVM_SET_CPUID2: %w", err)
+	out := make([]backend.Perm, len(perms))
+	for i, p := range perms {
+		out[i] = p.backendPerm()
 	}
-	s, err := kvm.GetSregs(uintptr(m.vcpu.fd))
-	if err != nil {
-		return fmt.Errorf("vmm: KVM_GET_SREGS: %w", err)
-	}
-	s.CR0 = 0x80050033 // PG, WP, NE, ET, MP, PE
-	s.CR3 = m.layout.PageTables
-	s.CR4 = 1<<5 | 1<<9 | 1<<10          // PAE, OSFXSR, OSXMMEXCPT
-	s.EFER = 1<<0 | 1<<8 | 1<<10 | 1<<11 // SCE, LME, LMA, NXE
-	s.GDT = kvm.Descriptor{Base: gdtAddr, Limit: 7*8 - 1}
-	s.IDT = kvm.Descriptor{Base: idtAddr, Limit: 256*16 - 1}
-	code := kvm.Segment{Selector: selUserCode, Limit: 0xfffff, Typ: 0xb, Present: 1, DPL: 3, S: 1, L: 1, G: 1}
-	data := kvm.Segment{Selector: selUserData, Limit: 0xfffff, Typ: 0x3, Present: 1, DPL: 3, S: 1, DB: 1, G: 1}
-	s.CS, s.DS, s.ES, s.FS, s.GS, s.SS = code, data, data, data, data, data
-	s.LDT = kvm.Segment{Unusable: 1}
-	s.TR = kvm.Segment{Base: tssAddr, Limit: tssLimit, Selector: selTSS, Typ: 0xb, Present: 1}
-	if err := kvm.SetSregs(uintptr(m.vcpu.fd), s); err != nil {
-		return fmt.Errorf("vmm: KVM_SET_SREGS: %w", err)
-	}
-	r := replay.Regs{RIP: m.img.Entry, RSP: m.layout.StackTop, RDI: bootInfoAddr, RFLAGS: 0x3202}
-	return m.vcpu.setRegs(&r)
+	return out, nil
 }
 
 // Memory is guest RAM.
-func (m *Machine) Memory() *GuestMemory { return &m.mem }
+func (m *Machine) Memory() *GuestMemory { return m.guest.mem }
+
+// Backend names the backend the machine runs on.
+func (m *Machine) Backend() string { return m.backend }
 
 // Run runs the guest until it powers off, faults, or ctx is cancelled
-// (ErrInterrupted). A guest fault is a *GuestFault. Run locks its goroutine
-// to one OS thread while the vCPU runs.
-func (m *Machine) Run(ctx context.Context) (Result, error) {
+// (ErrInterrupted). A guest fault is a *GuestFault. The run loop, and with
+// it every call into the World, runs on the backend's vCPU thread.
+func (m *Machine) Run(ctx context.Context) (res Result, err error) {
 	if m.closed {
 		return Result{}, errors.New("vmm: Run on a closed machine")
 	}
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
-	stop := context.AfterFunc(ctx, m.vcpu.kick)
+	m.vcpu.Do(func() { res, err = m.run(ctx) })
+	return res, err
+}
+
+func (m *Machine) run(ctx context.Context) (Result, error) {
+	stop := context.AfterFunc(ctx, m.vcpu.Kick)
 	defer stop()
 	var regs replay.Regs
+	set := false
 	for {
-		exit, err := m.vcpu.runOnce()
+		exit, err := m.vcpu.Run(&regs, set)
+		set = false
 		if err != nil {
 			return Result{Exits: m.exits}, err
 		}
-		if exit.Kind == ExitKick {
+		if exit.Kind == backend.ExitKick {
 			if ctx.Err() != nil {
 				return Result{Exits: m.exits}, ErrInterrupted
 			}
 			continue // a stale kick: not a guest-caused exit, not counted
 		}
 		m.exits++
-		if err := m.vcpu.getRegs(&regs); err != nil {
-			return Result{Exits: m.exits}, err
-		}
-		x := exitContext{m: m, point: replay.ExecPoint{Exit: m.exits, Regs: regs}, regs: regs}
+		x := exitContext{guestView: &m.guest, world: m.world, point: replay.ExecPoint{Exit: m.exits, Regs: regs}, regs: regs}
 		done, status, err := m.handle(&x, exit)
 		if err != nil {
 			return Result{Exits: m.exits}, err
@@ -275,32 +281,34 @@ func (m *Machine) Run(ctx context.Context) (Result, error) {
 			return Result{Status: status, Exits: m.exits}, nil
 		}
 		if x.dirty {
-			if err := m.vcpu.setRegs(&x.regs); err != nil {
-				return Result{Exits: m.exits}, err
-			}
+			regs, set = x.regs, true
 		}
 	}
 }
 
 // handle dispatches one guest-caused exit.
-func (m *Machine) handle(x *exitContext, e Exit) (done bool, status int, err error) {
+func (m *Machine) handle(x *exitContext, e backend.Exit) (done bool, status int, err error) {
 	switch e.Kind {
-	case ExitIOOut:
-		return m.bus.out(x, e.Port)
-	case ExitIOIn:
+	case backend.ExitIOOut:
+		return m.bus.out(x, e)
+	case backend.ExitIOIn:
 		return false, 0, x.fault(fmt.Sprintf("in from port %#x (ports are write-only: see guests/ABI.md)", e.Port))
-	case ExitMMIO:
+	case backend.ExitException:
+		return false, 0, m.guest.exceptionFault(x.point.Exit, e, x.point.Regs)
+	case backend.ExitSyscall:
+		f := m.guest.newFault(x.point.Exit, fmt.Sprintf("system call %d (guests have no system calls: see guests/ABI.md)", e.Code), x.point.Regs)
+		f.RIP, f.Insn = m.guest.instructionBefore(f.RIP, [][]byte{{0x0f, 0x05}, {0x0f, 0x34}, {0xcd, 0x80}})
+		return false, 0, f
+	case backend.ExitMMIO:
 		return false, 0, x.fault(fmt.Sprintf("access to guest-physical address %#x, which is not RAM", e.Addr))
-	case ExitShutdown:
+	case backend.ExitShutdown:
 		return false, 0, x.fault("triple fault (an exception while delivering an exception)")
-	case ExitHLT:
+	case backend.ExitHLT:
 		return false, 0, x.fault("halt")
-	case ExitFailEntry:
-		return false, 0, fmt.Errorf("vmm: KVM could not enter the guest (hardware entry failure reason %#x)", e.Code)
-	case ExitInternalError:
-		return false, 0, fmt.Errorf("vmm: KVM internal error, suberror %d, at exit %d rip %#x", e.Code, x.point.Exit, x.point.Regs.RIP)
+	case backend.ExitFailure:
+		return false, 0, fmt.Errorf("vmm: %s backend failed at exit %d rip %#x: %s", m.backend, x.point.Exit, x.point.Regs.RIP, e.Detail)
 	default:
-		return false, 0, fmt.Errorf("vmm: unexpected KVM exit reason %d at rip %#x", e.Code, x.point.Regs.RIP)
+		return false, 0, fmt.Errorf("vmm: unexpected exit %v at rip %#x", e, x.point.Regs.RIP)
 	}
 }
 
@@ -308,7 +316,7 @@ func (m *Machine) handle(x *exitContext, e Exit) (done bool, status int, err err
 // ended in the same state have the same digest.
 func (m *Machine) StateDigest() ([32]byte, error) {
 	var r replay.Regs
-	if err := m.vcpu.getRegs(&r); err != nil {
+	if err := m.vcpu.Regs(&r); err != nil {
 		return [32]byte{}, err
 	}
 	return replay.StateDigest(&r, m.ram), nil
@@ -318,8 +326,16 @@ func (m *Machine) StateDigest() ([32]byte, error) {
 // running.
 func (m *Machine) Regs() (replay.Regs, error) {
 	var r replay.Regs
-	err := m.vcpu.getRegs(&r)
+	err := m.vcpu.Regs(&r)
 	return r, err
+}
+
+// Kick interrupts Run as a cancelled context would, without ending it: Run
+// goes on unless its context is done. Safe from any goroutine.
+func (m *Machine) Kick() {
+	if m.vcpu != nil {
+		m.vcpu.Kick()
+	}
 }
 
 // Close releases the VM. Must not be called while Run is running.
@@ -328,17 +344,15 @@ func (m *Machine) Close() error {
 		return nil
 	}
 	m.closed = true
+	var err error
 	if m.vcpu != nil {
-		m.vcpu.close()
+		err = m.vcpu.Close()
 	}
 	if m.ram != nil {
 		unix.Munmap(m.ram)
 	}
-	if m.vmFD >= 0 {
-		unix.Close(m.vmFD)
+	if m.ramFile != nil {
+		m.ramFile.Close()
 	}
-	if m.kvmFD >= 0 {
-		unix.Close(m.kvmFD)
-	}
-	return nil
+	return err
 }

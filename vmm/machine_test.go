@@ -1,14 +1,11 @@
 package vmm
 
 import (
-	"context"
 	"errors"
-	"io"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
-	"time"
 	"unsafe"
 
 	"github.com/ftvm/ftvm/replay"
@@ -120,9 +117,9 @@ func TestMemorySizes(t *testing.T) {
 	if err != nil || out == "" {
 		t.Fatalf("4 MiB guest: %v", err)
 	}
-	requireKVM(t)
+	requireBackend(t)
 	for _, bad := range []uint64{1 << 20, 3 << 20, 2 << 30} {
-		if _, err := New(loadGuest(t, "hello"), Config{MemSize: bad}, nil); err == nil || !strings.Contains(err.Error(), "guest memory") {
+		if _, err := New(requireBackend(t), loadGuest(t, "hello"), Config{MemSize: bad}, nil); err == nil || !strings.Contains(err.Error(), "guest memory") {
 			t.Errorf("mem %d: got %v", bad, err)
 		}
 	}
@@ -138,60 +135,5 @@ func TestParseSize(t *testing.T) {
 		if _, err := ParseSize(bad); err == nil {
 			t.Errorf("ParseSize(%q) accepted", bad)
 		}
-	}
-}
-
-// TestCancelStopsAComputingGuest: cancelling Run kicks a vCPU that is deep in
-// a loop without exits; Run returns ErrInterrupted promptly.
-func TestCancelStopsAComputingGuest(t *testing.T) {
-	requireKVM(t)
-	ctx, cancel := context.WithCancel(context.Background())
-	m, err := New(loadGuest(t, "cpu"), Config{Cmdline: "rounds=1 work=100000000000"}, NewLiveWorld(ctx, nil, io.Discard))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	time.AfterFunc(200*time.Millisecond, cancel)
-	start := time.Now()
-	_, err = m.Run(ctx)
-	if !errors.Is(err, ErrInterrupted) {
-		t.Fatalf("got %v", err)
-	}
-	if d := time.Since(start); d > 5*time.Second {
-		t.Fatalf("took %v to stop", d)
-	}
-}
-
-// TestKickBeforeRunIsNotLost: a kick that lands before KVM_RUN is entered
-// still makes the run return.
-func TestKickBeforeRunIsNotLost(t *testing.T) {
-	requireKVM(t)
-	m, err := New(loadGuest(t, "cpu"), Config{Cmdline: "rounds=1 work=100000000000"}, NewLiveWorld(context.Background(), nil, io.Discard))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	m.vcpu.kick()
-	exit, err := m.vcpu.runOnce()
-	if err != nil || exit.Kind != ExitKick {
-		t.Fatalf("got %+v %v", exit, err)
-	}
-}
-
-// TestKickAfterClose: a cancellation that lands as Run returns may kick
-// after Close; that must be harmless (it once dereferenced the unmapped
-// kvm_run page).
-func TestKickAfterClose(t *testing.T) {
-	requireKVM(t)
-	for i := 0; i < 50; i++ {
-		ctx, cancel := context.WithCancel(context.Background())
-		m, err := New(loadGuest(t, "hello"), Config{}, NewLiveWorld(ctx, nil, io.Discard))
-		if err != nil {
-			t.Fatal(err)
-		}
-		m.Run(ctx)
-		m.Close()
-		cancel()
-		m.vcpu.kick()
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
@@ -19,7 +20,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func requireKVM(t testing.TB) { t.Helper(); vmmtest.RequireKVM(t) }
+func requireBackend(t testing.TB) backend.Backend { t.Helper(); return vmmtest.Backend(t) }
 
 func guestPath(name string) string { return filepath.Join("..", "guests", "build", name+".elf") }
 
@@ -40,12 +41,12 @@ func loadGuest(t testing.TB, name string) *Image {
 // returns its console output and how it ended. It fails the test after 20 s.
 func runGuest(t testing.TB, name, input string, cfg Config) (string, Result, error) {
 	t.Helper()
-	requireKVM(t)
+	requireBackend(t)
 	img := loadGuest(t, name)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var out bytes.Buffer
-	m, err := New(img, cfg, NewLiveWorld(ctx, strings.NewReader(input), &out))
+	m, err := New(requireBackend(t), img, cfg, NewLiveWorld(ctx, strings.NewReader(input), &out))
 	if err != nil {
 		t.Fatal(err)
 	}

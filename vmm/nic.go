@@ -50,7 +50,7 @@ func (n *nic) info(x *exitContext) (bool, int, error) {
 	copy(info[8:12], ip[:])
 	info[12] = byte(n.cfg.Addr.Bits())
 	gw := n.cfg.Gateway.As4()
-	if x.m.mem.Write(x.point.Regs.RDI, info[:]) != nil || x.m.mem.Write(x.point.Regs.RSI, gw[:]) != nil {
+	if x.mem.Write(x.point.Regs.RDI, info[:]) != nil || x.mem.Write(x.point.Regs.RSI, gw[:]) != nil {
 		x.setResult(errFault)
 		return false, 0, nil
 	}
@@ -65,7 +65,7 @@ func (x *exitContext) descriptors(addr, count uint64, minLen, maxLen uint32, out
 	if count > maxNICBatch {
 		return nil, errInval
 	}
-	table, err := x.m.mem.Slice(addr, count*pktDescSize)
+	table, err := x.mem.Slice(addr, count*pktDescSize)
 	if err != nil {
 		return nil, errFault
 	}
@@ -76,7 +76,7 @@ func (x *exitContext) descriptors(addr, count uint64, minLen, maxLen uint32, out
 		if l < minLen || l > maxLen {
 			return nil, errInval
 		}
-		buf, err := x.m.mem.Slice(a, uint64(l))
+		buf, err := x.mem.Slice(a, uint64(l))
 		if err != nil {
 			return nil, errFault
 		}
@@ -103,7 +103,7 @@ func (n *nic) transmit(x *exitContext) (bool, int, error) {
 		n.batch = replay.AppendFrame(n.batch, f)
 	}
 	if len(frames) > 0 {
-		if err := x.world().Output(x.point, replay.OutputPacket, n.batch); err != nil {
+		if err := x.world.Output(x.point, replay.OutputPacket, n.batch); err != nil {
 			return false, 0, err
 		}
 	}
@@ -132,14 +132,14 @@ func (n *nic) receive(x *exitContext) (bool, int, error) {
 	got := 0
 	if len(frames) > 0 {
 		var err error
-		if got, err = x.world().NetReceive(x.point, frames, lens); err != nil {
+		if got, err = x.world.NetReceive(x.point, frames, lens); err != nil {
 			return false, 0, err
 		}
 	}
 	if got < 0 || got > len(frames) {
 		return false, 0, fmt.Errorf("vmm: the world delivered %d frames into %d buffers", got, len(frames))
 	}
-	table, _ := x.m.mem.Slice(addr, count*pktDescSize) // checked by descriptors
+	table, _ := x.mem.Slice(addr, count*pktDescSize) // checked by descriptors
 	for i := 0; i < got; i++ {
 		binary.LittleEndian.PutUint32(table[i*pktDescSize+8:], uint32(lens[i]))
 	}

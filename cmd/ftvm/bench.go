@@ -8,14 +8,17 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/bench"
+	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/backends"
 )
 
 // cmdBench runs the benchmarks and writes bench/results/DATE/REPORT.md.
 func cmdBench(args []string) int {
-	fs := newFlagSet("bench", "[--quick] [--out DIR] [--guests DIR]")
+	fs := newFlagSet("bench", "[--quick] [--backend all|auto|kvm|ptrace] [--out DIR] [--guests DIR]")
 	quick := fs.Bool("quick", false, "one short repetition of everything (under two minutes): a smoke test")
 	out := fs.String("out", "", "where to write the report (default bench/results/DATE)")
 	guests := fs.String("guests", "", "the guest images (default guests/build beside this binary's tree)")
+	which := fs.String("backend", "all", "the backends to run on: all (every usable one, side by side), auto, kvm or ptrace")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -33,17 +36,46 @@ func cmdBench(args []string) int {
 	}
 	ctx, cancel := interruptContext()
 	defer cancel()
-	began := time.Now()
-	res, err := bench.Run(ctx, bench.Options{Quick: *quick, GuestDir: *guests, FTVM: exe,
-		Logf: func(f string, a ...any) {
-			fmt.Fprintf(os.Stderr, "ftvm bench %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
-		}})
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "ftvm bench: %v\n", err)
-		return exitFailed
+	var bes []backend.Backend
+	if *which == "all" {
+		for _, name := range backends.Usable() {
+			b, _ := backends.Get(name)
+			bes = append(bes, b)
+		}
+		if len(bes) == 0 {
+			_, err := backends.Choose("auto")
+			fmt.Fprintf(os.Stderr, "ftvm bench: %v\n", err)
+			return exitFailed
+		}
+	} else {
+		b, err := chooseBackend("bench", *which)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm bench: %v\n", err)
+			return exitFailed
+		}
+		bes = []backend.Backend{b}
 	}
-	res.Command = "ftvm bench " + strings.Join(args, " ")
-	if err := res.WriteReport(*out); err != nil {
+	began := time.Now()
+	command := "ftvm bench " + strings.Join(args, " ")
+	var runs []*bench.Results
+	for _, b := range bes {
+		fmt.Fprintf(os.Stderr, "ftvm bench: backend %s\n", b.Name())
+		res, err := bench.Run(ctx, bench.Options{Quick: *quick, GuestDir: *guests, FTVM: exe, Backend: b,
+			Logf: func(f string, a ...any) {
+				fmt.Fprintf(os.Stderr, "ftvm bench %s %s: %s\n", b.Name(), time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
+			}})
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm bench: backend %s: %v\n", b.Name(), err)
+			return exitFailed
+		}
+		res.Command = command
+		if err := res.WriteReport(filepath.Join(*out, b.Name())); err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm bench: %v\n", err)
+			return exitFailed
+		}
+		runs = append(runs, res)
+	}
+	if err := bench.WriteComparison(*out, command, runs); err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm bench: %v\n", err)
 		return exitFailed
 	}

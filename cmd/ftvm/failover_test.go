@@ -76,7 +76,7 @@ func checkHistory(t *testing.T, out kv.Outcome, stderr string) {
 // in many trials. Every time the backup goes live, every client call
 // completes, and the history is linearizable.
 func TestKillPrimary(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	trials := 20
 	if testing.Short() {
 		trials = 3
@@ -100,7 +100,7 @@ func TestKillPrimary(t *testing.T) {
 // TestKillBackup: the backup dies; the primary wins the test-and-set and
 // carries on, and the clients see no error.
 func TestKillBackup(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	out, stderr := pairTrial(t, 99, 2500*time.Millisecond, "--kill-backup-after", "700ms")
 	if !strings.Contains(stderr, "primary: won the arbiter") {
 		t.Fatalf("the primary did not carry on alone:\n%s", stderr)
@@ -112,18 +112,26 @@ func TestKillBackup(t *testing.T) {
 // TestBenchQuick: ftvm bench --quick runs every benchmark once and writes
 // a report with every table, the JSON and the plots.
 func TestBenchQuick(t *testing.T) {
-	requireKVM(t)
+	b := requireBackend(t)
 	dir := t.TempDir()
-	cmd := exec.Command(ftvmBin, "bench", "--quick", "--out", dir, "--guests", "../../guests/build")
+	cmd := exec.Command(ftvmBin, "bench", "--quick", "--backend", b.Name(), "--out", dir, "--guests", "../../guests/build")
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("ftvm bench --quick: %v\n%s", err, out)
 	}
+	summary, err := os.ReadFile(dir + "/REPORT.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(summary), "exit round trip") || !strings.Contains(string(summary), "["+b.Name()+"]") {
+		t.Errorf("the side-by-side summary lacks the %s backend's exit round trip:\n%s", b.Name(), summary)
+	}
+	dir += "/" + b.Name()
 	report, err := os.ReadFile(dir + "/REPORT.md")
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"Table 1 analog", "| cpu |", "| kvstore |", "netsink receive", "netsource transmit",
+	for _, want := range []string{"the " + b.Name() + " backend", "Table 1 analog", "| cpu |", "| kvstore |", "netsink receive", "netsource transmit",
 		"Output Rule added", "silent death", "Log composition"} {
 		if !strings.Contains(string(report), want) {
 			t.Errorf("report lacks %q", want)

@@ -52,7 +52,7 @@ func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func
 	}
 	host, _ := os.Hostname()
 	c := ft.Common{
-		Image: img, Config: cfg, VMID: f.vmID, Generation: f.generation, Arbiter: arb,
+		Backend: f.be, Image: img, Config: cfg, VMID: f.vmID, Generation: f.generation, Arbiter: arb,
 		Claimant: fmt.Sprintf("%s@%s:%d", role, host, os.Getpid()),
 		Stdin:    os.Stdin, Stdout: os.Stdout,
 		Channel: logchannel.Config{FailoverTimeout: f.failoverTimeout, HeartbeatInterval: f.heartbeat},
@@ -82,6 +82,7 @@ func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func
 func cmdPrimary(args []string) int {
 	fs := newFlagSet("primary", "--backup ADDR --arbiter URL [--vm-id ID] [--net SPEC] [--metrics ADDR] GUEST.elf [ARGS...]")
 	var f ftFlags
+	f.cmd = "primary"
 	f.register(fs)
 	backup := fs.String("backup", "", "the backup's logging-channel `ADDR` (host:port)")
 	maxLag := fs.Duration("max-lag", logchannel.DefaultMaxLag, "throttle the guest while the backup's replay lags more than this")
@@ -111,6 +112,7 @@ func cmdPrimary(args []string) int {
 func cmdBackup(args []string) int {
 	fs := newFlagSet("backup", "--listen ADDR --arbiter URL [--vm-id ID] [--net SPEC] [--metrics ADDR] GUEST.elf [ARGS...]")
 	var f ftFlags
+	f.cmd = "backup"
 	f.register(fs)
 	listen := fs.String("listen", "127.0.0.1:7400", "accept the primary's logging channel on `ADDR`")
 	if err := fs.Parse(args); err != nil {

@@ -1,4 +1,4 @@
-// Command ftvm runs guest VMs on KVM and protects them with a backup that
+// Command ftvm runs guest VMs on KVM or under ptrace and protects them with a backup that
 // replays them (see README.md).
 package main
 
@@ -10,26 +10,27 @@ import (
 // Exit statuses of ftvm itself; a guest's own status passes through.
 const (
 	exitUsage       = 2   // bad command line
-	exitFailed      = 125 // ftvm could not do its job (bad image, KVM error)
+	exitFailed      = 125 // ftvm could not do its job (bad image, backend error)
 	exitGuestFault  = 126 // the guest faulted
 	exitInterrupted = 130 // Ctrl-C
 )
 
 var commands = map[string]func(args []string) int{
-	"run":     cmdRun,
-	"inspect": cmdInspect,
-	"doctor":  cmdDoctor,
-	"record":  cmdRecord,
-	"replay":  cmdReplay,
-	"log":     cmdLog,
-	"kv":      cmdKV,
-	"primary": cmdPrimary,
-	"backup":  cmdBackup,
-	"pair":    cmdPair,
-	"status":  cmdStatus,
-	"demo":    cmdDemo,
-	"bench":   cmdBench,
-	"net":     cmdNet,
+	"run":      cmdRun,
+	"inspect":  cmdInspect,
+	"doctor":   cmdDoctor,
+	"record":   cmdRecord,
+	"replay":   cmdReplay,
+	"log":      cmdLog,
+	"kv":       cmdKV,
+	"primary":  cmdPrimary,
+	"backup":   cmdBackup,
+	"pair":     cmdPair,
+	"status":   cmdStatus,
+	"demo":     cmdDemo,
+	"bench":    cmdBench,
+	"net":      cmdNet,
+	"backends": cmdBackends,
 }
 
 func usage() {
@@ -38,11 +39,14 @@ func usage() {
 commands:
   demo                                   kvstore under a pair, 3 clients, kill -9 of the primary
   run [--mem SIZE] GUEST.elf [ARGS...]   run a guest; console on stdin/stdout
+                                         (every command that runs a guest takes
+                                         --backend auto|kvm|ptrace; default $FTVM_BACKEND or auto)
   net sink --addr ADDR | net source --addr ADDR
                                          drive the netsink / netsource guests (throughput)
   bench [--quick]                        plain vs FT, logging bandwidth, output delay, failover time
   inspect GUEST.elf                      show segments, entry and rewritten instructions
-  doctor                                 check this host's KVM for ftvm
+  doctor                                 check this host's backends (kvm, ptrace) for ftvm
+  backends                               the backends usable here, one per line, auto's choice first
   record --log FILE [--mem SIZE] GUEST.elf [ARGS...]
                                          run a guest and log every non-deterministic input
   replay --log FILE GUEST.elf            replay a log, checking every execution point;

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
@@ -35,7 +37,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func requireKVM(t *testing.T) { t.Helper(); vmmtest.RequireKVM(t) }
+func requireBackend(t *testing.T) backend.Backend { t.Helper(); return vmmtest.Backend(t) }
 
 func guest(name string) string { return filepath.Join("..", "..", "guests", "build", name+".elf") }
 
@@ -65,7 +67,7 @@ func ftvm(t *testing.T, stdin string, args ...string) (string, string, int) {
 }
 
 func TestRunStatuses(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	notELF := filepath.Join(t.TempDir(), "notelf")
 	os.WriteFile(notELF, []byte("not an elf"), 0o644)
 	cases := []struct {
@@ -103,18 +105,9 @@ func TestRunStatuses(t *testing.T) {
 
 // TestInterruptStopsAWaitingGuest: Ctrl-C stops a guest parked in wait.
 func TestInterruptStopsAWaitingGuest(t *testing.T) {
-	requireKVM(t)
-	cmd := exec.Command(ftvmBin, "run", guest("echo"))
-	r, w, _ := os.Pipe() // stdin stays open: echo waits for input
-	defer w.Close()
-	cmd.Stdin = r
-	var errb bytes.Buffer
-	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	r.Close()
-	time.Sleep(300 * time.Millisecond)
+	requireBackend(t)
+	cmd, stdin, out := startEcho(t)
+	defer stdin.Close()
 	cmd.Process.Signal(syscall.SIGINT)
 	done := make(chan struct{})
 	go func() { cmd.Wait(); close(done) }()
@@ -124,9 +117,40 @@ func TestInterruptStopsAWaitingGuest(t *testing.T) {
 		cmd.Process.Kill()
 		t.Fatal("ftvm did not stop on SIGINT")
 	}
-	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted || !strings.Contains(errb.String(), "interrupted") {
-		t.Fatalf("status %d stderr %q", code, errb.String())
+	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted || !strings.Contains(out.stderr.String(), "interrupted") {
+		t.Fatalf("status %d stderr %q", code, out.stderr.String())
 	}
+}
+
+// echoRun is the output of an ftvm run of the echo guest.
+type echoRun struct{ stdout, stderr syncBuf }
+
+// startEcho starts ftvm run echo with extra flags, in a process group of
+// its own (as a shell starts a job), and returns once the guest has
+// answered a line: it is then running, parked in wait for more input.
+func startEcho(t *testing.T, flags ...string) (*exec.Cmd, io.WriteCloser, *echoRun) {
+	t.Helper()
+	cmd := exec.Command(ftvmBin, append(append([]string{"run"}, flags...), guest("echo"))...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := &echoRun{}
+	cmd.Stdout, cmd.Stderr = &out.stdout, &out.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	io.WriteString(stdin, "ready\n")
+	deadline := time.Now().Add(20 * time.Second)
+	for !strings.Contains(out.stdout.String(), "echo: READY") {
+		if time.Now().After(deadline) {
+			t.Fatalf("the echo guest did not answer; stderr:\n%s", out.stderr.String())
+		}
+		time.Sleep(10 * time.Millisecond) // polling the condition, bounded by the deadline
+	}
+	return cmd, stdin, out
 }
 
 // syncBuf is a bytes.Buffer for a child's output read while it runs.

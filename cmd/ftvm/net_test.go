@@ -98,7 +98,7 @@ func kvSession(t *testing.T, addr string) {
 // with user networking, captured with --pcap; the capture parses with
 // gopacket and holds the session's datagrams.
 func TestKVStoreUserNet(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	port := freeUDPPort(t)
 	pcap := filepath.Join(t.TempDir(), "kv.pcap")
 	wait := startFTVM(t, "run", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), "--pcap", pcap,
@@ -143,7 +143,7 @@ func TestKVStoreUserNet(t *testing.T) {
 // TestNICBadInput: descriptors outside RAM, runt and oversized frames,
 // batches over the limit: each call fails cleanly and the NIC still works.
 func TestNICBadInput(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	out, errOut, status := ftvm(t, "", "run", "--net", "user", guest("nicabuse"))
 	if status != 0 || !strings.Contains(out, "all cases behaved") {
 		t.Fatalf("status %d\n%s%s", status, out, errOut)
@@ -158,7 +158,7 @@ func TestNICBadInput(t *testing.T) {
 // networking and replays it without any network: received packets come
 // from the log, the replies are checked against it, the final state matches.
 func TestKVStoreRecordReplay(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	port := freeUDPPort(t)
 	log := filepath.Join(t.TempDir(), "kv.log")
 	wait := startFTVM(t, "record", "--log", log, "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port),
@@ -177,7 +177,7 @@ func TestKVStoreRecordReplay(t *testing.T) {
 // TestPairEcho: under ftvm pair, echo with stdin fed by the test prints
 // exactly what ftvm run prints, and the backup verifies its replay.
 func TestPairEcho(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	input := "first\nsecond line\nthird\n"
 	want, _, status := ftvm(t, input, "run", guest("echo"))
 	if status != 0 {
@@ -192,7 +192,7 @@ func TestPairEcho(t *testing.T) {
 // TestPairKVStore: a scripted kvstore session under ftvm pair; the backup
 // replays every exit, packets included, and verifies the final state.
 func TestPairKVStore(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	port := freeUDPPort(t)
 	wait := startFTVM(t, "pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), guest("kvstore"), "requests=7")
 	kvSession(t, fmt.Sprintf("127.0.0.1:%d", port))
@@ -205,7 +205,7 @@ func TestPairKVStore(t *testing.T) {
 // TestNetClients drives netsink and netsource through the CLI's client
 // modes under ftvm run.
 func TestNetClients(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	for _, c := range []struct{ guest, mode string }{{"netsink", "sink"}, {"netsource", "source"}} {
 		port := freeUDPPort(t)
 		gport := map[string]string{"netsink": "7001", "netsource": "7002"}[c.guest]

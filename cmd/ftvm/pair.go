@@ -20,8 +20,8 @@ import (
 // released console output, stderr says who is live and why, and the exit
 // status is the guest's.
 func cmdPair(args []string) int {
-	fs := newFlagSet("pair", "[--mem SIZE] [--net SPEC] [--kill-primary-after D] GUEST.elf [ARGS...]")
-	var g guestFlags
+	fs := newFlagSet("pair", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC] [--kill-primary-after D] GUEST.elf [ARGS...]")
+	g := guestFlags{cmd: "pair"}
 	g.register(fs)
 	arbiter := fs.String("arbiter", "", "go-live arbiter URL (default: file:// in a new temporary directory)")
 	killAfter := fs.Duration("kill-primary-after", 0, "kill -9 the primary after this long, to watch the backup take over")
@@ -42,6 +42,12 @@ func cmdPair(args []string) int {
 		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
 		return exitFailed
 	}
+	// Both members must run the same backend: resolve auto here, once.
+	be, err := chooseBackend("pair", g.backend)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
+		return exitFailed
+	}
 	if *arbiter == "" {
 		dir, err := os.MkdirTemp("", "ftvm-pair-arbiter-")
 		if err != nil {
@@ -56,7 +62,7 @@ func cmdPair(args []string) int {
 		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
 		return exitFailed
 	}
-	common := []string{"--vm-id", g.vmID, "--generation", strconv.FormatInt(time.Now().UnixNano(), 10),
+	common := []string{"--backend", be.Name(), "--vm-id", g.vmID, "--generation", strconv.FormatInt(time.Now().UnixNano(), 10),
 		"--arbiter", *arbiter, "--mem", strconv.FormatUint(g.mem.v, 10)}
 	if g.net != "" {
 		common = append(common, "--net", g.net)

@@ -14,8 +14,8 @@ import (
 )
 
 func cmdRecord(args []string) int {
-	fs := newFlagSet("record", "--log FILE [--mem SIZE] [--net SPEC] [--vm-id ID] GUEST.elf [ARGS...]")
-	var g guestFlags
+	fs := newFlagSet("record", "--log FILE [--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC] [--vm-id ID] GUEST.elf [ARGS...]")
+	g := guestFlags{cmd: "record"}
 	g.register(fs)
 	logPath := fs.String("log", "", "write the log to `FILE` (as FILE.incomplete until the run ends)")
 	if err := fs.Parse(args); err != nil {
@@ -54,7 +54,7 @@ func cmdRecord(args []string) int {
 		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
 		return exitFailed
 	}
-	m, err := vmm.New(img, cfg, rec)
+	m, err := vmm.New(g.be, img, cfg, rec)
 	if err != nil {
 		log.Abort()
 		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
@@ -87,9 +87,10 @@ func cmdRecord(args []string) int {
 }
 
 func cmdReplay(args []string) int {
-	fs := newFlagSet("replay", "--log FILE GUEST.elf")
+	fs := newFlagSet("replay", "--log FILE [--backend NAME] GUEST.elf")
 	logPath := fs.String("log", "", "replay the log in `FILE`")
 	quiet := fs.Bool("quiet", false, "do not show the guest's console output")
+	backendName := fs.String("backend", "", "the backend to replay on (default: the one the log was recorded on)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -137,7 +138,15 @@ func cmdReplay(args []string) int {
 			return err
 		})
 	}
-	m, err := vmm.New(img, cfg, world)
+	if *backendName == "" {
+		*backendName = cfg.Backend // a log names the backend it was recorded on
+	}
+	be, err := chooseBackend("replay", *backendName)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
+		return exitFailed
+	}
+	m, err := vmm.New(be, img, cfg, world)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
 		return exitFailed

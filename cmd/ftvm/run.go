@@ -11,6 +11,8 @@ import (
 	"syscall"
 
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/backends"
 	"github.com/ftvm/ftvm/vmm/vnet"
 )
 
@@ -26,19 +28,49 @@ func (s *sizeFlag) Set(v string) error {
 
 // guestFlags are the flags every command that starts a guest takes.
 type guestFlags struct {
-	mem  sizeFlag
-	net  string
-	pcap string
-	vmID string
-	spec *vnet.Spec
+	backend string
+	be      backend.Backend // chosen by loadGuest
+	mem     sizeFlag
+	net     string
+	pcap    string
+	vmID    string
+	spec    *vnet.Spec
+	cmd     string // the command, for messages
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
 	g.mem.v = vmm.DefaultMemory
+	registerBackend(fs, &g.backend)
 	fs.Var(&g.mem, "mem", "guest memory (e.g. 64M, 1G)")
 	fs.StringVar(&g.net, "net", "", "a NIC: user,hostfwd=udp:HOSTADDR:HOSTPORT-:GUESTPORT[,...] or tap,ifname=NAME[,ip=A.B.C.D/N,gw=A.B.C.D]")
 	fs.StringVar(&g.pcap, "pcap", "", "write every frame the guest sends and receives to `FILE` (pcap)")
 	fs.StringVar(&g.vmID, "vm-id", "ftvm", "the VM's name (its default MAC derives from it)")
+}
+
+// registerBackend adds --backend, whose default is $FTVM_BACKEND or auto.
+func registerBackend(fs *flag.FlagSet, v *string) {
+	def := os.Getenv("FTVM_BACKEND")
+	if def == "" {
+		def = "auto"
+	}
+	fs.StringVar(v, "backend", def, "how guest code runs: "+backends.Names+" (auto: kvm when /dev/kvm is usable, else ptrace; default from $FTVM_BACKEND)")
+}
+
+// chooseBackend resolves --backend and says on stderr which backend runs
+// the guest, and why when auto passed KVM over.
+func chooseBackend(cmd, name string) (backend.Backend, error) {
+	b, err := backends.Choose(name)
+	if err != nil {
+		return nil, err
+	}
+	why := ""
+	if (name == "auto" || name == "") && b.Name() != "kvm" {
+		if b, err := backends.Get("kvm"); err == nil {
+			why = fmt.Sprintf(" (kvm is not usable: %v)", b.Usable())
+		}
+	}
+	fmt.Fprintf(os.Stderr, "ftvm %s: backend %s%s\n", cmd, b.Name(), why)
+	return b, nil
 }
 
 // openNet opens the network backend the flags ask for, bound now (bind
@@ -85,7 +117,10 @@ func (g *guestFlags) loadGuest(args []string) (*vmm.Image, vmm.Config, error) {
 	if err != nil {
 		return nil, vmm.Config{}, fmt.Errorf("%s: %w", args[0], err)
 	}
-	cfg := vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " ")}
+	if g.be, err = chooseBackend(g.cmd, g.backend); err != nil {
+		return nil, vmm.Config{}, err
+	}
+	cfg := vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " "), Backend: g.be.Name()}
 	if g.net != "" {
 		spec, err := vnet.ParseSpec(g.net, g.vmID)
 		if err != nil {
@@ -135,8 +170,8 @@ func exitStatus(res vmm.Result, err error) int {
 }
 
 func cmdRun(args []string) int {
-	fs := newFlagSet("run", "[--mem SIZE] [--net SPEC [--pcap FILE]] GUEST.elf [ARGS...]")
-	var g guestFlags
+	fs := newFlagSet("run", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC [--pcap FILE]] GUEST.elf [ARGS...]")
+	g := guestFlags{cmd: "run"}
 	g.register(fs)
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -158,7 +193,7 @@ func cmdRun(args []string) int {
 		defer netb.Close()
 		world.AttachNet(netb)
 	}
-	m, err := vmm.New(img, cfg, world)
+	m, err := vmm.New(g.be, img, cfg, world)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm run: %v\n", err)
 		return exitFailed

@@ -43,7 +43,7 @@ func sh(t *testing.T, args ...string) string {
 // bridge by a veth pair; the client talks to kvstore across the bridge.
 // Nothing is created in the root namespace.
 func TestKVStoreOverTAP(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	requireNetns(t)
 	host, client := fmt.Sprintf("ftvmh%d", os.Getpid()), fmt.Sprintf("ftvmc%d", os.Getpid())
 	sh(t, "ip", "netns", "add", host)

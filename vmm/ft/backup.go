@@ -44,12 +44,15 @@ var ErrDiverged = errors.New("ft: the backup's replay diverged; it will not go l
 // identity and carries on with real inputs and outputs.
 func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	var out BackupOutcome
+	if err := o.prepare(); err != nil {
+		return out, err
+	}
 	recv, err := o.Listener.Accept(ctx, o.hello(), o.Channel)
 	if err != nil {
 		return out, err
 	}
 	defer recv.Close()
-	o.logf("backup: primary connected; replaying")
+	o.logf("backup: primary connected; replaying on the %s backend", o.Backend.Name())
 	o.Metrics.SetRole("backup")
 	o.Metrics.receiverMetrics(recv.Stats)
 
@@ -89,7 +92,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		o.logf("backup: LIVE since %s (won the arbiter; the guest continues from exit %d)", time.Now().Format(time.RFC3339Nano), out.LiveAt)
 		return nil
 	}
-	m, err := vmm.New(o.Image, o.Config, fw)
+	m, err := vmm.New(o.Backend, o.Image, o.Config, fw)
 	if err != nil {
 		return out, err
 	}
@@ -99,7 +102,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	var div *replay.DivergenceError
 	if errors.As(err, &div) {
 		o.Metrics.SetRole("diverged")
-		return out, fmt.Errorf("%w: %v", ErrDiverged, err)
+		return out, fmt.Errorf("%w: %w", ErrDiverged, err)
 	}
 	var fault *vmm.GuestFault
 	if err != nil && !errors.As(err, &fault) {
@@ -114,7 +117,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	}
 	if derr != nil {
 		if errors.As(derr, &div) {
-			return out, fmt.Errorf("%w: %v", ErrDiverged, derr)
+			return out, fmt.Errorf("%w: %w", ErrDiverged, derr)
 		}
 		return out, derr
 	}

@@ -71,7 +71,7 @@ func (f *flakyArbiter) Claim(ctx context.Context, c splitbrain.Claim) (splitbrai
 // reached. The backup keeps asking and does not go live until the arbiter
 // answers again; then it goes live and finishes the guest.
 func TestArbiterUnreachable(t *testing.T) {
-	requireKVM(t)
+	requireBackend(t)
 	img := loadImage(t, "cpu")
 	cfg := vmm.Config{Cmdline: "rounds=3000 work=20000"}
 	inner, err := splitbrain.Open("file://" + t.TempDir())
@@ -89,7 +89,7 @@ func TestArbiterUnreachable(t *testing.T) {
 	var events []string
 	note := func(s string) { mu.Lock(); events = append(events, s); mu.Unlock() }
 	common := func(role string) Common {
-		return Common{Image: img, Config: cfg, VMID: "flaky", Generation: 1, Arbiter: arb, Claimant: role,
+		return Common{Backend: requireBackend(t), Image: img, Config: cfg, VMID: "flaky", Generation: 1, Arbiter: arb, Claimant: role,
 			Stdin: strings.NewReader(""), Stdout: io.Discard, Channel: logchannel.Config{FailoverTimeout: 300 * time.Millisecond},
 			Logf: func(f string, a ...any) {
 				if strings.Contains(f, "LIVE") {

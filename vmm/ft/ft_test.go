@@ -16,6 +16,7 @@ import (
 	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
@@ -24,7 +25,7 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-func requireKVM(t testing.TB) { t.Helper(); vmmtest.RequireKVM(t) }
+func requireBackend(t testing.TB) backend.Backend { t.Helper(); return vmmtest.Backend(t) }
 
 func loadImage(t testing.TB, name string) *vmm.Image {
 	t.Helper()
@@ -68,7 +69,7 @@ func plainRun(t *testing.T, img *vmm.Image, cfg vmm.Config, input string) (strin
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var out bytes.Buffer
-	m, err := vmm.New(img, cfg, vmm.NewLiveWorld(ctx, strings.NewReader(input), &out))
+	m, err := vmm.New(requireBackend(t), img, cfg, vmm.NewLiveWorld(ctx, strings.NewReader(input), &out))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,7 +94,7 @@ type pairRun struct {
 // returns the one the primary should dial).
 func runPair(t *testing.T, img *vmm.Image, cfg vmm.Config, input string, chcfg logchannel.Config, proxy func(backupAddr string) string, primaryOut io.Writer) pairRun {
 	t.Helper()
-	requireKVM(t)
+	requireBackend(t)
 	ln, err := logchannel.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -106,7 +107,7 @@ func runPair(t *testing.T, img *vmm.Image, cfg vmm.Config, input string, chcfg l
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	common := func(role string, in io.Reader, out io.Writer) Common {
-		return Common{Image: img, Config: cfg, VMID: "test", Generation: 1, Arbiter: arb, Claimant: role,
+		return Common{Backend: requireBackend(t), Image: img, Config: cfg, VMID: "test", Generation: 1, Arbiter: arb, Claimant: role,
 			Stdin: in, Stdout: out, Channel: chcfg, Logf: func(f string, a ...any) { t.Logf(role+": "+f, a...) }}
 	}
 	var bout syncBuffer

@@ -11,14 +11,18 @@ import (
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/vnet"
 )
 
 // Common are the options primary and backup share.
 type Common struct {
-	Image  *vmm.Image
-	Config vmm.Config
-	VMID   string
+	// Backend runs the guest. Primary and backup must use the same one:
+	// it is part of the configuration they agree on.
+	Backend backend.Backend
+	Image   *vmm.Image
+	Config  vmm.Config
+	VMID    string
 	// Generation numbers one primary/backup pairing; the arbiter decides
 	// once per VM id and generation.
 	Generation uint64
@@ -35,6 +39,18 @@ type Common struct {
 	// Logf reports what happens (connected, lost the backup, live, ...)
 	// for a person; nil discards.
 	Logf func(format string, args ...any)
+}
+
+// prepare checks the options and writes the backend into the config.
+func (c *Common) prepare() error {
+	if c.Backend == nil {
+		return errors.New("ft: no backend given")
+	}
+	if c.Config.Backend != "" && c.Config.Backend != c.Backend.Name() {
+		return fmt.Errorf("ft: the configuration is for backend %s, not %s", c.Config.Backend, c.Backend.Name())
+	}
+	c.Config.Backend = c.Backend.Name()
+	return nil
 }
 
 func (c *Common) logf(format string, args ...any) {
@@ -80,6 +96,9 @@ type PrimaryStats struct {
 // anything more: it carries on alone if it wins and halts with
 // ErrLostArbitration if it loses.
 func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
+	if err := o.prepare(); err != nil {
+		return vmm.Result{}, err
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	sender, err := dialBackup(ctx, o)
@@ -87,7 +106,7 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 		return vmm.Result{}, err
 	}
 	defer sender.Close()
-	o.logf("primary: connected to the backup at %s; recording", o.BackupAddr)
+	o.logf("primary: connected to the backup at %s; recording on the %s backend", o.BackupAddr, o.Backend.Name())
 	o.Metrics.SetRole("primary")
 	o.Metrics.channelMetrics(sender.Stats)
 
@@ -127,7 +146,7 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	if err := rec.Start(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
 		return vmm.Result{}, err
 	}
-	m, err := vmm.New(o.Image, o.Config, rec)
+	m, err := vmm.New(o.Backend, o.Image, o.Config, rec)
 	if err != nil {
 		return vmm.Result{}, err
 	}

@@ -1,4 +1,4 @@
-package vmm
+package kvm
 
 import (
 	"fmt"
@@ -7,46 +7,9 @@ import (
 	"unsafe"
 
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm/backend"
 	"golang.org/x/sys/unix"
 )
-
-// ExitKind classifies why KVM_RUN returned.
-type ExitKind int
-
-const (
-	// ExitIOOut: the guest executed out; RIP is already past the instruction.
-	ExitIOOut ExitKind = iota + 1
-	// ExitIOIn: the guest executed in; RIP is still at the instruction.
-	ExitIOIn
-	// ExitMMIO: the guest touched a guest-physical address with no memory.
-	ExitMMIO
-	// ExitShutdown: a triple fault.
-	ExitShutdown
-	// ExitHLT: the vCPU halted (not reachable at CPL3, where hlt faults).
-	ExitHLT
-	// ExitKick: Kick interrupted the run at an arbitrary point. Never a
-	// place to deliver anything (PLATFORM.md): it is not a guest-caused exit.
-	ExitKick
-	// ExitFailEntry, ExitInternalError, ExitUnknown: KVM could not run the vCPU.
-	ExitFailEntry
-	ExitInternalError
-	ExitUnknown
-)
-
-// Exit is what one KVM_RUN returned, decoded.
-type Exit struct {
-	Kind ExitKind
-	// Port, Size and Data describe ExitIOOut/ExitIOIn (Data only for out).
-	Port uint16
-	Size uint8
-	Data uint32
-	// Addr and Write describe ExitMMIO.
-	Addr  uint64
-	Write bool
-	// Code is the raw detail for failures: the hardware entry failure
-	// reason, the internal error's suberror, or the unknown exit reason.
-	Code uint64
-}
 
 // vcpuFD is one vCPU's file descriptor and its mmapped kvm_run page.
 type vcpuFD struct {
@@ -91,11 +54,11 @@ func (v *vcpuFD) flagsAt(off int) *uint64 {
 func newVcpuFD(fd int, mmapSize int) (*vcpuFD, error) {
 	page, err := unix.Mmap(fd, 0, mmapSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
 	if err != nil {
-		return nil, fmt.Errorf("vmm: mmap kvm_run: %w", err)
+		return nil, fmt.Errorf("kvm: mmap kvm_run: %w", err)
 	}
 	if len(page) < kvmRunSyncRegs+144 {
 		unix.Munmap(page)
-		return nil, fmt.Errorf("vmm: kvm_run mapping is only %d bytes", len(page))
+		return nil, fmt.Errorf("kvm: kvm_run mapping is only %d bytes", len(page))
 	}
 	// Sound: the mapping is at least one page, larger than kvmRun, stays
 	// mapped until close, and the kernel defines its layout.
@@ -134,14 +97,14 @@ func (v *vcpuFD) kick() {
 // runOnce enters the guest until it exits for a reason the VMM must see.
 // Must be called on the vCPU's locked OS thread. EINTR without a pending
 // kick (the Go runtime's own signals) re-enters the guest.
-func (v *vcpuFD) runOnce() (Exit, error) {
+func (v *vcpuFD) runOnce() (backend.Exit, error) {
 	if v.tid.Load() == 0 {
 		v.tid.Store(int32(unix.Gettid()))
 	}
 	for {
 		v.run.immediateExit = 0
 		if v.kickPending.Swap(false) {
-			return Exit{Kind: ExitKick}, nil
+			return backend.Exit{Kind: backend.ExitKick}, nil
 		}
 		if v.syncRegs {
 			*v.flagsAt(kvmRunValidRegs) = kvmSyncX86Regs
@@ -152,56 +115,47 @@ func (v *vcpuFD) runOnce() (Exit, error) {
 			continue // a kick is picked up at the top of the loop
 		}
 		if errno != 0 {
-			return Exit{}, fmt.Errorf("vmm: KVM_RUN: %w", errno)
+			return backend.Exit{}, fmt.Errorf("kvm: KVM_RUN: %w", errno)
 		}
 		return v.decodeExit(), nil
 	}
 }
 
-func (v *vcpuFD) decodeExit() Exit {
+func (v *vcpuFD) decodeExit() backend.Exit {
 	r := v.run
 	switch r.exitReason {
 	case kvmExitIO:
 		// Sound: the io member is the active union member for KVM_EXIT_IO.
 		io := (*kvmRunIO)(unsafe.Pointer(&r.union[0]))
-		e := Exit{Port: io.port, Size: io.size}
+		e := backend.Exit{Port: io.port, Size: io.size}
 		if io.direction == kvmExitIODirOut {
-			e.Kind = ExitIOOut
+			e.Kind = backend.ExitIOOut
 			if off := int(io.dataOffset); off >= 0 && off+int(io.size) <= len(v.page) && io.size <= 4 {
 				var d [4]byte
 				copy(d[:], v.page[off:off+int(io.size)])
 				e.Data = uint32(d[0]) | uint32(d[1])<<8 | uint32(d[2])<<16 | uint32(d[3])<<24
 			}
 		} else {
-			e.Kind = ExitIOIn
+			e.Kind = backend.ExitIOIn
 		}
 		return e
 	case kvmExitMMIO:
 		// Sound: mmio is the active union member for KVM_EXIT_MMIO.
 		m := (*kvmRunMMIO)(unsafe.Pointer(&r.union[0]))
-		return Exit{Kind: ExitMMIO, Addr: m.physAddr, Write: m.isWrite != 0, Size: uint8(m.len)}
+		return backend.Exit{Kind: backend.ExitMMIO, Addr: m.physAddr, Write: m.isWrite != 0, Size: uint8(m.len)}
 	case kvmExitShutdown:
-		return Exit{Kind: ExitShutdown}
+		return backend.Exit{Kind: backend.ExitShutdown}
 	case kvmExitHLT:
-		return Exit{Kind: ExitHLT}
+		return backend.Exit{Kind: backend.ExitHLT}
 	case kvmExitIntr:
-		return Exit{Kind: ExitKick}
+		return backend.Exit{Kind: backend.ExitKick}
 	case kvmExitFailEntry:
-		return Exit{Kind: ExitFailEntry, Code: *(*uint64)(unsafe.Pointer(&r.union[0]))}
+		return backend.Exit{Kind: backend.ExitFailure, Detail: fmt.Sprintf("KVM could not enter the guest (hardware entry failure reason %#x)", *(*uint64)(unsafe.Pointer(&r.union[0])))}
 	case kvmExitInternalError:
-		return Exit{Kind: ExitInternalError, Code: uint64(*(*uint32)(unsafe.Pointer(&r.union[0])))}
+		return backend.Exit{Kind: backend.ExitFailure, Detail: fmt.Sprintf("KVM internal error, suberror %d", *(*uint32)(unsafe.Pointer(&r.union[0])))}
 	default:
-		return Exit{Kind: ExitUnknown, Code: uint64(r.exitReason)}
+		return backend.Exit{Kind: backend.ExitFailure, Detail: fmt.Sprintf("unexpected KVM exit reason %d", r.exitReason)}
 	}
-}
-
-// guestMemoryMmap maps size bytes of anonymous memory for guest RAM.
-func guestMemoryMmap(size uint64) ([]byte, error) {
-	b, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-	if err != nil {
-		return nil, fmt.Errorf("vmm: mmap %d bytes of guest memory: %w", size, err)
-	}
-	return b, nil
 }
 
 // hostAddr is the userspace address of guest RAM, for KVM_SET_USER_MEMORY_REGION.
@@ -224,7 +178,7 @@ func (v *vcpuFD) getRegs(r *replay.Regs) error {
 	}
 	// Sound: r points at 144 bytes the kernel fills; it stays alive for the call.
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), kvmGetRegs, uintptr(unsafe.Pointer(r))); e != 0 {
-		return fmt.Errorf("vmm: KVM_GET_REGS: %w", e)
+		return fmt.Errorf("kvm: KVM_GET_REGS: %w", e)
 	}
 	return nil
 }
@@ -237,7 +191,7 @@ func (v *vcpuFD) setRegs(r *replay.Regs) error {
 	}
 	// Sound: as in getRegs; the kernel only reads.
 	if _, _, e := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), kvmSetRegs, uintptr(unsafe.Pointer(r))); e != 0 {
-		return fmt.Errorf("vmm: KVM_SET_REGS: %w", e)
+		return fmt.Errorf("kvm: KVM_SET_REGS: %w", e)
 	}
 	return nil
 }

@@ -1,4 +1,4 @@
-package vmm
+package kvm
 
 // The slice of the KVM ABI (linux/kvm.h) that ftvm uses and gokvm's kvm
 // package does not export, mirrored in one place.
