@@ -10,51 +10,41 @@ import (
 
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/session"
 )
 
 // run runs img once in the given mode and returns the log it wrote (record).
 func run(tb testing.TB, mode string, img *vmm.Image, cfg vmm.Config, input string, log []byte) []byte {
 	tb.Helper()
+	b := requireBackend(tb)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	live := vmm.NewLiveWorld(ctx, strings.NewReader(input), &bytes.Buffer{})
-	var world replay.World = live
+	var end session.End
+	var err error
 	var out bytes.Buffer
-	var rec *replay.Recorder
-	var rep *replay.Replayer
-	enc := replay.NewEncoder(&out)
 	switch mode {
 	case "record":
-		rec = replay.NewRecorder(live, enc, replay.RecorderConfig{})
-		rec.Start(vmm.StartInfo(img, cfg, "bench"))
-		world = rec
+		enc := replay.NewEncoder(&out)
+		if end, err = session.Record(ctx, b, img, cfg, "bench", live, enc); err == nil {
+			err = enc.Flush()
+		}
 	case "replay":
-		rep = replay.NewReplayer(replay.NewDecoder(bytes.NewReader(log)))
-		if _, err := rep.VerifyStart(vmm.StartInfo(img, cfg, "")); err != nil {
+		pick := func(string) (backend.Backend, error) { return b, nil }
+		end, err = session.Replay(ctx, pick, img, replay.NewDecoder(bytes.NewReader(log)), nil)
+	default:
+		var m *vmm.Machine
+		if m, err = vmm.New(b, img, cfg, live); err != nil {
 			tb.Fatal(err)
 		}
-		world = rep
+		defer m.Close()
+		end, err = session.Run(ctx, m)
 	}
-	m, err := vmm.New(requireBackend(tb), img, cfg, world)
-	if err != nil {
-		tb.Fatal(err)
+	if err != nil || end.Result.Status != 0 || end.Fault != nil {
+		tb.Fatalf("%s: status %d, %v %v", mode, end.Result.Status, err, end.Err())
 	}
-	defer m.Close()
-	if res, err := m.Run(ctx); err != nil || res.Status != 0 {
-		tb.Fatalf("%s: status %d, %v", mode, res.Status, err)
-	}
-	d, _ := m.StateDigest()
-	switch mode {
-	case "record":
-		rec.Finish(d)
-		enc.Flush()
-		return out.Bytes()
-	case "replay":
-		if err := rep.Finish(d); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return nil
+	return out.Bytes()
 }
 
 // BenchmarkRecordReplay runs cpu and echo plain, recorded and replayed,

@@ -15,6 +15,7 @@ import (
 	"github.com/ftvm/ftvm/vmm"
 	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/ft"
+	"github.com/ftvm/ftvm/vmm/session"
 	"github.com/ftvm/ftvm/vmm/vnet"
 )
 
@@ -88,22 +89,18 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 			defer nb.Close()
 			live.AttachNet(nb)
 		}
-		var world replay.World = live
 		var log bytes.Buffer
 		enc := replay.NewEncoder(&log)
 		if mode == Record {
-			rec := replay.NewRecorder(live, enc, replay.RecorderConfig{})
-			if err := rec.Start(vmm.StartInfo(spec.Image, spec.Config, "bench")); err != nil {
+			_, run.Err = session.Record(ctx, spec.Backend, spec.Image, spec.Config, "bench", live, enc)
+		} else {
+			m, err := vmm.New(spec.Backend, spec.Image, spec.Config, live)
+			if err != nil {
 				return vmRun{Err: err}
 			}
-			world = rec
+			_, run.Err = session.Run(ctx, m)
+			m.Close()
 		}
-		m, err := vmm.New(spec.Backend, spec.Image, spec.Config, world)
-		if err != nil {
-			return vmRun{Err: err}
-		}
-		defer m.Close()
-		_, run.Err = m.Run(ctx)
 		enc.Flush()
 		run.Log = log.Bytes()
 	case FT:

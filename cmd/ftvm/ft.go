@@ -14,8 +14,8 @@ import (
 
 // Exit statuses of a pair member besides the guest's own.
 const (
-	exitHalted   = 124 // lost the go-live test-and-set: this side halted
-	exitDiverged = 123 // the backup's replay diverged (also replay's status)
+	exitHalted   = 124               // lost the go-live test-and-set: this side halted
+	exitDiverged = ft.StatusDiverged // the backup's replay diverged (also replay's status)
 )
 
 // ftFlags are the flags primary and backup share.

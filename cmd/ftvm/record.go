@@ -11,6 +11,8 @@ import (
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/replay/logfile"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/session"
 )
 
 func cmdRecord(args []string) int {
@@ -48,42 +50,19 @@ func cmdRecord(args []string) int {
 		defer netb.Close()
 		live.AttachNet(netb)
 	}
-	rec := replay.NewRecorder(live, log, replay.RecorderConfig{})
-	if err := rec.Start(vmm.StartInfo(img, cfg, g.vmID)); err != nil {
-		log.Abort()
-		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
-		return exitFailed
-	}
-	m, err := vmm.New(g.be, img, cfg, rec)
-	if err != nil {
-		log.Abort()
-		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
-		return exitFailed
-	}
-	defer m.Close()
-	res, runErr := m.Run(ctx)
-	var fault *vmm.GuestFault
-	if runErr != nil && !errors.As(runErr, &fault) {
-		// Interrupted or failed: the run has no deterministic end, so the
-		// log stays incomplete rather than pretend to be replayable.
-		log.Abort()
-		fmt.Fprintf(os.Stderr, "ftvm record: the log is incomplete, left at %s.incomplete\n", *logPath)
-		return exitStatus(res, runErr)
-	}
-	digest, err := m.StateDigest()
-	if err == nil {
-		err = rec.Finish(digest)
-	}
+	end, err := session.Record(ctx, g.be, img, cfg, g.vmID, live, log)
 	if err == nil {
 		err = log.Close()
 	}
 	if err != nil {
+		// Interrupted or failed: the run has no deterministic end, so the
+		// log stays incomplete rather than pretend to be replayable.
 		log.Abort()
-		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
-		return exitFailed
+		fmt.Fprintf(os.Stderr, "ftvm record: the log is incomplete, left at %s.incomplete\n", *logPath)
+		return exitStatus(end.Result, err)
 	}
-	fmt.Fprintf(os.Stderr, "ftvm record: %s: %s\n", *logPath, rec.Summary())
-	return exitStatus(res, runErr)
+	fmt.Fprintf(os.Stderr, "ftvm record: %s: %s\n", *logPath, end.Summary)
+	return exitStatus(end.Result, end.Err())
 }
 
 func cmdReplay(args []string) int {
@@ -114,72 +93,45 @@ func cmdReplay(args []string) int {
 		return exitDiverged
 	}
 	defer log.Close()
-	start, src, err := replay.PeekStart(log)
-	var cfg vmm.Config
-	if err == nil {
-		cfg, err = vmm.ParseConfigText(start.Config)
+	pick := func(recordedOn string) (backend.Backend, error) {
+		if *backendName == "" {
+			*backendName = recordedOn // a log names the backend it was recorded on
+		}
+		return chooseBackend("replay", *backendName)
 	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "ftvm replay: %s: %v\n", *logPath, err)
-		return exitDiverged
-	}
-	rep := replay.NewReplayer(src)
-	if _, err := rep.VerifyStart(vmm.StartInfo(img, cfg, "")); err != nil {
-		fmt.Fprintf(os.Stderr, "ftvm replay: refusing to replay %s: %v\n", fs.Arg(0), err)
-		return exitDiverged
-	}
-	var world replay.World = rep
+	var wrap func(*replay.Replayer) replay.World
 	if !*quiet {
-		world = replay.WithOutputs(rep, func(kind replay.OutputKind, data []byte) error {
-			if kind != replay.OutputConsole {
-				return nil // packets were checked against the log; there is no wire to show them on
-			}
-			_, err := os.Stdout.Write(data)
-			return err
-		})
+		wrap = func(rep *replay.Replayer) replay.World {
+			return replay.WithOutputs(rep, func(kind replay.OutputKind, data []byte) error {
+				if kind != replay.OutputConsole {
+					return nil // packets were checked against the log; there is no wire to show them on
+				}
+				_, err := os.Stdout.Write(data)
+				return err
+			})
+		}
 	}
-	if *backendName == "" {
-		*backendName = cfg.Backend // a log names the backend it was recorded on
-	}
-	be, err := chooseBackend("replay", *backendName)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
-		return exitFailed
-	}
-	m, err := vmm.New(be, img, cfg, world)
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
-		return exitFailed
-	}
-	defer m.Close()
 	ctx, cancel := interruptContext()
 	defer cancel()
 	began := time.Now()
-	res, runErr := m.Run(ctx)
+	end, err := session.Replay(ctx, pick, img, log, wrap)
 	elapsed := time.Since(began)
-	var fault *vmm.GuestFault
-	var div *replay.DivergenceError
 	switch {
-	case errors.As(runErr, &div):
-		fmt.Fprintf(os.Stderr, "ftvm replay: DIVERGED: %v\n", runErr)
+	case errors.Is(err, session.ErrRefused):
+		fmt.Fprintf(os.Stderr, "ftvm replay: %s does not replay %s: %v\n", *logPath, fs.Arg(0), err)
 		return exitDiverged
-	case runErr != nil && !errors.As(runErr, &fault):
-		return exitStatus(res, runErr)
-	}
-	digest, err := m.StateDigest()
-	if err == nil {
-		err = rep.Finish(digest)
-	}
-	if err != nil {
+	case errors.Is(err, session.ErrSetup), errors.Is(err, vmm.ErrInterrupted):
+		return exitStatus(end.Result, err)
+	case err != nil:
 		fmt.Fprintf(os.Stderr, "ftvm replay: DIVERGED: %v\n", err)
 		return exitDiverged
 	}
-	end := fmt.Sprintf("guest exited %d", res.Status)
-	if fault != nil {
-		end = "guest stopped as recorded: " + fault.Error()
+	what := fmt.Sprintf("guest exited %d", end.Result.Status)
+	if end.Fault != nil {
+		what = "guest stopped as recorded: " + end.Fault.Error()
 	}
 	fmt.Fprintf(os.Stderr, "ftvm replay: verified: final state digest %x matches; %s\nftvm replay: %s, replay time %v\n",
-		digest[:8], end, rep.Summary(), elapsed.Round(time.Millisecond))
+		end.Digest[:8], what, end.Summary, elapsed.Round(time.Millisecond))
 	return 0
 }
 

@@ -11,6 +11,7 @@ import (
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/session"
 )
 
 // BackupOptions configure RunBackup.
@@ -97,33 +98,29 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		return out, err
 	}
 	defer m.Close()
-	out.Result, err = m.Run(ctx)
-	out.Summary = rep.Summary()
+	end, err := session.Run(ctx, m)
+	out.Result, out.Summary = end.Result, rep.Summary()
 	var div *replay.DivergenceError
 	if errors.As(err, &div) {
 		o.Metrics.SetRole("diverged")
 		return out, fmt.Errorf("%w: %w", ErrDiverged, err)
 	}
-	var fault *vmm.GuestFault
-	if err != nil && !errors.As(err, &fault) {
+	if err != nil {
 		return out, err
 	}
 	if out.WentLive {
+		return out, end.Err()
+	}
+	if err := rep.Finish(end.Digest); err != nil {
+		if errors.As(err, &div) {
+			return out, fmt.Errorf("%w: %w", ErrDiverged, err)
+		}
 		return out, err
 	}
-	digest, derr := m.StateDigest()
-	if derr == nil {
-		derr = rep.Finish(digest)
-	}
-	if derr != nil {
-		if errors.As(derr, &div) {
-			return out, fmt.Errorf("%w: %w", ErrDiverged, derr)
-		}
-		return out, derr
-	}
+	digest := end.Digest
 	out.Verified = true
 	o.logf("backup: verified: replayed to the primary's last exit %d with the same final state %x", out.Summary.Exits, digest[:8])
-	return out, err
+	return out, end.Err()
 }
 
 // bindRetrying binds the guest's network identity, waiting while another

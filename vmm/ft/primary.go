@@ -12,6 +12,7 @@ import (
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
 	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/session"
 	"github.com/ftvm/ftvm/vmm/vnet"
 )
 
@@ -143,14 +144,6 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 		maxLag = logchannel.DefaultMaxLag
 	}
 	rec := replay.NewRecorder(hw, &throttledSink{gatedSink: sink, sender: sender, ctx: ctx, maxLag: maxLag}, replay.RecorderConfig{})
-	if err := rec.Start(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
-		return vmm.Result{}, err
-	}
-	m, err := vmm.New(o.Backend, o.Image, o.Config, rec)
-	if err != nil {
-		return vmm.Result{}, err
-	}
-	defer m.Close()
 
 	// The watcher runs until RunPrimary returns: a backup lost while the
 	// last outputs drain must be decided on like any other.
@@ -183,19 +176,12 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 		sink.decide(sinkSolo, nil)
 	}()
 
-	res, runErr := m.Run(ctx)
+	end, err := session.RecordWith(ctx, o.Backend, o.Image, o.Config, o.VMID, rec)
+	res := end.Result
 	select {
 	case err := <-halted:
 		return res, err
 	default:
-	}
-	var fault *vmm.GuestFault
-	if runErr != nil && !errors.As(runErr, &fault) {
-		return res, runErr
-	}
-	digest, err := m.StateDigest()
-	if err == nil {
-		err = rec.Finish(digest)
 	}
 	if err == nil {
 		err = sink.Flush()
@@ -220,7 +206,7 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	if hw.sendErr != nil {
 		return res, hw.sendErr
 	}
-	return res, runErr
+	return res, end.Err()
 }
 
 // dialBackup connects to the backup, retrying while it is not up yet (a

@@ -1,4 +1,4 @@
-package vmm
+package session
 
 import (
 	"bytes"
@@ -6,98 +6,91 @@ import (
 	"errors"
 	"io"
 	"math/rand"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/backends"
+	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
-// recording is the outcome of one recorded run.
+// TestMain builds the guests these tests record and replay.
+func TestMain(m *testing.M) {
+	vmmtest.BuildGuests("../../guests")
+	os.Exit(m.Run())
+}
+
+type Config = vmm.Config
+
+func loadGuest(t testing.TB, name string) *vmm.Image {
+	t.Helper()
+	file, err := os.ReadFile(filepath.Join("..", "..", "guests", "build", name+".elf"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := vmm.LoadELF(file)
+	if err != nil {
+		t.Fatalf("%s: %v", name, err)
+	}
+	return img
+}
+
+// recording is the outcome of one recorded or replayed run.
 type recording struct {
 	log     []byte
 	console string
 	regs    replay.Regs
 	digest  [32]byte
 	status  int
-	runErr  error
+	runErr  error // the guest's fault, if it faulted
 	summary replay.Summary
 }
 
 // record runs a guest live under a Recorder writing to memory.
 func record(t testing.TB, name, input string, cfg Config) recording {
 	t.Helper()
-	requireBackend(t)
+	b := vmmtest.Backend(t)
 	img := loadGuest(t, name)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var log, console bytes.Buffer
 	enc := replay.NewEncoder(&log)
-	rec := replay.NewRecorder(NewLiveWorld(ctx, strings.NewReader(input), &console), enc, replay.RecorderConfig{})
-	if err := rec.Start(StartInfo(img, cfg, "test")); err != nil {
-		t.Fatal(err)
-	}
-	m, err := New(requireBackend(t), img, cfg, rec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	res, runErr := m.Run(ctx)
-	if errors.Is(runErr, ErrInterrupted) {
+	end, err := Record(ctx, b, img, cfg, "test", vmm.NewLiveWorld(ctx, strings.NewReader(input), &console), enc)
+	if errors.Is(err, vmm.ErrInterrupted) {
 		t.Fatalf("%s: recording did not finish", name)
 	}
-	r := recording{console: console.String(), status: res.Status, runErr: runErr}
-	if r.digest, err = m.StateDigest(); err != nil {
-		t.Fatal(err)
-	}
-	r.regs, _ = m.Regs()
-	if err := rec.Finish(r.digest); err != nil {
+	if err != nil {
 		t.Fatal(err)
 	}
 	if err := enc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	r.log, r.summary = log.Bytes(), rec.Summary()
-	return r
+	return recording{log: log.Bytes(), console: console.String(), regs: end.Regs, digest: end.Digest,
+		status: end.Result.Status, runErr: end.Err(), summary: end.Summary}
 }
 
-// replayLog replays a log of guest name into a fresh VM and returns what the
-// replay showed, its final state and the first error (a divergence, a bad
-// log, or Finish's verdict).
+// replayLog replays a log of guest name on the test's backend and returns
+// what the replay showed, its final state and the first error (a
+// divergence, a bad log, or the final state's verdict).
 func replayLog(t testing.TB, name string, log []byte) (recording, error) {
 	t.Helper()
+	b := vmmtest.Backend(t)
 	img := loadGuest(t, name)
-	start, src, err := replay.PeekStart(replay.NewDecoder(bytes.NewReader(log)))
-	if err != nil {
-		return recording{}, err
-	}
-	cfg, err := ParseConfigText(start.Config)
-	if err != nil {
-		return recording{}, err
-	}
-	rep := replay.NewReplayer(src)
-	if _, err := rep.VerifyStart(StartInfo(img, cfg, "")); err != nil {
-		return recording{}, err
-	}
 	var console bytes.Buffer
-	world := replay.WithOutputs(rep, func(_ replay.OutputKind, b []byte) error { console.Write(b); return nil })
-	m, err := New(requireBackend(t), img, cfg, world)
-	if err != nil {
-		t.Fatal(err)
+	wrap := func(rep *replay.Replayer) replay.World {
+		return replay.WithOutputs(rep, func(_ replay.OutputKind, b []byte) error { console.Write(b); return nil })
 	}
-	defer m.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	res, runErr := m.Run(ctx)
-	r := recording{console: console.String(), status: res.Status, runErr: runErr}
-	var fault *GuestFault
-	if runErr != nil && !errors.As(runErr, &fault) {
-		return r, runErr
-	}
-	r.digest, _ = m.StateDigest()
-	r.regs, _ = m.Regs()
-	r.summary = rep.Summary()
-	return r, rep.Finish(r.digest)
+	pick := func(string) (backend.Backend, error) { return b, nil }
+	end, err := Replay(ctx, pick, img, replay.NewDecoder(bytes.NewReader(log)), wrap)
+	r := recording{console: console.String(), status: end.Result.Status, runErr: end.Err(), regs: end.Regs, digest: end.Digest, summary: end.Summary}
+	return r, err
 }
 
 // TestDeterminism records and replays every guest: console output, final
@@ -250,4 +243,23 @@ func TestDamagedLogs(t *testing.T) {
 			}
 		}
 	})
+}
+
+// TestReplayRefusesAnotherBackend: a log names its backend, and replaying
+// it on another is refused before the guest runs.
+func TestReplayRefusesAnotherBackend(t *testing.T) {
+	rec := record(t, "hello", "", Config{})
+	other := "ptrace"
+	if vmmtest.Backend(t).Name() == "ptrace" {
+		other = "kvm"
+	}
+	b, err := backends.Get(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pick := func(string) (backend.Backend, error) { return b, nil }
+	_, err = Replay(context.Background(), pick, loadGuest(t, "hello"), replay.NewDecoder(bytes.NewReader(rec.log)), nil)
+	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "recorded on the") {
+		t.Fatalf("got %v; want a refusal naming the backends", err)
+	}
 }

@@ -1,0 +1,141 @@
+// Package session is the one home of a recorded or replayed run: the
+// recorder or replayer around a World, the VM on its backend, the rule that
+// a guest fault ends a run as deterministically as an exit does, and the
+// final state digest that closes a log. The CLI, the pair (vmm/ft), the
+// benchmarks and the tests all run guests through it.
+package session
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm"
+	"github.com/ftvm/ftvm/vmm/backend"
+)
+
+// ErrRefused wraps why a log does not replay here at all: its start entry
+// is unreadable, or names another image, configuration or backend.
+var ErrRefused = errors.New("session: refusing to replay")
+
+// ErrSetup wraps a failure to create the VM (the backend, the memory):
+// the fault of this host, not of the guest or the log.
+var ErrSetup = errors.New("session: cannot create the VM")
+
+// End is how a run ended.
+type End struct {
+	Result vmm.Result
+	// Fault is set when the guest stopped with a fault: a deterministic
+	// end, which a replay reaches at the same exit with the same report.
+	Fault *vmm.GuestFault
+	// Digest and Regs are the final state (Run fills them only for a
+	// deterministic end).
+	Digest  [32]byte
+	Regs    replay.Regs
+	Summary replay.Summary
+}
+
+// Run runs m to its end. If the guest exited or faulted, the end replays,
+// so Run reads the final state into the End and returns nil; any other
+// error (interrupted, a divergence, a backend failure) is returned as it is,
+// with the End as far as it got.
+func Run(ctx context.Context, m *vmm.Machine) (End, error) {
+	res, err := m.Run(ctx)
+	end := End{Result: res}
+	if err != nil && !errors.As(err, &end.Fault) {
+		return end, err
+	}
+	var derr error
+	if end.Digest, derr = m.StateDigest(); derr == nil {
+		end.Regs, derr = m.Regs()
+	}
+	return end, derr
+}
+
+// Record runs img on b with every answer of live recorded into sink, and
+// closes the log with the final digest when the run ends deterministically.
+// A run that ends otherwise leaves the log without its end entry (a partial
+// log never pretends to be replayable), and its error is returned.
+func Record(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Config, vmID string, live replay.World, sink replay.Sink) (End, error) {
+	rec := replay.NewRecorder(live, sink, replay.RecorderConfig{})
+	return RecordWith(ctx, b, img, cfg, vmID, rec)
+}
+
+// RecordWith is Record with a recorder of the caller's (the primary's,
+// whose sink is the logging channel).
+func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Config, vmID string, rec *replay.Recorder) (End, error) {
+	if cfg.Backend == "" {
+		cfg.Backend = b.Name()
+	}
+	if err := rec.Start(vmm.StartInfo(img, cfg, vmID)); err != nil {
+		return End{}, err
+	}
+	m, err := vmm.New(b, img, cfg, rec)
+	if err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	defer m.Close()
+	end, err := Run(ctx, m)
+	end.Summary = rec.Summary()
+	if err != nil {
+		return end, err
+	}
+	if err := rec.Finish(end.Digest); err != nil {
+		return end, err
+	}
+	end.Summary = rec.Summary()
+	return end, nil
+}
+
+// Replay replays the log in src: it rebuilds the VM's configuration from
+// the log's start entry, refuses (ErrRefused) a log of another image, runs
+// the guest on the backend pick returns for the one the log was recorded on
+// (pick may refuse it), with every answer from the log (wrap, if not nil,
+// puts a World of the caller's around the replayer: to show outputs, say),
+// and checks the final state against the log's. A divergence is a
+// *replay.DivergenceError; a damaged log is an error naming where.
+func Replay(ctx context.Context, pick func(recordedOn string) (backend.Backend, error), img *vmm.Image, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
+	start, src, err := replay.PeekStart(src)
+	if err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	cfg, err := vmm.ParseConfigText(start.Config)
+	if err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	rep := replay.NewReplayer(src)
+	if _, err := rep.VerifyStart(vmm.StartInfo(img, cfg, "")); err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	b, err := pick(cfg.Backend)
+	if err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	if cfg.Backend != "" && cfg.Backend != b.Name() {
+		return End{}, fmt.Errorf("%w: the log was recorded on the %s backend, not %s (a guest can tell them apart, so it would not replay the same)", ErrRefused, cfg.Backend, b.Name())
+	}
+	var world replay.World = rep
+	if wrap != nil {
+		world = wrap(rep)
+	}
+	m, err := vmm.New(b, img, cfg, world)
+	if err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	defer m.Close()
+	end, err := Run(ctx, m)
+	end.Summary = rep.Summary()
+	if err != nil {
+		return end, err
+	}
+	return end, rep.Finish(end.Digest)
+}
+
+// Err is the end as an error: the guest's fault, or nil.
+func (e End) Err() error {
+	if e.Fault != nil {
+		return e.Fault
+	}
+	return nil
+}
