@@ -162,6 +162,12 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 		o.Metrics.SetRole("deciding")
 		_, err := arbitrate(ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: o.Generation,
 			Claimant: o.Claimant, Reason: fmt.Sprintf("primary lost its backup: %v", cause)}, o.logf)
+		if err != nil && ctx.Err() != nil {
+			// Interrupted while deciding (Ctrl-C, or the caller stopped the
+			// run): nothing was decided, and the run ends as interrupted,
+			// not as a halt.
+			return
+		}
 		if err != nil {
 			o.logf("primary: %v", err)
 			o.Metrics.SetRole("halted")
