@@ -31,7 +31,7 @@ func run(tb testing.TB, mode string, img *vmm.Image, cfg vmm.Config, input strin
 			err = enc.Flush()
 		}
 	case "replay":
-		pick := func(string) (backend.Backend, error) { return b, nil }
+		pick := func() (backend.Backend, error) { return b, nil }
 		end, err = session.Replay(ctx, pick, img, replay.NewDecoder(bytes.NewReader(log)), nil)
 	default:
 		var m *vmm.Machine

@@ -7,32 +7,47 @@ import (
 	"github.com/ftvm/ftvm/vmm/backend"
 )
 
-// The guest's memory layout; guests/ABI.md is the guest-facing description.
+// The guest's memory layout (ABI v2); guests/ABI.md is the guest-facing
+// description.
+//
+// Guest RAM holds only what the guest may see: the boot information, the
+// image, the heap and the stack. Everything the VMM needs to run the guest
+// on a CPU's own tables (KVM) lives in a private region outside RAM: the
+// GDT and TSS, the IDT, the exception stubs and their stack, and the page
+// tables. Its pages are mapped far above RAM, where no guest address
+// reaches by accident, and it is not part of the state digest: a backend
+// that needs none of it (ptrace) leaves RAM byte for byte the same.
 const (
 	pageSize = 0x1000
 
-	gdtAddr       = 0x1000 // GDT, then the TSS at tssAddr (supervisor only)
-	tssAddr       = 0x1800
-	idtAddr       = 0x2000 // 256 gates (supervisor only)
-	stubAddr      = 0x3000 // exception stubs: user, read+execute
-	bootInfoAddr  = 0x4000 // struct ftvm_boot_info + command line: user, read
-	cmdlineAddr   = 0x4800
+	bootInfoAddr  = 0x10000 // struct ftvm_boot_info + command line: user, read
+	cmdlineAddr   = 0x10800
 	maxCmdline    = 2047
-	excStackLow   = 0x5000 // IST1 stack for exceptions: user, read+write
-	excStackTop   = 0x7000
 	imageBase     = 0x100000 // lowest address an ELF segment may use
 	stackSize     = 1 << 20
 	bootInfoMagic = 0x544f4f424d565446 // "FTVMBOOT"
-	abiVersion    = 1
+	abiVersion    = 2
 	// TSCHz is the frequency of the guest's virtual time-stamp counter.
 	TSCHz = 1_000_000_000
+
+	// The private region: at guest-physical privGPA (past the largest
+	// RAM) and guest-virtual privVA (PML4 slot 254).
+	privGPA      = 1 << 30
+	privVA       = 254 << 39
+	privGDT      = privVA + 0x0000 // GDT, then the TSS (supervisor only)
+	privTSS      = privVA + 0x0800
+	privIDT      = privVA + 0x1000 // 256 gates (supervisor only)
+	privStubs    = privVA + 0x2000 // exception stubs: user, read+execute
+	privExcStack = privVA + 0x3000 // IST1 stack for exceptions: user, read+write
+	privExcTop   = privVA + 0x5000
+	privTables   = privVA + 0x5000 // page tables (supervisor only)
 
 	selUserCode = 0x1b
 	selUserData = 0x23
 	selTSS      = 0x28
-	// The TSS ends with an I/O permission bitmap allowing ports 0-255:
-	// IOPL=3 should make it moot, but this machine's KVM backend (kvm_pvm)
-	// consults it, and without it every out faults.
+	// The TSS ends with an I/O permission bitmap allowing ports 0-255: the
+	// guest runs at IOPL 0 (as a Linux process does under ptrace), so the
+	// bitmap is what lets its out reach the VMM.
 	tssIOBitmap = 0x68
 	tssLimit    = tssIOBitmap + 256/8 // the byte after the bitmap is 0xff
 
@@ -46,8 +61,7 @@ const (
 	portException    = 0xe0 // + vector, 0-31
 
 	// Page-table entry bits. Accessed and Dirty are set from the start, so
-	// the CPU never writes the tables: guest RAM then holds the same bytes
-	// on a backend that walks them (KVM) and on one that does not (ptrace).
+	// the CPU never writes the tables.
 	ptePresent  = 1 << 0
 	pteWrite    = 1 << 1
 	pteUser     = 1 << 2
@@ -56,7 +70,7 @@ const (
 	pteNX       = 1 << 63
 
 	// entryRFLAGS is RFLAGS at the guest's first instruction: IF (and
-	// bit 1, always set). The backend adds IOPL as it needs.
+	// bit 1, always set); IOPL 0 on every backend.
 	entryRFLAGS = 0x202
 
 	// Minimum and maximum guest RAM: the page tables map RAM with 4 KiB
@@ -104,135 +118,145 @@ func (p pagePerm) backendPerm() backend.Perm {
 	return backend.PermNone
 }
 
-// systemTables says where writeSystemTables and buildPageTables put the
-// guest's long-mode tables.
-func systemTables(l Layout) backend.SystemTables {
-	return backend.SystemTables{
-		PageTables: l.PageTables,
-		GDT:        gdtAddr, GDTLimit: 7*8 - 1,
-		IDT: idtAddr, IDTLimit: 256*16 - 1,
-		TSS: tssAddr, TSSLimit: tssLimit,
-		CodeSel: selUserCode, DataSel: selUserData, TSSSel: selTSS,
-		ExceptionStubs: stubAddr, ExceptionPort: portException,
-		ExceptionStackTop: excStackTop, ExceptionStackBytes: excStackTop - excStackLow,
-	}
-}
-
 // Layout is where things are in a guest of a given size.
 type Layout struct {
-	MemSize    uint64
-	PageTables uint64 // base of the page tables, at the top of RAM
-	StackTop   uint64
-	HeapStart  uint64
-	HeapEnd    uint64
+	MemSize   uint64
+	StackTop  uint64
+	HeapStart uint64
+	HeapEnd   uint64
+	// PrivSize is the size of the private region; its page tables start
+	// at privTables.
+	PrivSize uint64
 }
 
-func pageTableBytes(mem uint64) uint64 {
-	pts := (mem + (512*pageSize - 1)) / (512 * pageSize)
-	return (3 + pts) * pageSize // PML4, PDPT, PD, then the page tables
-}
+// privPTs is how many page tables map the private region.
+const privPTs = 2
+
+// ramPTs is how many page tables map mem bytes of RAM.
+func ramPTs(mem uint64) uint64 { return (mem + (512*pageSize - 1)) / (512 * pageSize) }
 
 // newLayout places the stack and heap around an image ending at imageEnd.
 func newLayout(mem, imageEnd uint64) (Layout, error) {
 	if mem < MinMemory || mem > MaxMemory || mem%(2<<20) != 0 {
 		return Layout{}, fmt.Errorf("vmm: guest memory %d bytes: must be a multiple of 2 MiB between %d MiB and %d MiB", mem, MinMemory>>20, MaxMemory>>20)
 	}
-	l := Layout{MemSize: mem, PageTables: mem - pageTableBytes(mem)}
-	l.StackTop = l.PageTables
+	l := Layout{MemSize: mem, StackTop: mem}
 	l.HeapEnd = l.StackTop - stackSize - pageSize // one unmapped guard page
 	l.HeapStart = (imageEnd + pageSize - 1) &^ (pageSize - 1)
 	if l.HeapStart > l.HeapEnd {
 		return Layout{}, fmt.Errorf("vmm: image ends at %#x, past the %#x bytes of guest memory left below the stack (raise --mem)", imageEnd, l.HeapEnd)
 	}
+	// PML4, then PDPT, PD and the page tables for RAM, then PDPT, PD and
+	// two page tables (4 MiB, enough for 1 GiB of RAM) for the private
+	// region.
+	l.PrivSize = privTables - privVA + (1+2+ramPTs(mem)+2+privPTs)*pageSize
 	return l, nil
 }
 
-// buildPageTables writes identity-mapping page tables with the permission of
-// each page taken from perms (one entry per 4 KiB page of RAM).
-func buildPageTables(mem *GuestMemory, l Layout, perms []pagePerm) error {
-	pml4, pdpt, pd := l.PageTables, l.PageTables+pageSize, l.PageTables+2*pageSize
-	const inner = ptePresent | pteWrite | pteUser | pteAccessed // leaves decide the access
-	if err := mem.WriteU64(pml4, pdpt|inner); err != nil {
-		return err
+// systemTables says where the private region and its tables are.
+func systemTables(l Layout, priv []byte) backend.SystemTables {
+	return backend.SystemTables{
+		Private: priv, PrivateGPA: privGPA, PrivateVA: privVA,
+		PageTables: privGPA + (privTables - privVA),
+		GDT:        privGDT, GDTLimit: 7*8 - 1,
+		IDT: privIDT, IDTLimit: 256*16 - 1,
+		TSS: privTSS, TSSLimit: tssLimit,
+		CodeSel: selUserCode, DataSel: selUserData, TSSSel: selTSS,
+		ExceptionStubs: privStubs, ExceptionPort: portException,
+		ExceptionStackTop: privExcTop, ExceptionStackBytes: privExcTop - privExcStack,
 	}
-	if err := mem.WriteU64(pdpt, pd|inner); err != nil {
-		return err
-	}
-	for i, perm := range perms {
-		pt := l.PageTables + (3+uint64(i/512))*pageSize
-		if i%512 == 0 {
-			if err := mem.WriteU64(pd+uint64(i/512)*8, pt|inner); err != nil {
-				return err
-			}
-		}
-		if err := mem.WriteU64(pt+uint64(i%512)*8, uint64(i)*pageSize|perm.pte()); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
-// systemPerms marks the VMM's fixed pages, the heap, the stack and the page
-// tables; image pages are set by the loader.
+// privateMemory is the private region seen from the VMM: addressed by the
+// guest-virtual addresses the tables use.
+type privateMemory struct{ b []byte }
+
+func (p privateMemory) slice(va, n uint64) []byte { return p.b[va-privVA : va-privVA+n] }
+func (p privateMemory) putU64(va, v uint64)       { binary.LittleEndian.PutUint64(p.slice(va, 8), v) }
+
+// buildPageTables writes the page tables into the private region: RAM is
+// identity mapped with the permission of each page taken from perms (one
+// entry per 4 KiB page), and the private region is mapped at privVA.
+func buildPageTables(priv privateMemory, l Layout, perms []pagePerm) {
+	phys := func(va uint64) uint64 { return privGPA + (va - privVA) }
+	const inner = ptePresent | pteWrite | pteUser | pteAccessed // leaves decide the access
+	pml4 := uint64(privTables)
+	pdpt, pd := pml4+pageSize, pml4+2*pageSize
+	pts := pml4 + 3*pageSize
+	priv.putU64(pml4, phys(pdpt)|inner)
+	priv.putU64(pdpt, phys(pd)|inner)
+	for i, perm := range perms {
+		pt := pts + uint64(i/512)*pageSize
+		if i%512 == 0 {
+			priv.putU64(pd+uint64(i/512)*8, phys(pt)|inner)
+		}
+		priv.putU64(pt+uint64(i%512)*8, uint64(i)*pageSize|perm.pte())
+	}
+	// The private region: PML4 slot 254 -> PDPT -> PD -> page tables.
+	ppdpt := pts + ramPTs(l.MemSize)*pageSize
+	ppd, ppt := ppdpt+pageSize, ppdpt+2*pageSize
+	priv.putU64(pml4+(privVA>>39&511)*8, phys(ppdpt)|inner)
+	priv.putU64(ppdpt+(privVA>>30&511)*8, phys(ppd)|inner)
+	for i := uint64(0); i < privPTs; i++ {
+		priv.putU64(ppd+((privVA>>21&511)+i)*8, phys(ppt+i*pageSize)|inner)
+	}
+	for off := uint64(0); off < l.PrivSize; off += pageSize {
+		perm := permSupervisor
+		switch va := privVA + off; {
+		case va >= privStubs && va < privExcStack:
+			perm = permUserRX
+		case va >= privExcStack && va < privExcTop:
+			perm = permUserRW
+		}
+		priv.putU64(ppt+(off/pageSize)*8, phys(privVA+off)|perm.pte())
+	}
+}
+
+// systemPerms marks the boot information, the heap and the stack; image
+// pages are set by the loader. Nothing else in RAM is mapped.
 func systemPerms(l Layout, perms []pagePerm) {
 	set := func(lo, hi uint64, p pagePerm) {
 		for a := lo; a < hi; a += pageSize {
 			perms[a/pageSize] = p
 		}
 	}
-	set(gdtAddr, stubAddr, permSupervisor)
-	set(stubAddr, bootInfoAddr, permUserRX)
-	set(bootInfoAddr, excStackLow, permUserR)
-	set(excStackLow, excStackTop, permUserRW)
+	set(bootInfoAddr, bootInfoAddr+pageSize, permUserR)
 	set(l.HeapStart, l.HeapEnd, permUserRW)
 	set(l.StackTop-stackSize, l.StackTop, permUserRW)
-	set(l.PageTables, l.MemSize, permSupervisor)
 }
 
-// writeSystemTables writes the GDT, TSS, IDT and exception stubs.
-func writeSystemTables(mem *GuestMemory) error {
+// writeSystemTables writes the GDT, TSS, IDT and exception stubs into the
+// private region.
+func writeSystemTables(priv privateMemory) {
 	gdt := []uint64{
 		0,
-		0x00209a0000000000, // 0x08 kernel code (unused: the guest never runs at CPL0)
-		0x0000920000000000, // 0x10 kernel data
+		0x00209b0000000000, // 0x08 kernel code (unused: the guest never runs at CPL0)
+		0x0000930000000000, // 0x10 kernel data
 		0x0020fb0000000000, // 0x18 user code, DPL3, L=1, accessed (the CPU never writes it)
 		0x0000f30000000000, // 0x20 user data, DPL3, accessed
 	}
 	// 0x28: the 64-bit TSS descriptor (two slots), type 0xb (busy).
-
-	lo := uint64(tssLimit) | (tssAddr&0xffffff)<<16 | uint64(0x8b)<<40 | (tssAddr>>24&0xff)<<56
-	gdt = append(gdt, lo, tssAddr>>32)
+	lo := uint64(tssLimit) | (privTSS&0xffffff)<<16 | uint64(0x8b)<<40 | (privTSS>>24&0xff)<<56
+	gdt = append(gdt, lo, privTSS>>32)
 	for i, d := range gdt {
-		if err := mem.WriteU64(gdtAddr+uint64(i)*8, d); err != nil {
-			return err
-		}
+		priv.putU64(privGDT+uint64(i)*8, d)
 	}
 	// TSS: RSP0 and IST1 both point at the exception stack, so that even a
 	// guest whose own stack is gone gets its exception reported.
-	tss, err := mem.Slice(tssAddr, tssLimit+1)
-	if err != nil {
-		return err
-	}
-	binary.LittleEndian.PutUint64(tss[4:], excStackTop)
-	binary.LittleEndian.PutUint64(tss[0x24:], excStackTop)
+	tss := priv.slice(privTSS, tssLimit+1)
+	binary.LittleEndian.PutUint64(tss[4:], privExcTop)
+	binary.LittleEndian.PutUint64(tss[0x24:], privExcTop)
 	binary.LittleEndian.PutUint16(tss[0x66:], tssIOBitmap)
 	tss[tssLimit] = 0xff
 	// IDT: vectors 0-31 go to a stub at CPL3 that exits on port 0xe0+v.
 	for v := uint64(0); v < 32; v++ {
-		h := stubAddr + v*8
+		h := privStubs + v*8
 		gateLo := h&0xffff | selUserCode<<16 | 1<<32 /* IST1 */ | 0xee<<40 /* P, DPL3, interrupt gate */ | (h>>16&0xffff)<<48
-		if err := mem.WriteU64(idtAddr+v*16, gateLo); err != nil {
-			return err
-		}
-		if err := mem.WriteU64(idtAddr+v*16+8, h>>32); err != nil {
-			return err
-		}
+		priv.putU64(privIDT+v*16, gateLo)
+		priv.putU64(privIDT+v*16+8, h>>32)
 		// out %al, $(0xe0+v); jmp . (never reached: the VMM stops the VM)
-		if err := mem.Write(h, []byte{0xe6, byte(portException + v), 0xeb, 0xfe}); err != nil {
-			return err
-		}
+		copy(priv.slice(h, 4), []byte{0xe6, byte(portException + v), 0xeb, 0xfe})
 	}
-	return nil
 }
 
 // writeBootInfo writes struct ftvm_boot_info and the command line.

@@ -119,8 +119,7 @@ func TestTripleFault(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer m.Close()
-	idt, _ := m.Memory().Slice(idtAddr, 256*16)
-	clear(idt)
+	clear(privateMemory{m.priv}.slice(privIDT, 256*16))
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	_, err = m.Run(ctx)

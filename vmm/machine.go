@@ -25,11 +25,6 @@ type Config struct {
 	MemSize uint64     // bytes of guest RAM; 0 means DefaultMemory
 	Cmdline string     // the guest's command line
 	NIC     *NICConfig // the guest's NIC; nil for none
-	// Backend names the backend the guest runs on ("kvm", "ptrace"): a
-	// guest can tell them apart (guests/ABI.md), so a log recorded on one
-	// replays only on the same, and a pair must agree on it. New fills it
-	// in when it is empty.
-	Backend string
 }
 
 func (c Config) withDefaults() Config {
@@ -39,11 +34,21 @@ func (c Config) withDefaults() Config {
 	return c
 }
 
+// ABIProfile names what a guest can observe of the machine under it, the
+// same on every backend (guests/ABI.md, version 2): IOPL 0 with ports
+// 0-255 granted by the TSS I/O bitmap, EFER.SCE clear (syscall and int
+// 0x80 are reported as system calls), CR0.AM set (RFLAGS.AC works, as in
+// any Linux process), the VMM's tables outside guest RAM, every guest page
+// at or above 64 KiB, nothing written into RAM on a fault. Logs and pairs
+// agree on it through the config digest, so a log recorded on one backend
+// replays on another and a pair may mix them.
+const ABIProfile = "abi=2 iopl=0 sce=0 am=1 tables=private low=64k fault-ram=untouched"
+
 // ConfigDigest identifies everything in a Config that the guest can observe.
 func ConfigDigest(c Config) [32]byte {
 	c = c.withDefaults()
 	h := sha256.New()
-	fmt.Fprintf(h, "ftvm-config abi=%d tsc_hz=%d %s", abiVersion, TSCHz, c.Text())
+	fmt.Fprintf(h, "ftvm-config %s tsc_hz=%d %s", ABIProfile, TSCHz, c.Text())
 	var d [32]byte
 	h.Sum(d[:0])
 	return d
@@ -52,7 +57,7 @@ func ConfigDigest(c Config) [32]byte {
 // Text is the config in the form a log's start entry carries, so that a
 // replay rebuilds the same VM from the log alone.
 func (c Config) Text() string {
-	v := configText{Mem: ptr(c.withDefaults().MemSize), Cmdline: c.Cmdline, Backend: c.Backend}
+	v := configText{Mem: ptr(c.withDefaults().MemSize), Cmdline: c.Cmdline}
 	if c.NIC != nil {
 		v.MAC = net.HardwareAddr(c.NIC.MAC[:]).String()
 		v.Addr, v.Gateway = c.NIC.Addr.String(), c.NIC.Gateway.String()
@@ -67,7 +72,6 @@ type configText struct {
 	MAC     string  `json:"mac,omitempty"`
 	Addr    string  `json:"addr,omitempty"`
 	Gateway string  `json:"gateway,omitempty"`
-	Backend string  `json:"backend,omitempty"`
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -83,7 +87,7 @@ func ParseConfigText(s string) (Config, error) {
 	if err := dec.Decode(&v); err != nil || v.Mem == nil {
 		return bad(err)
 	}
-	c := Config{MemSize: *v.Mem, Cmdline: v.Cmdline, Backend: v.Backend}
+	c := Config{MemSize: *v.Mem, Cmdline: v.Cmdline}
 	if v.MAC != "" {
 		mac, err := net.ParseMAC(v.MAC)
 		if err != nil || len(mac) != 6 {
@@ -123,6 +127,7 @@ type Machine struct {
 	vcpu    backend.VCPU
 	ramFile *os.File
 	ram     []byte
+	priv    []byte // the private region: tables outside guest RAM
 	guest   guestView
 	cfg     Config
 	layout  Layout
@@ -140,12 +145,6 @@ func New(b backend.Backend, img *Image, cfg Config, world replay.World) (*Machin
 		return nil, errors.New("vmm: no backend given")
 	}
 	cfg = cfg.withDefaults()
-	if cfg.Backend == "" {
-		cfg.Backend = b.Name()
-	}
-	if cfg.Backend != b.Name() {
-		return nil, fmt.Errorf("vmm: the configuration is for the %s backend, not %s (a guest can tell them apart, so a log or a pair cannot mix them)", cfg.Backend, b.Name())
-	}
 	layout, err := newLayout(cfg.MemSize, img.End)
 	if err != nil {
 		return nil, err
@@ -168,6 +167,9 @@ func (m *Machine) create(b backend.Backend, img *Image) error {
 		return err
 	}
 	m.guest = guestView{mem: &GuestMemory{b: m.ram}, img: img}
+	if m.priv, err = unix.Mmap(-1, 0, int(m.layout.PrivSize), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS); err != nil {
+		return fmt.Errorf("vmm: mmap the VMM's private guest tables: %w", err)
+	}
 	perms, err := m.loadImage(img)
 	if err != nil {
 		return err
@@ -175,7 +177,7 @@ func (m *Machine) create(b backend.Backend, img *Image) error {
 	spec := &backend.Spec{
 		RAM: m.ram, RAMFile: m.ramFile, Pages: perms,
 		Entry:  replay.Regs{RIP: img.Entry, RSP: m.layout.StackTop, RDI: bootInfoAddr, RFLAGS: entryRFLAGS},
-		System: systemTables(m.layout),
+		System: systemTables(m.layout, m.priv),
 		CPUID:  backendCPUID(),
 	}
 	if m.vcpu, err = b.NewVCPU(spec); err != nil {
@@ -221,15 +223,11 @@ func (m *Machine) loadImage(img *Image) ([]backend.Perm, error) {
 			perms[a/pageSize] = s.perm()
 		}
 	}
-	if err := writeSystemTables(mem); err != nil {
-		return nil, err
-	}
 	if err := writeBootInfo(mem, m.layout, m.cfg.Cmdline); err != nil {
 		return nil, err
 	}
-	if err := buildPageTables(mem, m.layout, perms); err != nil {
-		return nil, err
-	}
+	writeSystemTables(privateMemory{m.priv})
+	buildPageTables(privateMemory{m.priv}, m.layout, perms)
 	out := make([]backend.Perm, len(perms))
 	for i, p := range perms {
 		out[i] = p.backendPerm()
@@ -350,6 +348,9 @@ func (m *Machine) Close() error {
 	}
 	if m.ram != nil {
 		unix.Munmap(m.ram)
+	}
+	if m.priv != nil {
+		unix.Munmap(m.priv)
 	}
 	if m.ramFile != nil {
 		m.ramFile.Close()

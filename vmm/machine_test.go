@@ -30,6 +30,19 @@ func TestHello(t *testing.T) {
 	}
 }
 
+// TestMachineState: the entry state ABI v2 promises, as the guest sees it.
+func TestMachineState(t *testing.T) {
+	out, res, err := runGuest(t, "machine", "", Config{})
+	if err != nil || res.Status != 0 {
+		t.Fatalf("status %d, %v", res.Status, err)
+	}
+	for _, want := range []string{"abi=2 rflags=0x202 iopl=0 fcw=0x37f mxcsr=0x1f80", "boot info at 0x10000,", "stack top 0x4000000,"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}
+
 func TestExitStatusPassesThrough(t *testing.T) {
 	_, res, err := runGuest(t, "exit3", "", Config{})
 	if err != nil || res.Status != 3 {

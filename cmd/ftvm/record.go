@@ -69,7 +69,8 @@ func cmdReplay(args []string) int {
 	fs := newFlagSet("replay", "--log FILE [--backend NAME] GUEST.elf")
 	logPath := fs.String("log", "", "replay the log in `FILE`")
 	quiet := fs.Bool("quiet", false, "do not show the guest's console output")
-	backendName := fs.String("backend", "", "the backend to replay on (default: the one the log was recorded on)")
+	var backendName string
+	registerBackend(fs, &backendName)
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -93,12 +94,7 @@ func cmdReplay(args []string) int {
 		return exitDiverged
 	}
 	defer log.Close()
-	pick := func(recordedOn string) (backend.Backend, error) {
-		if *backendName == "" {
-			*backendName = recordedOn // a log names the backend it was recorded on
-		}
-		return chooseBackend("replay", *backendName)
-	}
+	pick := func() (backend.Backend, error) { return chooseBackend("replay", backendName) }
 	var wrap func(*replay.Replayer) replay.World
 	if !*quiet {
 		wrap = func(rep *replay.Replayer) replay.World {

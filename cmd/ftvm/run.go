@@ -120,7 +120,7 @@ func (g *guestFlags) loadGuest(args []string) (*vmm.Image, vmm.Config, error) {
 	if g.be, err = chooseBackend(g.cmd, g.backend); err != nil {
 		return nil, vmm.Config{}, err
 	}
-	cfg := vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " "), Backend: g.be.Name()}
+	cfg := vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " ")}
 	if g.net != "" {
 		spec, err := vnet.ParseSpec(g.net, g.vmID)
 		if err != nil {

@@ -1,4 +1,4 @@
-/* The ftvm guest ABI, version 1: see ../ABI.md. Freestanding: no libc. */
+/* The ftvm guest ABI, version 2: see ../ABI.md. Freestanding: no libc. */
 #ifndef FTVM_H
 #define FTVM_H
 
@@ -10,7 +10,7 @@ typedef long int64_t;
 typedef unsigned long size_t;
 
 #define FTVM_BOOT_MAGIC 0x544f4f424d565446UL /* "FTVMBOOT" */
-#define FTVM_ABI_VERSION 1
+#define FTVM_ABI_VERSION 2
 
 struct ftvm_boot_info {
 	uint64_t magic;      /* FTVM_BOOT_MAGIC */

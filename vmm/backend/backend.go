@@ -54,9 +54,15 @@ type Spec struct {
 	CPUID []CPUIDEntry
 }
 
-// SystemTables is where the VMM put the guest's long-mode tables.
+// SystemTables is where the VMM put the guest's long-mode tables: in a
+// private region outside guest RAM, which a backend that runs the guest on
+// the CPU's own tables maps at PrivateGPA (and the tables at PrivateVA).
+// Addresses below are guest-virtual except PageTables.
 type SystemTables struct {
-	PageTables          uint64 // CR3
+	Private             []byte
+	PrivateGPA          uint64
+	PrivateVA           uint64
+	PageTables          uint64 // CR3: guest-physical
 	GDT, IDT            uint64
 	GDTLimit, IDTLimit  uint16
 	TSS                 uint64

@@ -17,6 +17,7 @@ import (
 	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
 	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/backends"
 	"github.com/ftvm/ftvm/vmm/vmmtest"
 )
 
@@ -94,7 +95,13 @@ type pairRun struct {
 // returns the one the primary should dial).
 func runPair(t *testing.T, img *vmm.Image, cfg vmm.Config, input string, chcfg logchannel.Config, proxy func(backupAddr string) string, primaryOut io.Writer) pairRun {
 	t.Helper()
-	requireBackend(t)
+	b := requireBackend(t)
+	return runPairOn(t, b, b, img, cfg, input, chcfg, proxy, primaryOut)
+}
+
+// runPairOn is runPair with the primary on backend pb and the backup on bb.
+func runPairOn(t *testing.T, pb, bb backend.Backend, img *vmm.Image, cfg vmm.Config, input string, chcfg logchannel.Config, proxy func(backupAddr string) string, primaryOut io.Writer) pairRun {
+	t.Helper()
 	ln, err := logchannel.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -107,7 +114,11 @@ func runPair(t *testing.T, img *vmm.Image, cfg vmm.Config, input string, chcfg l
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	common := func(role string, in io.Reader, out io.Writer) Common {
-		return Common{Backend: requireBackend(t), Image: img, Config: cfg, VMID: "test", Generation: 1, Arbiter: arb, Claimant: role,
+		b := pb
+		if role == "backup" {
+			b = bb
+		}
+		return Common{Backend: b, Image: img, Config: cfg, VMID: "test", Generation: 1, Arbiter: arb, Claimant: role,
 			Stdin: in, Stdout: out, Channel: chcfg, Logf: func(f string, a ...any) { t.Logf(role+": "+f, a...) }}
 	}
 	var bout syncBuffer
@@ -176,6 +187,42 @@ func TestPairMatchesPlainRun(t *testing.T) {
 				t.Fatalf("primary printed %q (status %d); a plain run prints %q (status %d)", r.primaryOut, r.res.Status, want, status)
 			}
 		})
+	}
+}
+
+// TestPairAcrossBackends: a primary on one backend and a backup on another
+// (both ways) agree at the handshake, and the backup verifies its replay to
+// the primary's last exit: the guest sees one machine on both.
+func TestPairAcrossBackends(t *testing.T) {
+	var bs []backend.Backend
+	for _, name := range backends.Usable() {
+		b, _ := backends.Get(name)
+		bs = append(bs, b)
+	}
+	if len(bs) < 2 {
+		t.Skipf("only %v usable here: a pair across backends needs two (.ci/run runs the KVM tests under emulation on such hosts)", backends.Usable())
+	}
+	var lines strings.Builder
+	for i := 0; i < 100; i++ {
+		fmt.Fprintf(&lines, "line %d\n", i)
+	}
+	img := loadImage(t, "echo")
+	want, status := plainRun(t, img, vmm.Config{}, lines.String())
+	for _, pb := range bs {
+		for _, bb := range bs {
+			if pb == bb {
+				continue
+			}
+			t.Run(pb.Name()+"-primary-"+bb.Name()+"-backup", func(t *testing.T) {
+				r := runPairOn(t, pb, bb, img, vmm.Config{}, lines.String(), logchannel.Config{}, nil, nil)
+				if r.primaryErr != nil || r.backupErr != nil {
+					t.Fatalf("primary: %v; backup: %v", r.primaryErr, r.backupErr)
+				}
+				if !r.backup.Verified || r.primaryOut != want || r.res.Status != status {
+					t.Fatalf("backup %+v; primary printed %q (status %d), a plain run %q (status %d)", r.backup, r.primaryOut, r.res.Status, want, status)
+				}
+			})
+		}
 	}
 }
 

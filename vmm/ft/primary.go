@@ -18,8 +18,8 @@ import (
 
 // Common are the options primary and backup share.
 type Common struct {
-	// Backend runs the guest. Primary and backup must use the same one:
-	// it is part of the configuration they agree on.
+	// Backend runs the guest. Primary and backup may use different ones:
+	// the guest sees the same machine on each (vmm.ABIProfile).
 	Backend backend.Backend
 	Image   *vmm.Image
 	Config  vmm.Config
@@ -42,15 +42,11 @@ type Common struct {
 	Logf func(format string, args ...any)
 }
 
-// prepare checks the options and writes the backend into the config.
+// prepare checks the options.
 func (c *Common) prepare() error {
 	if c.Backend == nil {
 		return errors.New("ft: no backend given")
 	}
-	if c.Config.Backend != "" && c.Config.Backend != c.Backend.Name() {
-		return fmt.Errorf("ft: the configuration is for backend %s, not %s", c.Config.Backend, c.Backend.Name())
-	}
-	c.Config.Backend = c.Backend.Name()
 	return nil
 }
 

@@ -56,9 +56,11 @@ type vcpu struct {
 	ripPastOut bool
 	// moved: the registers Run reported (kept in view) differ from the
 	// vCPU's (RIP was advanced past an out), so they must be written
-	// before resuming.
-	moved bool
-	view  replay.Regs
+	// before resuming. held: Run reported a fault with the registers of
+	// the faulting instruction (kept in view) while the vCPU sits in an
+	// exception stub; Regs reports view until SetRegs.
+	moved, held bool
+	view        replay.Regs
 }
 
 // NewVCPU creates the VM, maps RAM into it and prepares the vCPU.
@@ -83,7 +85,16 @@ func (v *vcpu) create(spec *backend.Spec) error {
 	v.vmFD = int(vmfd)
 	region := kvm.UserspaceMemoryRegion{Slot: 0, GuestPhysAddr: 0, MemorySize: uint64(len(spec.RAM)), UserspaceAddr: hostAddr(spec.RAM)}
 	if err := kvm.SetUserMemoryRegion(uintptr(v.vmFD), &region); err != nil {
-		return fmt.Errorf("kvm: KVM_SET_USER_MEMORY_REGION: %w", err)
+		return fmt.Errorf("kvm: KVM_SET_USER_MEMORY_REGION (RAM): %w", err)
+	}
+	// The VMM's tables, outside guest RAM (ABI v2): a memslot of their own.
+	priv := spec.System.Private
+	if len(priv) == 0 || spec.System.PrivateGPA < uint64(len(spec.RAM)) {
+		return fmt.Errorf("kvm: no private region for the guest's tables above RAM")
+	}
+	region = kvm.UserspaceMemoryRegion{Slot: 1, GuestPhysAddr: spec.System.PrivateGPA, MemorySize: uint64(len(priv)), UserspaceAddr: hostAddr(priv)}
+	if err := kvm.SetUserMemoryRegion(uintptr(v.vmFD), &region); err != nil {
+		return fmt.Errorf("kvm: KVM_SET_USER_MEMORY_REGION (tables): %w", err)
 	}
 	vcpufd, err := kvm.CreateVCPU(uintptr(v.vmFD), 0)
 	if err != nil {
@@ -119,10 +130,15 @@ func (v *vcpu) setupSregs(spec *backend.Spec) error {
 		return fmt.Errorf("kvm: KVM_GET_SREGS: %w", err)
 	}
 	t := spec.System
-	s.CR0 = 0x80050033 // PG, AM, WP, NE, ET, MP, PE
+	// CR0: PG, AM, WP, NE, ET, MP, PE. AM stays set: Linux sets it for
+	// every process, so a guest that sets RFLAGS.AC gets #AC for a
+	// misaligned access under ptrace, and must on KVM too.
+	s.CR0 = 0x80050033
 	s.CR3 = t.PageTables
-	s.CR4 = 1<<5 | 1<<9 | 1<<10          // PAE, OSFXSR, OSXMMEXCPT
-	s.EFER = 1<<0 | 1<<8 | 1<<10 | 1<<11 // SCE, LME, LMA, NXE
+	s.CR4 = 1<<5 | 1<<9 | 1<<10 // PAE, OSFXSR, OSXMMEXCPT
+	// EFER: LME, LMA, NXE; not SCE, so syscall raises #UD, which the
+	// backend reports as the system call it is (as ptrace's seccomp does).
+	s.EFER = 1<<8 | 1<<10 | 1<<11
 	s.GDT = kvm.Descriptor{Base: t.GDT, Limit: t.GDTLimit}
 	s.IDT = kvm.Descriptor{Base: t.IDT, Limit: t.IDTLimit}
 	code := kvm.Segment{Selector: t.CodeSel, Limit: 0xfffff, Typ: 0xb, Present: 1, DPL: 3, S: 1, L: 1, G: 1}
@@ -138,8 +154,9 @@ func (v *vcpu) setupSregs(spec *backend.Spec) error {
 
 // probeRIPSemantics runs the vCPU once at vector 0's exception stub (out to
 // ExceptionPort; jmp .) and sees where KVM leaves RIP. The stub's out is
-// preceded by supervisor-only tables, so RIP at the stub and RIP past its
-// out cannot be confused. The caller then sets the entry registers: moving
+// preceded by the IDT's last gate (no out), so RIP at the stub and RIP past
+// its out cannot be confused; per exit the bytes alone could not tell:
+// after `out; out` to one port, RIP past the first is RIP at the second. The caller then sets the entry registers: moving
 // RIP cancels upstream KVM's pending skip of the out.
 func (v *vcpu) probeRIPSemantics() error {
 	stub := v.sys.ExceptionStubs
@@ -176,7 +193,7 @@ func (v *vcpu) Run(regs *replay.Regs, set bool) (backend.Exit, error) {
 		if err := v.setRegs(regs); err != nil {
 			return backend.Exit{}, err
 		}
-		v.moved = false
+		v.moved, v.held = false, false
 	}
 	e, err := v.fd.runOnce()
 	if err != nil {
@@ -201,7 +218,9 @@ func (v *vcpu) Run(regs *replay.Regs, set bool) (backend.Exit, error) {
 		v.moved = true
 	}
 	if x, ok := v.exception(e, regs); ok {
-		e = x
+		e = v.syscall(x, regs)
+		v.moved, v.held, v.view = false, true, *regs
+		return e, nil
 	}
 	if v.moved {
 		v.view = *regs
@@ -209,13 +228,23 @@ func (v *vcpu) Run(regs *replay.Regs, set bool) (backend.Exit, error) {
 	return e, nil
 }
 
+// code returns up to 15 bytes of guest code at virtual address va: in
+// RAM (identity mapped) or in the private region (the exception stubs).
+func (v *vcpu) code(va uint64) []byte {
+	if va < uint64(len(v.ram)) {
+		return v.ram[va:min(va+15, uint64(len(v.ram)))]
+	}
+	priv, base := v.sys.Private, v.sys.PrivateVA
+	if va >= base && va-base < uint64(len(priv)) {
+		off := va - base
+		return priv[off:min(off+15, uint64(len(priv)))]
+	}
+	return nil
+}
+
 // insnLenAt decodes the out at rip.
 func (v *vcpu) insnLenAt(rip uint64, dx uint16) uint8 {
-	if rip >= uint64(len(v.ram)) {
-		return 0
-	}
-	code := v.ram[rip:min(rip+15, uint64(len(v.ram)))]
-	if _, _, out, n, ok := backend.IOInsn(code, dx); ok && out {
+	if _, _, out, n, ok := backend.IOInsn(v.code(rip), dx); ok && out {
 		return n
 	}
 	return 0
@@ -224,7 +253,7 @@ func (v *vcpu) insnLenAt(rip uint64, dx uint16) uint8 {
 // insnLenBefore guesses the length of the out that ends at rip (for
 // reports only): the two-byte imm8 form is all the ABI uses.
 func (v *vcpu) insnLenBefore(rip uint64, port uint16) uint8 {
-	if rip >= 2 && rip <= uint64(len(v.ram)) && v.ram[rip-2]&0xfe == 0xe6 && uint16(v.ram[rip-1]) == port {
+	if c := v.code(rip - 2); rip >= 2 && len(c) >= 2 && c[0]&0xfe == 0xe6 && uint16(c[1]) == port {
 		return 2
 	}
 	return 1
@@ -269,16 +298,37 @@ func (v *vcpu) exception(e backend.Exit, regs *replay.Regs) (backend.Exit, bool)
 	return x, true
 }
 
-func (v *vcpu) readU64(addr uint64) (uint64, bool) {
-	if addr > uint64(len(v.ram))-8 {
-		return 0, false
+// syscall turns the exception a system call instruction raises here into
+// the exit ptrace's seccomp gives: syscall (#UD: EFER.SCE is clear) and
+// int $0x80 (#GP: no gate 0x80) are reported as ExitSyscall with RIP past
+// the instruction and, for syscall, RCX and R11 as the instruction sets
+// them (the number is EAX, as Linux reads it).
+func (v *vcpu) syscall(e backend.Exit, regs *replay.Regs) backend.Exit {
+	code := v.code(regs.RIP)
+	if len(code) > 2 {
+		code = code[:2]
 	}
-	return binary.LittleEndian.Uint64(v.ram[addr:]), true
+	switch {
+	case e.Vector == 6 && string(code) == "\x0f\x05":
+		regs.RIP += 2
+		regs.RCX, regs.R11 = regs.RIP, regs.RFLAGS
+	case e.Vector == 13 && e.ErrorCode == 0x80<<3|2 && string(code) == "\xcd\x80":
+		regs.RIP += 2
+	default:
+		return e
+	}
+	return backend.Exit{Kind: backend.ExitSyscall, Code: uint64(int32(uint32(regs.RAX)))}
 }
 
-// iopl3 is what the guest runs with on KVM: out at CPL3 then exits to
-// the VMM instead of faulting.
-const iopl3 = 3 << 12
+// readU64 reads the private region at guest-virtual addr (the exception
+// stack lives there).
+func (v *vcpu) readU64(addr uint64) (uint64, bool) {
+	priv, base := v.sys.Private, v.sys.PrivateVA
+	if addr < base || addr-base > uint64(len(priv))-8 {
+		return 0, false
+	}
+	return binary.LittleEndian.Uint64(priv[addr-base:]), true
+}
 
 func (v *vcpu) getRegs(r *replay.Regs) error {
 	if err := v.fd.getRegs(r); err != nil {
@@ -290,12 +340,12 @@ func (v *vcpu) getRegs(r *replay.Regs) error {
 
 func (v *vcpu) setRegs(r *replay.Regs) error {
 	w := *r
-	w.RFLAGS = w.RFLAGS&^backend.HiddenFlags | iopl3
+	w.RFLAGS &^= backend.HiddenFlags // IOPL 0: the TSS I/O bitmap lets out exit
 	return v.fd.setRegs(&w)
 }
 
 func (v *vcpu) Regs(r *replay.Regs) error {
-	if v.moved {
+	if v.moved || v.held {
 		*r = v.view
 		return nil
 	}
@@ -303,7 +353,7 @@ func (v *vcpu) Regs(r *replay.Regs) error {
 }
 
 func (v *vcpu) SetRegs(r *replay.Regs) error {
-	v.moved = false
+	v.moved, v.held = false, false
 	return v.setRegs(r)
 }
 

@@ -85,11 +85,8 @@ func (Backend) Doctor() []backend.Check {
 	if b, err := os.ReadFile("/proc/sys/vm/mmap_min_addr"); err == nil {
 		s := strings.TrimSpace(string(b))
 		n, _ := strconv.ParseUint(s, 10, 64)
-		detail := s + " (the guest's pages from 0x3000 up are mapped at their own addresses"
-		if n > 0x3000 {
-			detail += "; below this limit only with CAP_SYS_RAWIO, which root has"
-		}
-		checks = append(checks, backend.Check{Name: "vm.mmap_min_addr", OK: n <= 0x3000 || os.Geteuid() == 0, Detail: detail + ")"})
+		checks = append(checks, backend.Check{Name: "vm.mmap_min_addr", OK: n <= 0x10000 || os.Geteuid() == 0,
+			Detail: s + " (every guest page is at or above 64 KiB, the usual limit)"})
 	}
 	checks = append(checks, backend.Check{Name: "system calls", OK: true, Detail: "refused by seccomp before the guest's first instruction; reported as guest faults"})
 	return checks
@@ -108,8 +105,11 @@ type vcpu struct {
 	cpu int
 	// moved: Run advanced RIP past an out, so the registers it reported
 	// (kept in view) must be written back before the guest runs again.
-	moved bool
-	view  replay.Regs
+	// held: Run reported a fault or system call with the registers of
+	// that instruction (kept in view) while the process sits in the
+	// stub's handler; Regs reports view until SetRegs.
+	moved, held bool
+	view        replay.Regs
 
 	calls chan func()
 	tid   atomic.Int32  // the tracer's OS thread
@@ -265,8 +265,8 @@ func (v *vcpu) setup(spec *backend.Spec) error {
 			}
 			if err != nil {
 				hint := ""
-				if errors.Is(err, unix.EPERM) && addr < 0x10000 {
-					hint = " (below vm.mmap_min_addr: needs CAP_SYS_RAWIO, or run as root)"
+				if errors.Is(err, unix.EPERM) {
+					hint = " (below vm.mmap_min_addr? it is 65536 on most hosts, and no guest page lies lower)"
 				}
 				return fmt.Errorf("ptrace: mapping guest pages [%#x, %#x): %w%s", addr, addr+n, err, hint)
 			}
@@ -498,7 +498,7 @@ func (v *vcpu) run(regs *replay.Regs, set bool) (backend.Exit, error) {
 		if err := v.setRegs(regs); err != nil {
 			return backend.Exit{}, err
 		}
-		v.moved = false
+		v.moved, v.held = false, false
 	}
 	var pr unix.PtraceRegs
 	for {
@@ -521,7 +521,11 @@ func (v *vcpu) run(regs *replay.Regs, set bool) (backend.Exit, error) {
 			if err := v.getRegs(regs, &pr); err != nil {
 				return backend.Exit{}, err
 			}
-			return v.decode(sig, regs)
+			e, err := v.decode(sig, regs, &pr)
+			if err == nil && (e.Kind == backend.ExitException || e.Kind == backend.ExitSyscall) {
+				v.held, v.view = true, *regs
+			}
+			return e, err
 		default:
 			// A signal from outside (a stray SIGTERM, SIGSTOP, ...): the guest
 			// has no signals, so it is dropped here and the guest runs on.
@@ -549,7 +553,7 @@ func (v *vcpu) followTracer() {
 }
 
 // decode turns a signal stop into an exit.
-func (v *vcpu) decode(sig unix.Signal, regs *replay.Regs) (backend.Exit, error) {
+func (v *vcpu) decode(sig unix.Signal, regs *replay.Regs, pr *unix.PtraceRegs) (backend.Exit, error) {
 	var si [128]byte
 	if err := v.siginfo(&si); err != nil {
 		return backend.Exit{}, err
@@ -557,6 +561,8 @@ func (v *vcpu) decode(sig unix.Signal, regs *replay.Regs) (backend.Exit, error) 
 	code := int32(binary.LittleEndian.Uint32(si[8:]))
 	switch {
 	case sig == unix.SIGSYS:
+		// Linux set RAX to -ENOSYS on entry; the guest's RAX was the number.
+		regs.RAX = pr.Orig_rax
 		return backend.Exit{Kind: backend.ExitSyscall, Code: uint64(int32(binary.LittleEndian.Uint32(si[24:])))}, nil
 	case regs.RIP >= stubBase && regs.RIP < stubData+stubDataBytes:
 		// The guest jumped out of its RAM into the stub. On KVM that
@@ -661,7 +667,7 @@ func (v *vcpu) setRegs(r *replay.Regs) error {
 
 func (v *vcpu) Regs(r *replay.Regs) error {
 	return v.call(func() error {
-		if v.moved {
+		if v.moved || v.held {
 			*r = v.view
 			return nil
 		}
@@ -672,7 +678,7 @@ func (v *vcpu) Regs(r *replay.Regs) error {
 
 func (v *vcpu) SetRegs(r *replay.Regs) error {
 	return v.call(func() error {
-		v.moved = false
+		v.moved, v.held = false, false
 		return v.setRegs(r)
 	})
 }

@@ -65,9 +65,6 @@ func Record(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Conf
 // RecordWith is Record with a recorder of the caller's (the primary's,
 // whose sink is the logging channel).
 func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Config, vmID string, rec *replay.Recorder) (End, error) {
-	if cfg.Backend == "" {
-		cfg.Backend = b.Name()
-	}
 	if err := rec.Start(vmm.StartInfo(img, cfg, vmID)); err != nil {
 		return End{}, err
 	}
@@ -89,13 +86,14 @@ func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.
 }
 
 // Replay replays the log in src: it rebuilds the VM's configuration from
-// the log's start entry, refuses (ErrRefused) a log of another image, runs
-// the guest on the backend pick returns for the one the log was recorded on
-// (pick may refuse it), with every answer from the log (wrap, if not nil,
+// the log's start entry, refuses (ErrRefused) a log of another image or
+// ABI profile, runs the guest on the backend pick returns (any: a log
+// recorded on one backend replays on every other), with every answer from
+// the log (wrap, if not nil,
 // puts a World of the caller's around the replayer: to show outputs, say),
 // and checks the final state against the log's. A divergence is a
 // *replay.DivergenceError; a damaged log is an error naming where.
-func Replay(ctx context.Context, pick func(recordedOn string) (backend.Backend, error), img *vmm.Image, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
+func Replay(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
 	start, src, err := replay.PeekStart(src)
 	if err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
@@ -108,12 +106,9 @@ func Replay(ctx context.Context, pick func(recordedOn string) (backend.Backend, 
 	if _, err := rep.VerifyStart(vmm.StartInfo(img, cfg, "")); err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
-	b, err := pick(cfg.Backend)
+	b, err := pick()
 	if err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
-	}
-	if cfg.Backend != "" && cfg.Backend != b.Name() {
-		return End{}, fmt.Errorf("%w: the log was recorded on the %s backend, not %s (a guest can tell them apart, so it would not replay the same)", ErrRefused, cfg.Backend, b.Name())
 	}
 	var world replay.World = rep
 	if wrap != nil {
