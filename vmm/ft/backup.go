@@ -57,21 +57,8 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	o.Metrics.SetRole("backup")
 	o.Metrics.receiverMetrics(recv.Stats)
 
-	start, src, err := replay.PeekStart(recv)
-	if err != nil {
-		return out, err
-	}
-	if start.Config != o.Config.Text() {
-		return out, fmt.Errorf("ft: the primary runs configuration %s, this backup %s", start.Config, o.Config.Text())
-	}
-	rep := replay.NewReplayer(src)
-	if _, err := rep.VerifyStart(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
-		return out, err
-	}
 	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
-	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed}
-	fw.goLive = func(cause error) error {
-		o.logf("backup: the primary is gone (%v); replayed the whole log; asking the arbiter", cause)
+	goLive := func(cause error) error {
 		o.Metrics.SetRole("deciding")
 		_, err := arbitrate(ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: o.Generation,
 			Claimant: o.Claimant, Reason: fmt.Sprintf("backup lost the primary: %v", cause)}, o.logf)
@@ -88,8 +75,51 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 			}
 			live.AttachNet(o.Net)
 		}
-		out.WentLive, out.LiveAt = true, rep.Summary().Exits
 		o.Metrics.SetRole("live")
+		return nil
+	}
+
+	start, src, err := replay.PeekStart(recv)
+	if errors.Is(err, logchannel.ErrPeerLost) {
+		// Lost before even the start entry arrived: this side received,
+		// and so acknowledged, nothing, and the primary released no
+		// output. Whoever wins the arbiter may run the guest; if it is
+		// this side, it starts the guest from its first instruction.
+		o.logf("backup: the primary is gone before its log began (%v); asking the arbiter", err)
+		if err := goLive(err); err != nil {
+			return out, err
+		}
+		out.WentLive, out.LiveAt = true, 0
+		o.logf("backup: LIVE since %s (won the arbiter; the guest starts from its beginning: the primary released nothing)", time.Now().Format(time.RFC3339Nano))
+		m, err := vmm.New(o.Backend, o.Image, o.Config, live)
+		if err != nil {
+			return out, err
+		}
+		defer m.Close()
+		end, err := session.Run(ctx, m)
+		out.Result = end.Result
+		if err != nil {
+			return out, err
+		}
+		return out, end.Err()
+	}
+	if err != nil {
+		return out, err
+	}
+	if start.Config != o.Config.Text() {
+		return out, fmt.Errorf("ft: the primary runs configuration %s, this backup %s", start.Config, o.Config.Text())
+	}
+	rep := replay.NewReplayer(src)
+	if _, err := rep.VerifyStart(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
+		return out, err
+	}
+	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed}
+	fw.goLive = func(cause error) error {
+		o.logf("backup: the primary is gone (%v); replayed the whole log; asking the arbiter", cause)
+		if err := goLive(cause); err != nil {
+			return err
+		}
+		out.WentLive, out.LiveAt = true, rep.Summary().Exits
 		o.logf("backup: LIVE since %s (won the arbiter; the guest continues from exit %d)", time.Now().Format(time.RFC3339Nano), out.LiveAt)
 		return nil
 	}

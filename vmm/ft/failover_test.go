@@ -2,9 +2,11 @@ package ft
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -140,5 +142,76 @@ func TestDivergedBackupNeverGoesLive(t *testing.T) {
 	// A lost primary with no divergence does ask.
 	if _, err := f.next(replay.ExecPoint{Exit: 8}, fmt.Errorf("x: %w", logchannel.ErrPeerLost)); !asked {
 		t.Fatalf("a lost primary did not lead to the arbiter (%v)", err)
+	}
+}
+
+// startGate is a TCP proxy between primary and backup that lets the
+// handshake through (each side's preamble, hello and verdict) and then
+// goes silent both ways without closing anything: a link frozen before the
+// backup read the start entry.
+func startGate(t *testing.T, backupAddr string) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	// pass copies the preamble and msgs messages from src to dst, then
+	// reads and drops everything until src closes.
+	pass := func(dst, src net.Conn, msgs int) {
+		pre := make([]byte, len(logchannel.Magic)+2)
+		if _, err := io.ReadFull(src, pre); err != nil {
+			return
+		}
+		dst.Write(pre)
+		for i := 0; i < msgs; i++ {
+			hdr := make([]byte, 5)
+			if _, err := io.ReadFull(src, hdr); err != nil {
+				return
+			}
+			body := make([]byte, binary.LittleEndian.Uint32(hdr[1:]))
+			if _, err := io.ReadFull(src, body); err != nil {
+				return
+			}
+			dst.Write(append(hdr, body...))
+		}
+		io.Copy(io.Discard, src)
+	}
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		b, err := net.Dial("tcp", backupAddr)
+		if err != nil {
+			c.Close()
+			return
+		}
+		t.Cleanup(func() { c.Close(); b.Close() })
+		go pass(b, c, 2) // the primary's hello and verdict
+		pass(c, b, 2)    // the backup's hello and verdict
+	}()
+	return ln.Addr().String()
+}
+
+// TestPartitionBeforeTheStartEntry: the logging link freezes after the
+// handshake, before the backup has read the log's first entry. The backup
+// has acknowledged nothing, so the primary released nothing: exactly one
+// side goes on (the backup from the guest's first instruction if it wins)
+// and the other halts.
+func TestPartitionBeforeTheStartEntry(t *testing.T) {
+	img := loadImage(t, "cpu")
+	cfg := vmm.Config{Cmdline: "rounds=2000 work=20000"}
+	r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond},
+		func(a string) string { return startGate(t, a) }, nil)
+	primaryHalted := errors.Is(r.primaryErr, ErrLostArbitration)
+	backupHalted := errors.Is(r.backupErr, ErrLostArbitration)
+	primaryOn := r.primaryErr == nil
+	backupOn := r.backupErr == nil && r.backup.WentLive
+	if primaryOn == backupOn || primaryHalted == backupHalted || primaryOn == primaryHalted {
+		t.Fatalf("primary err %v, backup err %v live %v: want exactly one side on and the other halted", r.primaryErr, r.backupErr, r.backup.WentLive)
+	}
+	if backupOn && (r.backup.LiveAt != 0 || !strings.Contains(r.backupOut, "cpu: rounds=2000 work=2000")) {
+		t.Fatalf("the backup went live at exit %d and printed %q; want the whole run from the start", r.backup.LiveAt, r.backupOut)
 	}
 }
