@@ -131,3 +131,38 @@ func TestCtrlCReachesFtvmNotTheGuest(t *testing.T) {
 	}
 	waitGone(t, pid, "ftvm stopped")
 }
+
+// TestStatusNamesTheBackend: ftvm status shows which backend a pair
+// member runs its guest on.
+func TestStatusNamesTheBackend(t *testing.T) {
+	b := requireBackend(t)
+	addr, err := freeTCPAddr()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(ftvmBin, "pair", "--metrics-primary", addr, guest("echo"))
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr syncBuf
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		out, err := exec.Command(ftvmBin, "status", addr).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "role") {
+			if !strings.Contains(string(out), "backend              "+b.Name()) {
+				t.Fatalf("ftvm status does not name the %s backend:\n%s", b.Name(), out)
+			}
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ftvm status %s never answered: %v\n%s\npair stderr:\n%s", addr, err, out, stderr.String())
+		}
+		time.Sleep(20 * time.Millisecond) // polling the condition, bounded by the deadline
+	}
+}

@@ -10,6 +10,7 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // cmdStatus prints a primary's or backup's metrics for a person.
@@ -32,7 +33,9 @@ func cmdStatus(args []string) int {
 		return exitFailed
 	}
 	defer resp.Body.Close()
-	var parser expfmt.TextParser
+	// The zero TextParser panics on its first metric name (prometheus/common
+	// v0.72 wants a validation scheme): name one.
+	parser := expfmt.NewTextParser(model.UTF8Validation)
 	families, err := parser.TextToMetricFamilies(resp.Body)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm status: %s is not Prometheus metrics: %v\n", url, err)
@@ -57,6 +60,9 @@ func formatStatus(f map[string]*dto.MetricFamily) string {
 			return m.Gauge.GetValue(), true
 		}
 		return 0, false
+	}
+	if fam, ok := f["ftvm_backend_info"]; ok && len(fam.Metric) > 0 && len(fam.Metric[0].Label) > 0 {
+		fmt.Fprintf(&b, "backend              %s\n", fam.Metric[0].Label[0].GetValue())
 	}
 	if fam, ok := f["ftvm_role"]; ok {
 		for _, m := range fam.Metric {

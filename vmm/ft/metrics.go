@@ -52,6 +52,18 @@ func (m *Metrics) released(delay time.Duration) {
 	}
 }
 
+// SetBackend records the backend that runs the guest (ftvm_backend_info).
+func (m *Metrics) SetBackend(name string) {
+	if m == nil {
+		return
+	}
+	g := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ftvm_backend_info",
+		Help: "1, labelled with the backend that runs the guest (kvm or ptrace)."}, []string{"backend"})
+	if m.reg.Register(g) == nil {
+		g.WithLabelValues(name).Set(1)
+	}
+}
+
 // SetRole marks the VMM's role (primary, backup, live, halted).
 func (m *Metrics) SetRole(role string) {
 	if m == nil {

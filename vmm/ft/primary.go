@@ -47,6 +47,7 @@ func (c *Common) prepare() error {
 	if c.Backend == nil {
 		return errors.New("ft: no backend given")
 	}
+	c.Metrics.SetBackend(c.Backend.Name())
 	return nil
 }
 
