@@ -5,6 +5,7 @@
 #include "rt.h"
 
 static uint8_t frame[FTVM_ETH_MAX_FRAME + 64];
+static const struct ftvm_pkt_desc rodesc[1] = {{0, FTVM_ETH_MAX_FRAME, 0}};
 static uint8_t rxbuf[2][FTVM_ETH_MAX_FRAME];
 
 static int check(const char *what, long got, long want)
@@ -43,6 +44,11 @@ int main(struct ftvm_boot_info *bi)
 	ok &= check("rx buffer too small", ftvm_nic_rx(d, 1), FTVM_EINVAL);
 	d[0] = (struct ftvm_pkt_desc){0x40000000UL, FTVM_ETH_MAX_FRAME, 0};
 	ok &= check("rx buffer outside RAM", ftvm_nic_rx(d, 1), FTVM_EFAULT);
+	/* W^X at run time: the VMM writes only where the guest could. */
+	ok &= check("info into text", ftvm_nic_info((void *)main, gw), FTVM_EFAULT);
+	ok &= check("rx descriptors in read-only data", ftvm_nic_rx((struct ftvm_pkt_desc *)rodesc, 1), FTVM_EFAULT);
+	d[0] = (struct ftvm_pkt_desc){(uint64_t)main, FTVM_ETH_MAX_FRAME, 0};
+	ok &= check("rx buffer in text", ftvm_nic_rx(d, 1), FTVM_EFAULT);
 	d[0] = (struct ftvm_pkt_desc){(uint64_t)frame, 60, 0};
 	ok &= check("good tx", ftvm_nic_tx(d, 1), 1);
 	printf("nicabuse: %s\n", ok ? "all cases behaved" : "SOME CASES MISBEHAVED");

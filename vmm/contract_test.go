@@ -108,6 +108,7 @@ var contractCases = []struct {
 	{"hello", "", Config{}},
 	{"exit3", "", Config{}},
 	{"machine", "", Config{}},
+	{"memabuse", "a line\n", Config{}},
 	{"echo", "one\nTwo 2\n", Config{}},
 	{"nondet", "a line\n", Config{}},
 	{"cpu", "", Config{Cmdline: "rounds=300 work=1000"}},

@@ -98,7 +98,7 @@ func consoleWrite(x *exitContext) (bool, int, error) {
 	if n > maxConsoleIO {
 		n = maxConsoleIO // a short write, as a real device may do
 	}
-	buf, err := x.mem.Slice(addr, n)
+	buf, err := x.mem.ForGuest(addr, n, false)
 	if err != nil {
 		x.setResult(errFault)
 		return false, 0, nil
@@ -116,7 +116,7 @@ func consoleRead(x *exitContext) (bool, int, error) {
 	if n > maxConsoleIO {
 		n = maxConsoleIO
 	}
-	buf, err := x.mem.Slice(addr, n)
+	buf, err := x.mem.ForGuest(addr, n, true)
 	if err != nil {
 		x.setResult(errFault)
 		return false, 0, nil

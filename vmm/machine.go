@@ -228,6 +228,7 @@ func (m *Machine) loadImage(img *Image) ([]backend.Perm, error) {
 	}
 	writeSystemTables(privateMemory{m.priv})
 	buildPageTables(privateMemory{m.priv}, m.layout, perms)
+	mem.perms = perms
 	out := make([]backend.Perm, len(perms))
 	for i, p := range perms {
 		out[i] = p.backendPerm()

@@ -43,6 +43,18 @@ func TestMachineState(t *testing.T) {
 	}
 }
 
+// TestDevicesKeepWX: a device writes into guest memory only where the
+// guest itself may write (never its text, read-only data or the boot
+// information) and reads only what it may read; a refused call fails with
+// -EFAULT and changes nothing (guests/memabuse.c; the NIC's cases are in
+// nicabuse, run by cmd/ftvm's TestNICBadInput).
+func TestDevicesKeepWX(t *testing.T) {
+	out, res, err := runGuest(t, "memabuse", "a line\n", Config{})
+	if err != nil || res.Status != 0 || !strings.Contains(out, "all cases behaved") {
+		t.Fatalf("status %d, %v:\n%s", res.Status, err, out)
+	}
+}
+
 func TestExitStatusPassesThrough(t *testing.T) {
 	_, res, err := runGuest(t, "exit3", "", Config{})
 	if err != nil || res.Status != 3 {

@@ -9,12 +9,47 @@ import (
 // ErrGuestAddress reports a guest address range outside guest RAM.
 var ErrGuestAddress = errors.New("guest address outside RAM")
 
+// ErrGuestAccess reports a guest address range the guest itself may not
+// access that way: a device asked to write into text or read-only data, or
+// to read a page the guest cannot read.
+var ErrGuestAccess = errors.New("guest may not access that memory")
+
 // GuestMemory is guest RAM seen from the VMM: guest-physical address 0 is
 // byte 0. Every access is bounds-checked; devices reach guest memory only
 // through it. Devices may touch guest memory only while the vCPU is stopped
 // at an exit, so that a replay touches it at the same point.
 type GuestMemory struct {
 	b []byte
+	// perms is the guest's access to each page, once the image is loaded:
+	// what a device does for the guest (ForGuest) it may do only where
+	// the guest could itself, so no call writes into text (W^X holds at
+	// run time, not only at load time).
+	perms []pagePerm
+}
+
+// ForGuest returns the n bytes at addr for a device acting on the guest's
+// behalf: readable by the guest, and writable too if write is set. The
+// error wraps ErrGuestAddress or ErrGuestAccess; a device answers -EFAULT.
+func (m *GuestMemory) ForGuest(addr, n uint64, write bool) ([]byte, error) {
+	s, err := m.Slice(addr, n)
+	if err != nil || n == 0 {
+		return s, err
+	}
+	for p := addr / pageSize; p <= (addr+n-1)/pageSize; p++ {
+		perm := m.perms[p]
+		ok := perm == permUserR || perm == permUserRX || perm == permUserRW
+		if write {
+			ok = perm == permUserRW
+		}
+		if !ok {
+			verb := "read"
+			if write {
+				verb = "write"
+			}
+			return nil, fmt.Errorf("vmm: %s of [%#x, %#x+%#x): %w (page %#x)", verb, addr, addr, n, ErrGuestAccess, p*pageSize)
+		}
+	}
+	return s, nil
 }
 
 // Size is the number of bytes of guest RAM.

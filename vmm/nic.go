@@ -50,10 +50,14 @@ func (n *nic) info(x *exitContext) (bool, int, error) {
 	copy(info[8:12], ip[:])
 	info[12] = byte(n.cfg.Addr.Bits())
 	gw := n.cfg.Gateway.As4()
-	if x.mem.Write(x.point.Regs.RDI, info[:]) != nil || x.mem.Write(x.point.Regs.RSI, gw[:]) != nil {
+	infoBuf, err1 := x.mem.ForGuest(x.point.Regs.RDI, uint64(len(info)), true)
+	gwBuf, err2 := x.mem.ForGuest(x.point.Regs.RSI, uint64(len(gw)), true)
+	if err1 != nil || err2 != nil {
 		x.setResult(errFault)
 		return false, 0, nil
 	}
+	copy(infoBuf, info[:])
+	copy(gwBuf, gw[:])
 	x.setResult(0)
 	return false, 0, nil
 }
@@ -61,11 +65,13 @@ func (n *nic) info(x *exitContext) (bool, int, error) {
 // descriptors validates a descriptor array of count entries at addr and
 // returns the guest memory each one names. Every descriptor is checked
 // before anything happens, so a bad one changes nothing.
-func (x *exitContext) descriptors(addr, count uint64, minLen, maxLen uint32, out [][]byte) ([][]byte, uint64) {
+// write says whether the device will write the table and the buffers
+// (receive) or only read them (transmit): the guest must be able to.
+func (x *exitContext) descriptors(addr, count uint64, minLen, maxLen uint32, write bool, out [][]byte) ([][]byte, uint64) {
 	if count > maxNICBatch {
 		return nil, errInval
 	}
-	table, err := x.mem.Slice(addr, count*pktDescSize)
+	table, err := x.mem.ForGuest(addr, count*pktDescSize, write)
 	if err != nil {
 		return nil, errFault
 	}
@@ -76,7 +82,7 @@ func (x *exitContext) descriptors(addr, count uint64, minLen, maxLen uint32, out
 		if l < minLen || l > maxLen {
 			return nil, errInval
 		}
-		buf, err := x.mem.Slice(a, uint64(l))
+		buf, err := x.mem.ForGuest(a, uint64(l), write)
 		if err != nil {
 			return nil, errFault
 		}
@@ -92,7 +98,7 @@ func (n *nic) transmit(x *exitContext) (bool, int, error) {
 		x.setResult(errNoDev)
 		return false, 0, nil
 	}
-	frames, errno := x.descriptors(x.point.Regs.RDI, x.point.Regs.RSI, minFrame, replay.MaxFrame, n.frames)
+	frames, errno := x.descriptors(x.point.Regs.RDI, x.point.Regs.RSI, minFrame, replay.MaxFrame, false, n.frames)
 	if errno != 0 {
 		x.setResult(errno)
 		return false, 0, nil
@@ -119,7 +125,7 @@ func (n *nic) receive(x *exitContext) (bool, int, error) {
 		return false, 0, nil
 	}
 	addr, count := x.point.Regs.RDI, x.point.Regs.RSI
-	frames, errno := x.descriptors(addr, count, replay.MaxFrame, 1<<16, n.frames)
+	frames, errno := x.descriptors(addr, count, replay.MaxFrame, 1<<16, true, n.frames)
 	if errno != 0 {
 		x.setResult(errno)
 		return false, 0, nil
