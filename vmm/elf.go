@@ -87,6 +87,14 @@ func LoadELF(file []byte) (*Image, error) {
 		return nil, fmt.Errorf("vmm: ELF has no loadable segment")
 	}
 	sort.Slice(img.Segments, func(i, j int) bool { return img.Segments[i].Addr < img.Segments[j].Addr })
+	for i := 1; i < len(img.Segments); i++ {
+		a, b := img.Segments[i-1], img.Segments[i]
+		if b.Addr < a.Addr+a.MemSize {
+			// The last writer would win in RAM, joining bytes the rewriter
+			// swept separately (a 0f from one and a 31 from the other).
+			return nil, fmt.Errorf("vmm: segments [%#x, %#x) and [%#x, %#x) overlap: each byte of the image must come from one segment (fix the linker script)", a.Addr, a.Addr+a.MemSize, b.Addr, b.Addr+b.MemSize)
+		}
+	}
 	if err := img.checkPages(); err != nil {
 		return nil, err
 	}

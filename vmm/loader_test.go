@@ -5,6 +5,7 @@ import (
 	"context"
 	"debug/elf"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"os"
 	"strings"
@@ -70,6 +71,22 @@ func TestLoadELFRejectsBadImages(t *testing.T) {
 		{"below image base", "outside the image area", patchProg(t, hello, isText, func(p *elf.Prog64) { p.Vaddr, p.Paddr = 0x1000, 0x1000 })},
 		{"file bytes past end", "past the end", patchProg(t, hello, isText, func(p *elf.Prog64) { p.Filesz, p.Memsz = 1<<24, 1<<24 })},
 		{"filesz > memsz", "exceeds memory size", patchProg(t, hello, isText, func(p *elf.Prog64) { p.Memsz = p.Filesz - 1 })},
+		{"overlapping segments", "overlap", func() []byte {
+			f, _ := elf.NewFile(bytes.NewReader(hello))
+			var text elf.ProgHeader
+			for _, p := range f.Progs {
+				if p.Flags&elf.PF_X != 0 {
+					text = p.ProgHeader
+				}
+			}
+			// The read-only segment moved into the text, with the text's flags.
+			isRO := func(p elf.Prog64) bool {
+				return p.Type == uint32(elf.PT_LOAD) && p.Flags&uint32(elf.PF_X|elf.PF_W) == 0
+			}
+			return patchProg(t, hello, isRO, func(p *elf.Prog64) {
+				p.Vaddr, p.Paddr, p.Flags = text.Vaddr+0x10, text.Vaddr+0x10, uint32(text.Flags)
+			})
+		}()},
 		{"undecodable text", "cannot decode the instruction at 0x100000", func() []byte {
 			b := append([]byte(nil), hello...)
 			b[textOff] = 0x06 // push %es: invalid in 64-bit mode
@@ -84,6 +101,52 @@ func TestLoadELFRejectsBadImages(t *testing.T) {
 			}
 			if !strings.HasPrefix(err.Error(), "vmm: ") || !strings.Contains(err.Error(), c.want) {
 				t.Fatalf("error %q; want it to contain %q", err, c.want)
+			}
+		})
+	}
+}
+
+// TestSweepRefusesWhatItCannotMakeDeterministic: bytes the sweep cannot
+// decode as a whole instruction, and instructions whose result differs
+// between hosts or backends that the VMM does not emulate, are load errors
+// naming the address; endbr64 (gcc -fcf-protection) is a NOP the sweep
+// steps over whole.
+func TestSweepRefusesWhatItCannotMakeDeterministic(t *testing.T) {
+	cases := []struct {
+		name, code, want string // want "" means accepted
+	}{
+		{"endbr64 then rdtsc", "f30f1efa0f31", ""},
+		{"endbr32", "f30f1efb90", ""},
+		{"truncated at the segment's end", "900f", "not a whole instruction"},
+		{"sgdt", "0f0100", "sgdt"},
+		{"sidt", "0f0108", "sidt"},
+		{"smsw", "0f01e0", "smsw"},
+		{"str", "0f00c8", "str"},
+		{"lsl", "0f03c1", "lsl"},
+		{"xgetbv", "0f01d0", "xgetbv"},
+		{"rdfsbase", "f3480faec0", "rdfsbase"},
+		{"fxsave", "0fae00", "fxsave"},
+		{"xbegin", "c7f800000000", "xbegin"},
+		{"vzeroupper (VEX)", "c5f877", "AVX"},
+		{"vmovups (EVEX)", "62f17c481000", "AVX"},
+		{"rdpru", "0f01fd", "cannot decode"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			code, err := hex.DecodeString(c.code)
+			if err != nil {
+				t.Fatal(err)
+			}
+			img := rawImage(code)
+			err = img.rewrite(&img.Segments[0])
+			switch {
+			case c.want == "" && err != nil:
+				t.Fatalf("refused: %v", err)
+			case c.want != "" && (err == nil || !strings.Contains(err.Error(), c.want) || !strings.Contains(err.Error(), "0x10000")):
+				t.Fatalf("got %v; want an error naming the address and %q", err, c.want)
+			}
+			if c.name == "endbr64 then rdtsc" && (len(img.Sites) != 1 || img.Sites[0].Addr != imageBase+4) {
+				t.Fatalf("sites %v; want the rdtsc at %#x", img.Sites, imageBase+4)
 			}
 		})
 	}

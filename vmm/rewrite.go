@@ -3,6 +3,7 @@ package vmm
 import (
 	"encoding/hex"
 	"fmt"
+	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
 )
@@ -135,6 +136,61 @@ func matchNondet(code []byte) (Site, bool) {
 	return Site{}, false
 }
 
+// endbrLen is 4 for endbr64 (f3 0f 1e fa) and endbr32 (f3 0f 1e fb),
+// which x86asm does not know, else 0.
+func endbrLen(code []byte) int {
+	if len(code) >= 4 && code[0] == 0xf3 && code[1] == 0x0f && code[2] == 0x1e && (code[3] == 0xfa || code[3] == 0xfb) {
+		return 4
+	}
+	return 0
+}
+
+// refusedOps are instructions whose result can differ between hosts or
+// backends and that the VMM does not emulate, so an image that uses them
+// is refused at load (guests/ABI.md has the table).
+var refusedOps = map[x86asm.Op]string{
+	x86asm.SGDT:     "shows the host's descriptor-table address",
+	x86asm.SIDT:     "shows the host's descriptor-table address",
+	x86asm.SLDT:     "shows the host's LDT selector",
+	x86asm.STR:      "shows the host's task register",
+	x86asm.SMSW:     "shows the host's CR0 bits",
+	x86asm.LSL:      "reads segment limits, which Linux uses to expose the CPU number",
+	x86asm.LAR:      "reads segment access rights, which differ between backends",
+	x86asm.XGETBV:   "reads XCR0, which differs between hosts (and faults on KVM, where OSXSAVE is off)",
+	x86asm.RDFSBASE: "depends on CR4.FSGSBASE, on under Linux and off on KVM",
+	x86asm.RDGSBASE: "depends on CR4.FSGSBASE, on under Linux and off on KVM",
+	x86asm.RDPMC:    "reads host performance counters",
+	x86asm.XBEGIN:   "starts a transaction that aborts as the host decides (and is #UD on AMD)",
+	x86asm.FXSAVE:   "stores MXCSR_MASK, which differs between CPUs",
+	x86asm.FXSAVE64: "stores MXCSR_MASK, which differs between CPUs",
+	x86asm.XSAVE:    "needs XSAVE, which the guest ABI leaves off",
+	x86asm.XSAVE64:  "needs XSAVE, which the guest ABI leaves off",
+	x86asm.XSAVEC:   "needs XSAVE, which the guest ABI leaves off",
+	x86asm.XSAVEOPT: "needs XSAVE, which the guest ABI leaves off",
+	x86asm.XSAVES:   "needs XSAVE, which the guest ABI leaves off",
+}
+
+// refused says why the decoded instruction at the start of code may not be
+// used by a guest, or "".
+func refused(code []byte, inst x86asm.Inst) string {
+	if why, ok := refusedOps[inst.Op]; ok {
+		return why
+	}
+	i := 0
+	for i < len(code) && i < 14 {
+		switch code[i] {
+		case 0x66, 0xf2, 0xf3, 0x2e, 0x3e, 0x26, 0x64, 0x65, 0x36, 0xf0, 0x67:
+			i++
+			continue
+		}
+		break
+	}
+	if i < len(code) && (code[i] == 0xc4 || code[i] == 0xc5 || code[i] == 0x62) {
+		return "is AVX (VEX or EVEX encoded), which the guest ABI leaves off: it faults on KVM and runs under ptrace"
+	}
+	return ""
+}
+
 // rewrite sweeps an executable segment instruction by instruction and turns
 // every non-deterministic instruction into a trap of the same length. Bytes
 // that do not decode are an error: a sweep that skipped them could step over
@@ -155,10 +211,22 @@ func (img *Image) rewrite(seg *Segment) error {
 			off += len(s.Orig)
 			continue
 		}
+		if n := endbrLen(code[off:]); n > 0 {
+			off += n // endbr64/endbr32: a NOP without CET (gcc -fcf-protection emits them)
+			continue
+		}
+		end := min(off+15, len(code))
 		inst, err := x86asm.Decode(code[off:], 64)
+		if err == nil && inst.Op == 0 {
+			// x86asm's answer for truncated bytes and for an invalid opcode
+			// after a prefix: skipping it would desynchronise the sweep.
+			err = fmt.Errorf("not a whole instruction (truncated at the end of the segment, or invalid)")
+		}
 		if err != nil {
-			end := min(off+15, len(code))
 			return fmt.Errorf("vmm: cannot decode the instruction at %#x (bytes %s): %v; the rewriter must see every instruction of an executable segment", addr, hex.EncodeToString(code[off:end]), err)
+		}
+		if why := refused(code[off:], inst); why != "" {
+			return fmt.Errorf("vmm: %s at %#x (bytes %s) %s; guests/ABI.md lists what a guest may use", strings.ToLower(inst.Op.String()), addr, hex.EncodeToString(code[off:off+inst.Len]), why)
 		}
 		if inst.Op == x86asm.OUT && inst.Len == 2 && code[off] == 0xe6 && code[off+1] == portRewrite {
 			img.Warnings = append(img.Warnings, fmt.Sprintf("%#x: the guest itself uses the VMM's rewrite port %#x; that exit will be refused", addr, portRewrite))
