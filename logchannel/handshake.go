@@ -465,7 +465,19 @@ func (l *Listener) Accept(ctx context.Context, expect Hello, cfg Config) (*Recei
 	mr, err := runHandshake(ctx, conn, &expect, roleBackup, &cfg)
 	if err != nil {
 		conn.Close()
-		return nil, err
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, &ConnError{err}
 	}
 	return newReceiver(conn, mr, cfg), nil
 }
+
+// ConnError is an Accept that failed because of the one connection it
+// took (a stray connect, a port scanner, an HTTP client, a primary with
+// another configuration), not because of the listener: the caller may
+// accept again.
+type ConnError struct{ Err error }
+
+func (e *ConnError) Error() string { return e.Err.Error() }
+func (e *ConnError) Unwrap() error { return e.Err }

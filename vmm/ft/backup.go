@@ -48,7 +48,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	if err := o.prepare(); err != nil {
 		return out, err
 	}
-	recv, err := o.Listener.Accept(ctx, o.hello(), o.Channel)
+	recv, err := o.accept(ctx)
 	if err != nil {
 		return out, err
 	}
@@ -151,6 +151,20 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	out.Verified = true
 	o.logf("backup: verified: replayed to the primary's last exit %d with the same final state %x", out.Summary.Exits, digest[:8])
 	return out, end.Err()
+}
+
+// accept waits for the primary. A connection that fails the handshake (a
+// stray connect, a scanner, a primary of another VM) is reported and the
+// backup goes on listening: only the listener failing or ctx ends it.
+func (o *BackupOptions) accept(ctx context.Context) (*logchannel.Receiver, error) {
+	for {
+		recv, err := o.Listener.Accept(ctx, o.hello(), o.Channel)
+		var conn *logchannel.ConnError
+		if err == nil || !errors.As(err, &conn) {
+			return recv, err
+		}
+		o.logf("backup: refused a connection (%v); still waiting for the primary", err)
+	}
 }
 
 // bindRetrying binds the guest's network identity, waiting while another

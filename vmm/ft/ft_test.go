@@ -190,6 +190,32 @@ func TestPairMatchesPlainRun(t *testing.T) {
 	}
 }
 
+// TestStrayConnectionsDoNotKillTheBackup: a bare connect-and-close and an
+// HTTP request reach the backup before its primary does; the backup
+// refuses them and then serves the real primary to a verified end.
+func TestStrayConnectionsDoNotKillTheBackup(t *testing.T) {
+	img := loadImage(t, "exit3")
+	r := runPair(t, img, vmm.Config{}, "", logchannel.Config{}, func(addr string) string {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Close()
+		c, err = net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.SetDeadline(time.Now().Add(20 * time.Second)) // a backup that no longer listens must not hang the test
+		io.WriteString(c, "GET / HTTP/1.0\r\n\r\n")
+		io.Copy(io.Discard, c) // until the backup hangs up on it
+		c.Close()
+		return addr
+	}, nil)
+	if r.primaryErr != nil || r.backupErr != nil || !r.backup.Verified || r.res.Status != 3 {
+		t.Fatalf("primary: %v (status %d); backup: %v, %+v", r.primaryErr, r.res.Status, r.backupErr, r.backup)
+	}
+}
+
 // TestPairAcrossBackends: a primary on one backend and a backup on another
 // (both ways) agree at the handshake, and the backup verifies its replay to
 // the primary's last exit: the guest sees one machine on both.
