@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"time"
 
 	"github.com/bobuhiro11/gokvm/kvm"
 	"github.com/ftvm/ftvm/replay"
@@ -54,6 +55,7 @@ type vcpu struct {
 	// the next KVM_RUN unless userspace moved RIP (complete_fast_pio_out).
 	// Measured once per VM, on the VM itself, before the guest starts.
 	ripPastOut bool
+	trType uint8 // TR's descriptor type, chosen by create
 	// moved: the registers Run reported (kept in view) differ from the
 	// vCPU's (RIP was advanced past an out), so they must be written
 	// before resuming. held: Run reported a fault with the registers of
@@ -112,11 +114,21 @@ func (v *vcpu) create(spec *backend.Spec) error {
 	if caps, err := kvm.CheckExtension(uintptr(v.kvmFD), kvmCapSyncRegs); err == nil && caps&kvmSyncX86Regs != 0 {
 		v.fd.syncRegs = true
 	}
-	if err := v.setupSregs(spec); err != nil {
-		return err
-	}
-	if err := v.probeRIPSemantics(); err != nil {
-		return err
+	// TR's type: 9 (available 64-bit TSS) is what QEMU's emulation of SVM
+	// needs to honour the TSS I/O bitmap (it checks for exactly 9); VMX
+	// refuses to enter a guest whose TR is not 11 (busy). Try 9, then 11.
+	for _, typ := range []uint8{9, 11} {
+		v.trType = typ
+		if err := v.setupSregs(spec); err != nil {
+			return err
+		}
+		err := v.probeRIPSemantics()
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, errEntryRefused) || typ == 11 {
+			return err
+		}
 	}
 	return v.setRegs(&spec.Entry)
 }
@@ -145,7 +157,7 @@ func (v *vcpu) setupSregs(spec *backend.Spec) error {
 	data := kvm.Segment{Selector: t.DataSel, Limit: 0xfffff, Typ: 0x3, Present: 1, DPL: 3, S: 1, DB: 1, G: 1}
 	s.CS, s.DS, s.ES, s.FS, s.GS, s.SS = code, data, data, data, data, data
 	s.LDT = kvm.Segment{Unusable: 1}
-	s.TR = kvm.Segment{Base: t.TSS, Limit: t.TSSLimit, Selector: t.TSSSel, Typ: 0xb, Present: 1}
+	s.TR = kvm.Segment{Base: t.TSS, Limit: t.TSSLimit, Selector: t.TSSSel, Typ: v.trType, Present: 1}
 	if err := kvm.SetSregs(uintptr(v.fd.fd), s); err != nil {
 		return fmt.Errorf("kvm: KVM_SET_SREGS: %w", err)
 	}
@@ -164,9 +176,19 @@ func (v *vcpu) probeRIPSemantics() error {
 	if err := v.setRegs(&r); err != nil {
 		return err
 	}
+	// A KVM that does not let the out reach us (no I/O bitmap honoured)
+	// would loop on #GP in the stubs for ever: give it a few seconds.
+	timer := time.AfterFunc(5*time.Second, v.fd.kick)
 	e, err := v.fd.runOnce()
+	timer.Stop()
 	if err != nil {
 		return err
+	}
+	switch e.Kind {
+	case backend.ExitFailure:
+		return fmt.Errorf("%w: %s", errEntryRefused, e.Detail)
+	case backend.ExitKick:
+		return fmt.Errorf("kvm: the guest's out at IOPL 0 never reached the VMM (the TSS I/O bitmap is not honoured here; TR type %d)", v.trType)
 	}
 	if e.Kind != backend.ExitIOOut || e.Port != v.sys.ExceptionPort {
 		return fmt.Errorf("kvm: probing the out exit: got %v (%s), want an out to port %#x", e, e.Detail, v.sys.ExceptionPort)
@@ -184,6 +206,9 @@ func (v *vcpu) probeRIPSemantics() error {
 	}
 	return nil
 }
+
+// errEntryRefused: KVM could not enter the guest with these registers.
+var errEntryRefused = errors.New("kvm: KVM refused to enter the guest")
 
 func (v *vcpu) Run(regs *replay.Regs, set bool) (backend.Exit, error) {
 	if set || v.moved {
