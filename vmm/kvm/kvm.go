@@ -55,7 +55,7 @@ type vcpu struct {
 	// the next KVM_RUN unless userspace moved RIP (complete_fast_pio_out).
 	// Measured once per VM, on the VM itself, before the guest starts.
 	ripPastOut bool
-	trType uint8 // TR's descriptor type, chosen by create
+	trType     uint8 // TR's descriptor type, chosen by create
 	// moved: the registers Run reported (kept in view) differ from the
 	// vCPU's (RIP was advanced past an out), so they must be written
 	// before resuming. held: Run reported a fault with the registers of
