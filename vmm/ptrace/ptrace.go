@@ -427,7 +427,10 @@ func (v *vcpu) peek(addr uint64, b []byte) error {
 func (v *vcpu) wait() (unix.Signal, error) {
 	var ws unix.WaitStatus
 	for {
-		err := rawWait4(v.pid, &ws)
+		// A blocking system call as far as the scheduler knows: with one
+		// P (GOMAXPROCS=1) a raw one would hold it while the guest runs,
+		// and the goroutine that kicks the guest could never run.
+		_, err := unix.Wait4(v.pid, &ws, unix.WALL, nil)
 		if err == unix.EINTR {
 			continue
 		}

@@ -3,8 +3,10 @@ package ptrace
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/vmm/backend"
@@ -228,5 +230,24 @@ func TestCloseKillsTheGuest(t *testing.T) {
 	var r replay.Regs
 	if _, err := v.Run(&r, false); err == nil {
 		t.Fatal("Run after Close did not fail")
+	}
+}
+
+// TestKickWithOneP: with GOMAXPROCS=1 (a one-CPU machine), the goroutine
+// that kicks must still run while the tracer waits for a computing guest.
+// A tracer that waited in a raw system call held the only P: the kick
+// never ran and the guest computed on (4.5 minutes in one case). The guest
+// here stops by itself after a few seconds (an out once its loop of 3e9
+// iterations ends), so a kick that never lands fails the test, not hangs it.
+func TestKickWithOneP(t *testing.T) {
+	// mov rcx, 3000000000; 1: dec rcx; jnz 1b; out 5
+	v, _ := newGuest(t, []byte{0x48, 0xb9, 0x00, 0x5e, 0xd0, 0xb2, 0, 0, 0, 0, 0x48, 0xff, 0xc9, 0x75, 0xfb, 0xe6, 0x05})
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	kicker := time.AfterFunc(100*time.Millisecond, v.Kick) // a goroutine, as a context's AfterFunc is
+	defer kicker.Stop()
+	var r replay.Regs
+	e, err := v.Run(&r, false)
+	if err != nil || e.Kind != backend.ExitKick {
+		t.Fatalf("got %+v, %v; want the kick to stop the computing guest", e, err)
 	}
 }
