@@ -22,9 +22,9 @@ func cmdPair(args []string) int {
 	g := guestFlags{cmd: "pair"}
 	g.register(fs)
 	arbiter := fs.String("arbiter", "", "go-live arbiter URL (default: file:// in a new temporary directory)")
-	killAfter := fs.Duration("kill-primary-after", 0, "kill -9 the primary after this long, to watch the backup take over")
-	killBackupAfter := fs.Duration("kill-backup-after", 0, "kill -9 the backup after this long, to watch the primary carry on alone")
-	stopAfter := fs.Duration("stop-primary-after", 0, "SIGSTOP the primary after this long (a hung host: no connection reset, only silence), kill it 30 s later")
+	killAfter := fs.Duration("kill-primary-after", 0, "kill -9 the primary this long after it connected to its backup, to watch the backup take over")
+	killBackupAfter := fs.Duration("kill-backup-after", 0, "kill -9 the backup this long after the pair is up, to watch the primary carry on alone")
+	stopAfter := fs.Duration("stop-primary-after", 0, "SIGSTOP the primary this long after the pair is up (a hung host: no connection reset, only silence), kill it 30 s later")
 	failover := fs.Duration("failover-timeout", 0, "passed to both sides (default: theirs)")
 	metricsP := fs.String("metrics-primary", "", "the primary's --metrics ADDR")
 	metricsB := fs.String("metrics-backup", "", "the backup's --metrics ADDR")

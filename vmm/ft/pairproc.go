@@ -2,6 +2,7 @@ package ft
 
 import (
 	"bufio"
+	"bytes"
 	"io"
 	"os"
 	"os/exec"
@@ -28,9 +29,13 @@ type PairSupervisor struct {
 	PrimaryArgs, BackupArgs []string
 	Stdin                   io.Reader
 	Stdout, Stderr          io.Writer // Stdout: the released console output
-	// KillPrimaryAfter, KillBackupAfter: kill -9 that member after this
-	// long; StopPrimaryAfter: SIGSTOP the primary (a hung host: silence,
-	// no connection reset), then kill it 30 s later. 0: never.
+	// KillPrimaryAfter, KillBackupAfter: kill -9 that member this long
+	// after the pair is up (the primary has connected to its backup and
+	// records); StopPrimaryAfter: SIGSTOP the primary (a hung host:
+	// silence, no connection reset) as long after, then kill it 30 s
+	// later. 0: never. Counting from the start instead would, on a slow
+	// machine, kill a primary that never had a backup, which no backup
+	// can take over from.
 	KillPrimaryAfter, KillBackupAfter, StopPrimaryAfter time.Duration
 	// Signals, if not nil, are passed on to both members (Ctrl-C stops
 	// both cleanly).
@@ -59,7 +64,8 @@ func (s *PairSupervisor) Run() int {
 		return StatusFailed
 	}
 	defer backup.kill()
-	if err := primary.start(console, s.Stderr); err != nil {
+	up := make(chan struct{})
+	if err := primary.start(console, io.MultiWriter(s.Stderr, &lineWatch{want: "primary: connected to the backup", seen: up})); err != nil {
 		logf("starting the primary: %v", err)
 		return StatusFailed
 	}
@@ -70,28 +76,36 @@ func (s *PairSupervisor) Run() int {
 	if s.Started != nil {
 		s.Started(primary.cmd.Process.Pid, backup.cmd.Process.Pid)
 	}
-	if s.KillPrimaryAfter > 0 {
-		t := time.AfterFunc(s.KillPrimaryAfter, func() {
-			logf("killing the primary (kill -9) to show a failover")
-			primary.kill()
-		})
-		defer t.Stop()
+	after := func(d time.Duration, f func()) {
+		if d <= 0 {
+			return
+		}
+		go func() {
+			select {
+			case <-up:
+			case <-primary.done: // never up: nothing to fail over
+				return
+			}
+			select {
+			case <-time.After(d):
+				f()
+			case <-primary.done:
+			}
+		}()
 	}
-	if s.StopPrimaryAfter > 0 {
-		t := time.AfterFunc(s.StopPrimaryAfter, func() {
-			logf("freezing the primary (SIGSTOP): the backup can only notice the silence")
-			primary.signal(syscall.SIGSTOP)
-			time.AfterFunc(30*time.Second, primary.kill)
-		})
-		defer t.Stop()
-	}
-	if s.KillBackupAfter > 0 {
-		t := time.AfterFunc(s.KillBackupAfter, func() {
-			logf("killing the backup (kill -9)")
-			backup.kill()
-		})
-		defer t.Stop()
-	}
+	after(s.KillPrimaryAfter, func() {
+		logf("killing the primary (kill -9) to show a failover")
+		primary.kill()
+	})
+	after(s.StopPrimaryAfter, func() {
+		logf("freezing the primary (SIGSTOP): the backup can only notice the silence")
+		primary.signal(syscall.SIGSTOP)
+		time.AfterFunc(30*time.Second, primary.kill)
+	})
+	after(s.KillBackupAfter, func() {
+		logf("killing the backup (kill -9)")
+		backup.kill()
+	})
 	if s.Signals != nil {
 		go func() {
 			for sig := range s.Signals {
@@ -223,4 +237,34 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// lineWatch closes seen the first time a line written through it
+// contains want.
+type lineWatch struct {
+	want string
+	seen chan struct{}
+	buf  []byte
+	done bool
+}
+
+func (w *lineWatch) Write(p []byte) (int, error) {
+	if w.done {
+		return len(p), nil
+	}
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		if bytes.Contains(w.buf[:i], []byte(w.want)) {
+			w.done = true
+			close(w.seen)
+			w.buf = nil
+			break
+		}
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
 }
