@@ -25,7 +25,7 @@ import (
 // halts.
 func TestPartition(t *testing.T) {
 	img := loadImage(t, "cpu")
-	cfg := vmm.Config{Cmdline: "rounds=4000 work=20000"}
+	cfg := vmm.Config{Cmdline: "rounds=4000 work=100000"} // seconds on any backend: the freeze lands mid-run
 	for trial := 0; trial < 4; trial++ {
 		var proxy *netproxy.Proxy
 		r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond},
