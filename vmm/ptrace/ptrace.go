@@ -112,7 +112,7 @@ type vcpu struct {
 	view        replay.Regs
 
 	calls chan func()
-	tid   atomic.Int32  // the tracer's OS thread
+	inDo  atomic.Bool   // the tracer goroutine is running a Do's function
 	quit  chan struct{} // closed by Close
 	done  chan struct{} // closed when the tracer has reaped the guest
 
@@ -163,7 +163,6 @@ func (Backend) NewVCPU(spec *backend.Spec) (backend.VCPU, error) {
 // PTRACE_O_EXITKILL then take the guest down even if Close was skipped.
 func (v *vcpu) tracer(spec *backend.Spec, started chan<- error) {
 	runtime.LockOSThread()
-	v.tid.Store(int32(unix.Gettid()))
 	defer close(v.done)
 	if err := v.start(spec); err != nil {
 		if v.pid > 0 {
@@ -186,9 +185,10 @@ func (v *vcpu) tracer(spec *backend.Spec, started chan<- error) {
 }
 
 // call runs f on the tracer thread: directly when already there (inside
-// Do), else by handing it over.
+// Do: the VCPU contract keeps other goroutines from calling meanwhile),
+// else by handing it over. No system call on the exit path to ask.
 func (v *vcpu) call(f func() error) error {
-	if int32(unix.Gettid()) == v.tid.Load() {
+	if v.inDo.Load() {
 		return f()
 	}
 	var err error
@@ -689,7 +689,12 @@ func (v *vcpu) SetRegs(r *replay.Regs) error {
 // Do runs f on the tracer thread, so that the Run, Regs and SetRegs
 // calls it makes are plain function calls, not two thread switches each.
 func (v *vcpu) Do(f func()) {
-	v.call(func() error { f(); return nil })
+	v.call(func() error {
+		v.inDo.Store(true)
+		defer v.inDo.Store(false)
+		f()
+		return nil
+	})
 }
 
 // Kick stops a running guest with kickSignal; the tracer drops the signal
