@@ -7,7 +7,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/ftvm/ftvm/vmm/ptrace"
 )
@@ -47,19 +46,13 @@ func guestChild(t *testing.T, ftvmPid int) int {
 // waitGone waits until pid has exited (a zombie counts: it runs nothing).
 func waitGone(t *testing.T, pid int, why string) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	gone := waitFor(func() bool {
 		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-		if err != nil {
-			return
-		}
-		if f := strings.Fields(string(b)); len(f) > 2 && f[2] == "Z" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("guest process %d still runs 10 s after %s", pid, why)
-		}
-		time.Sleep(10 * time.Millisecond) // polling the condition, bounded by the deadline
+		f := strings.Fields(string(b))
+		return err != nil || len(f) > 2 && f[2] == "Z"
+	})
+	if !gone {
+		t.Fatalf("guest process %d still runs a minute after %s", pid, why)
 	}
 }
 
@@ -76,17 +69,9 @@ func TestKill9OfFtvmKillsItsGuest(t *testing.T) {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	// Wait until the guest computes: ftvm's child, the guest, is running.
-	deadline := time.Now().Add(20 * time.Second)
 	var pid int
-	for {
-		if p, ok := runningGuest(cmd.Process.Pid); ok {
-			pid = p
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no running guest process under ftvm; stderr:\n%s", stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond) // polling the condition, bounded by the deadline
+	if !waitFor(func() (ok bool) { pid, ok = runningGuest(cmd.Process.Pid); return ok }) {
+		t.Fatalf("no running guest process under ftvm; stderr:\n%s", stderr.String())
 	}
 	cmd.Process.Kill()
 	cmd.Wait()
@@ -151,18 +136,15 @@ func TestStatusNamesTheBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { stdin.Close(); cmd.Process.Kill(); cmd.Wait() })
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		out, err := exec.Command(ftvmBin, "status", addr).CombinedOutput()
-		if err == nil && strings.Contains(string(out), "role") {
-			if !strings.Contains(string(out), "backend              "+b.Name()) {
-				t.Fatalf("ftvm status does not name the %s backend:\n%s", b.Name(), out)
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("ftvm status %s never answered: %v\n%s\npair stderr:\n%s", addr, err, out, stderr.String())
-		}
-		time.Sleep(20 * time.Millisecond) // polling the condition, bounded by the deadline
+	var out []byte
+	answered := waitFor(func() bool {
+		out, err = exec.Command(ftvmBin, "status", addr).CombinedOutput()
+		return err == nil && strings.Contains(string(out), "role")
+	})
+	if !answered {
+		t.Fatalf("ftvm status %s never answered: %v\n%s\npair stderr:\n%s", addr, err, out, stderr.String())
+	}
+	if !strings.Contains(string(out), "backend              "+b.Name()) {
+		t.Fatalf("ftvm status does not name the %s backend:\n%s", b.Name(), out)
 	}
 }

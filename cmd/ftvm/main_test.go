@@ -143,14 +143,23 @@ func startEcho(t *testing.T, flags ...string) (*exec.Cmd, io.WriteCloser, *echoR
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	io.WriteString(stdin, "ready\n")
-	deadline := time.Now().Add(20 * time.Second)
-	for !strings.Contains(out.stdout.String(), "echo: READY") {
-		if time.Now().After(deadline) {
-			t.Fatalf("the echo guest did not answer; stderr:\n%s", out.stderr.String())
-		}
-		time.Sleep(10 * time.Millisecond) // polling the condition, bounded by the deadline
+	if !waitFor(func() bool { return strings.Contains(out.stdout.String(), "echo: READY") }) {
+		t.Fatalf("the echo guest did not answer; stderr:\n%s", out.stderr.String())
 	}
 	return cmd, stdin, out
+}
+
+// waitFor polls cond until it holds, for up to a minute (generous: under
+// emulation processes start 3-5x slower), and reports whether it held.
+// The test waits for the condition, not for a time.
+func waitFor(cond func() bool) bool {
+	for deadline := time.Now().Add(time.Minute); !cond(); {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(10 * time.Millisecond) // the poll interval; the deadline bounds the loop
+	}
+	return true
 }
 
 // syncBuf is a bytes.Buffer for a child's output read while it runs.
