@@ -34,12 +34,7 @@ func run(tb testing.TB, mode string, img *vmm.Image, cfg vmm.Config, input strin
 		pick := func() (backend.Backend, error) { return b, nil }
 		end, err = session.Replay(ctx, pick, img, replay.NewDecoder(bytes.NewReader(log)), nil)
 	default:
-		var m *vmm.Machine
-		if m, err = vmm.New(b, img, cfg, live); err != nil {
-			tb.Fatal(err)
-		}
-		defer m.Close()
-		end, err = session.Run(ctx, m)
+		end, err = session.RunOn(ctx, b, img, cfg, live)
 	}
 	if err != nil || end.Result.Status != 0 || end.Fault != nil {
 		tb.Fatalf("%s: status %d, %v %v", mode, end.Result.Status, err, end.Err())

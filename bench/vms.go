@@ -94,12 +94,7 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 		if mode == Record {
 			_, run.Err = session.Record(ctx, spec.Backend, spec.Image, spec.Config, "bench", live, enc)
 		} else {
-			m, err := vmm.New(spec.Backend, spec.Image, spec.Config, live)
-			if err != nil {
-				return vmRun{Err: err}
-			}
-			_, run.Err = session.Run(ctx, m)
-			m.Close()
+			_, run.Err = session.RunOn(ctx, spec.Backend, spec.Image, spec.Config, live)
 		}
 		enc.Flush()
 		run.Log = log.Bytes()

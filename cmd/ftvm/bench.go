@@ -38,10 +38,7 @@ func cmdBench(args []string) int {
 	defer cancel()
 	var bes []backend.Backend
 	if *which == "all" {
-		for _, name := range backends.Usable() {
-			b, _ := backends.Get(name)
-			bes = append(bes, b)
-		}
+		bes = backends.UsableBackends()
 		if len(bes) == 0 {
 			_, err := backends.Choose("auto")
 			fmt.Fprintf(os.Stderr, "ftvm bench: %v\n", err)

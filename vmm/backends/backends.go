@@ -52,13 +52,22 @@ func Choose(name string) (backend.Backend, error) {
 	return nil, fmt.Errorf("backends: no backend is usable here: %s", strings.Join(why, "; "))
 }
 
+// UsableBackends returns the backends usable here, in All's order.
+func UsableBackends() []backend.Backend {
+	var bs []backend.Backend
+	for _, b := range All {
+		if b.Usable() == nil {
+			bs = append(bs, b)
+		}
+	}
+	return bs
+}
+
 // Usable returns the names of the backends usable here.
 func Usable() []string {
 	var names []string
-	for _, b := range All {
-		if b.Usable() == nil {
-			names = append(names, b.Name())
-		}
+	for _, b := range UsableBackends() {
+		names = append(names, b.Name())
 	}
 	return names
 }

@@ -91,12 +91,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		}
 		out.WentLive, out.LiveAt = true, 0
 		o.logf("backup: LIVE since %s (won the arbiter; the guest starts from its beginning: the primary released nothing)", time.Now().Format(time.RFC3339Nano))
-		m, err := vmm.New(o.Backend, o.Image, o.Config, live)
-		if err != nil {
-			return out, err
-		}
-		defer m.Close()
-		end, err := session.Run(ctx, m)
+		end, err := session.RunOn(ctx, o.Backend, o.Image, o.Config, live)
 		out.Result = end.Result
 		if err != nil {
 			return out, err
@@ -123,12 +118,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		o.logf("backup: LIVE since %s (won the arbiter; the guest continues from exit %d)", time.Now().Format(time.RFC3339Nano), out.LiveAt)
 		return nil
 	}
-	m, err := vmm.New(o.Backend, o.Image, o.Config, fw)
-	if err != nil {
-		return out, err
-	}
-	defer m.Close()
-	end, err := session.Run(ctx, m)
+	end, err := session.RunOn(ctx, o.Backend, o.Image, o.Config, fw)
 	out.Result, out.Summary = end.Result, rep.Summary()
 	var div *replay.DivergenceError
 	if errors.As(err, &div) {

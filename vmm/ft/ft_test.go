@@ -220,11 +220,7 @@ func TestStrayConnectionsDoNotKillTheBackup(t *testing.T) {
 // (both ways) agree at the handshake, and the backup verifies its replay to
 // the primary's last exit: the guest sees one machine on both.
 func TestPairAcrossBackends(t *testing.T) {
-	var bs []backend.Backend
-	for _, name := range backends.Usable() {
-		b, _ := backends.Get(name)
-		bs = append(bs, b)
-	}
+	bs := backends.UsableBackends()
 	if len(bs) < 2 {
 		t.Skipf("only %v usable here: a pair across backends needs two (.ci/run runs the KVM tests under emulation on such hosts)", backends.Usable())
 	}

@@ -53,6 +53,17 @@ func Run(ctx context.Context, m *vmm.Machine) (End, error) {
 	return end, derr
 }
 
+// RunOn creates the VM for img on b with world and runs it to its end, as
+// Run does; a VM that cannot be created is ErrSetup.
+func RunOn(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Config, world replay.World) (End, error) {
+	m, err := vmm.New(b, img, cfg, world)
+	if err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
+	}
+	defer m.Close()
+	return Run(ctx, m)
+}
+
 // Record runs img on b with every answer of live recorded into sink, and
 // closes the log with the final digest when the run ends deterministically.
 // A run that ends otherwise leaves the log without its end entry (a partial
@@ -68,12 +79,7 @@ func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.
 	if err := rec.Start(vmm.StartInfo(img, cfg, vmID)); err != nil {
 		return End{}, err
 	}
-	m, err := vmm.New(b, img, cfg, rec)
-	if err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
-	}
-	defer m.Close()
-	end, err := Run(ctx, m)
+	end, err := RunOn(ctx, b, img, cfg, rec)
 	end.Summary = rec.Summary()
 	if err != nil {
 		return end, err
@@ -89,9 +95,9 @@ func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.
 // the log's start entry, refuses (ErrRefused) a log of another image or
 // ABI profile, runs the guest on the backend pick returns (any: a log
 // recorded on one backend replays on every other), with every answer from
-// the log (wrap, if not nil,
-// puts a World of the caller's around the replayer: to show outputs, say),
-// and checks the final state against the log's. A divergence is a
+// the log (wrap, if not nil, puts a World of the caller's around the
+// replayer: to show outputs, say), and checks the final state against the
+// log's. A divergence is a
 // *replay.DivergenceError; a damaged log is an error naming where.
 func Replay(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
 	start, src, err := replay.PeekStart(src)
@@ -114,12 +120,7 @@ func Replay(ctx context.Context, pick func() (backend.Backend, error), img *vmm.
 	if wrap != nil {
 		world = wrap(rep)
 	}
-	m, err := vmm.New(b, img, cfg, world)
-	if err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
-	}
-	defer m.Close()
-	end, err := Run(ctx, m)
+	end, err := RunOn(ctx, b, img, cfg, world)
 	end.Summary = rep.Summary()
 	if err != nil {
 		return end, err

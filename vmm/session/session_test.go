@@ -101,6 +101,22 @@ func replayOn(t testing.TB, b backend.Backend, name string, log []byte) (recordi
 	return r, err
 }
 
+// sameRun fails the test unless the replay (with its error) verified and
+// showed exactly what the recording did: console output, final registers,
+// memory digest, status, and the same fault if the guest faulted.
+func sameRun(t *testing.T, rec, rep recording, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatalf("replay: %v", err)
+	}
+	if rep.console != rec.console || rep.regs != rec.regs || rep.digest != rec.digest || rep.status != rec.status {
+		t.Fatalf("replay differs:\nconsole %q\n   vs   %q\nregs %+v\n vs  %+v\nstatus %d vs %d", rep.console, rec.console, rep.regs, rec.regs, rep.status, rec.status)
+	}
+	if (rec.runErr == nil) != (rep.runErr == nil) || rec.runErr != nil && rec.runErr.Error() != rep.runErr.Error() {
+		t.Fatalf("ending differs: %v vs %v", rec.runErr, rep.runErr)
+	}
+}
+
 // TestDeterminism records and replays every guest: console output, final
 // registers, memory hash and exit status must match (rr's compare_test).
 func TestDeterminism(t *testing.T) {
@@ -119,15 +135,7 @@ func TestDeterminism(t *testing.T) {
 		t.Run(c.guest, func(t *testing.T) {
 			rec := record(t, c.guest, c.input, c.cfg)
 			rep, err := replayLog(t, c.guest, rec.log)
-			if err != nil {
-				t.Fatalf("replay: %v", err)
-			}
-			if rep.console != rec.console || rep.regs != rec.regs || rep.digest != rec.digest || rep.status != rec.status {
-				t.Fatalf("replay differs:\nconsole %q\n   vs   %q\nregs %+v\n vs  %+v\nstatus %d vs %d", rep.console, rec.console, rep.regs, rec.regs, rep.status, rec.status)
-			}
-			if (rec.runErr == nil) != (rep.runErr == nil) || rec.runErr != nil && rec.runErr.Error() != rep.runErr.Error() {
-				t.Fatalf("ending differs: %v vs %v", rec.runErr, rep.runErr)
-			}
+			sameRun(t, rec, rep, err)
 			if rec.console == "" {
 				t.Fatal("no console output: the test would not see a difference")
 			}
@@ -258,11 +266,7 @@ func TestDamagedLogs(t *testing.T) {
 // status, the fault of a faulting guest), because the guest sees the same
 // machine on each (vmm.ABIProfile).
 func TestReplayAcrossBackends(t *testing.T) {
-	var bs []backend.Backend
-	for _, name := range backends.Usable() {
-		b, _ := backends.Get(name)
-		bs = append(bs, b)
-	}
+	bs := backends.UsableBackends()
 	if len(bs) < 2 {
 		t.Logf("only %v usable here: no other backend to replay on (.ci/run runs the KVM tests under emulation on such hosts)", backends.Usable())
 	}
@@ -284,15 +288,7 @@ func TestReplayAcrossBackends(t *testing.T) {
 				t.Run(from.Name()+"-to-"+to.Name()+"/"+c.guest, func(t *testing.T) {
 					rec := recordOn(t, from, c.guest, c.input, c.cfg)
 					rep, err := replayOn(t, to, c.guest, rec.log)
-					if err != nil {
-						t.Fatalf("replay: %v", err)
-					}
-					if rep.console != rec.console || rep.regs != rec.regs || rep.digest != rec.digest || rep.status != rec.status {
-						t.Fatalf("replay differs:\nconsole %q\n   vs   %q\nregs %+v\n vs  %+v", rep.console, rec.console, rep.regs, rec.regs)
-					}
-					if (rec.runErr == nil) != (rep.runErr == nil) || rec.runErr != nil && rec.runErr.Error() != rep.runErr.Error() {
-						t.Fatalf("ending differs: %v vs %v", rec.runErr, rep.runErr)
-					}
+					sameRun(t, rec, rep, err)
 				})
 			}
 		}
