@@ -39,12 +39,12 @@ func (f *ftFlags) register(fs *flag.FlagSet) {
 
 // common builds the shared options; bind says whether to bind the network now.
 func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func(), error) {
+	if f.arbiter == "" {
+		return ft.Common{}, nil, usagef("--arbiter is required (file:///DIR or s3://BUCKET/PREFIX?endpoint=URL)")
+	}
 	img, cfg, err := f.loadGuest(args)
 	if err != nil {
 		return ft.Common{}, nil, err
-	}
-	if f.arbiter == "" {
-		return ft.Common{}, nil, errors.New("--arbiter is required (file:///DIR or s3://BUCKET/PREFIX?endpoint=URL)")
 	}
 	arb, err := splitbrain.Open(f.arbiter)
 	if err != nil {
@@ -96,7 +96,7 @@ func cmdPrimary(args []string) int {
 	c, cleanup, err := f.common(fs.Args(), "primary", true)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm primary: %v\n", err)
-		return exitFailed
+		return failStatus(err)
 	}
 	defer cleanup()
 	ctx, cancel := interruptContext()
@@ -121,7 +121,7 @@ func cmdBackup(args []string) int {
 	c, cleanup, err := f.common(fs.Args(), "backup", false)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm backup: %v\n", err)
-		return exitFailed
+		return failStatus(err)
 	}
 	defer cleanup()
 	ln, err := logchannel.Listen(*listen)

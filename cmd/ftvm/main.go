@@ -3,6 +3,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"os"
 )
@@ -14,6 +15,29 @@ const (
 	exitGuestFault  = 126 // the guest faulted
 	exitInterrupted = 130 // Ctrl-C
 )
+
+// usageError is a command line that cannot work (a flag missing, a flag
+// that contradicts another, a value that does not parse): exit status 2,
+// before anything has started.
+type usageError struct{ err error }
+
+func (e usageError) Error() string { return e.err.Error() }
+func (e usageError) Unwrap() error { return e.err }
+
+// usagef makes a usageError.
+func usagef(format string, args ...any) error {
+	return usageError{fmt.Errorf(format, args...)}
+}
+
+// failStatus is the exit status of a command that could not start: 2 for
+// a bad command line, 125 for anything else.
+func failStatus(err error) int {
+	var u usageError
+	if errors.As(err, &u) {
+		return exitUsage
+	}
+	return exitFailed
+}
 
 var commands = map[string]func(args []string) int{
 	"run":      cmdRun,

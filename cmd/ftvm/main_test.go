@@ -83,7 +83,7 @@ func TestRunStatuses(t *testing.T) {
 		{"bad mem", []string{"run", "--mem", "lots", guest("hello")}, exitUsage, "", "size"},
 		{"not an ELF", []string{"run", notELF}, exitFailed, "", "not an ELF executable"},
 		{"missing file", []string{"run", "/nonexistent.elf"}, exitFailed, "", "no such file"},
-		{"no guest", []string{"run"}, exitFailed, "", "missing GUEST.elf"},
+		{"no guest", []string{"run"}, exitUsage, "", "missing GUEST.elf"},
 		{"fault", []string{"run", guest("ud2")}, exitGuestFault, "", "#UD invalid opcode at rip"},
 		{"guest args", []string{"run", guest("cpu"), "rounds=3", "work=10"}, 0, "rounds=3 work=10", ""},
 		{"bad guest arg", []string{"run", guest("cpu"), "bogus=1"}, 2, "", ""},

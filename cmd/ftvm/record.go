@@ -30,7 +30,7 @@ func cmdRecord(args []string) int {
 	img, cfg, err := g.loadGuest(fs.Args())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
-		return exitFailed
+		return failStatus(err)
 	}
 	log, err := logfile.Create(*logPath)
 	if err != nil {
@@ -91,7 +91,7 @@ func cmdReplay(args []string) int {
 	log, err := logfile.Open(*logPath)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm replay: %v\n", err)
-		return exitDiverged
+		return exitFailed
 	}
 	defer log.Close()
 	pick := func() (backend.Backend, error) { return chooseBackend("replay", backendName) }
@@ -114,8 +114,13 @@ func cmdReplay(args []string) int {
 	elapsed := time.Since(began)
 	switch {
 	case errors.Is(err, session.ErrRefused):
+		// Not a divergence: nothing was replayed (a log of another guest,
+		// or no log at all).
 		fmt.Fprintf(os.Stderr, "ftvm replay: %s does not replay %s: %v\n", *logPath, fs.Arg(0), err)
-		return exitDiverged
+		return exitFailed
+	case logDamaged(err):
+		fmt.Fprintf(os.Stderr, "ftvm replay: the log is damaged, so the replay could not be checked to its end: %v\n", err)
+		return exitFailed
 	case errors.Is(err, session.ErrSetup), errors.Is(err, vmm.ErrInterrupted):
 		return exitStatus(end.Result, err)
 	case err != nil:
@@ -129,6 +134,13 @@ func cmdReplay(args []string) int {
 	fmt.Fprintf(os.Stderr, "ftvm replay: verified: final state digest %x matches; %s\nftvm replay: %s, replay time %v\n",
 		end.Digest[:8], what, end.Summary, elapsed.Round(time.Millisecond))
 	return 0
+}
+
+// logDamaged says whether err is about the log's bytes (damaged, cut
+// short, of another version) rather than about the guest's execution.
+func logDamaged(err error) bool {
+	var de *replay.DecodeError
+	return errors.As(err, &de) || errors.Is(err, replay.ErrIncompleteLog)
 }
 
 func cmdLog(args []string) int {
@@ -157,7 +169,7 @@ func dumpLog(dec *replay.Decoder) int {
 		}
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "ftvm log dump: %v\n", err)
-			return exitDiverged
+			return exitFailed
 		}
 		fmt.Println(e.String())
 	}
@@ -211,7 +223,7 @@ func logStats(dec *replay.Decoder) int {
 	fmt.Println()
 	if readErr != nil {
 		fmt.Fprintf(os.Stderr, "ftvm log stats: %v\n", readErr)
-		return exitDiverged
+		return exitFailed
 	}
 	return 0
 }

@@ -107,7 +107,17 @@ func (g *guestFlags) openNet(bind bool) (vnet.Backend, error) {
 // guest's arguments.
 func (g *guestFlags) loadGuest(args []string) (*vmm.Image, vmm.Config, error) {
 	if len(args) < 1 {
-		return nil, vmm.Config{}, errors.New("missing GUEST.elf")
+		return nil, vmm.Config{}, usagef("missing GUEST.elf")
+	}
+	var spec *vnet.Spec
+	if g.net != "" {
+		s, err := vnet.ParseSpec(g.net, g.vmID)
+		if err != nil {
+			return nil, vmm.Config{}, usageError{err}
+		}
+		spec = &s
+	} else if g.pcap != "" {
+		return nil, vmm.Config{}, usagef("--pcap needs --net")
 	}
 	file, err := os.ReadFile(args[0])
 	if err != nil {
@@ -121,16 +131,10 @@ func (g *guestFlags) loadGuest(args []string) (*vmm.Image, vmm.Config, error) {
 		return nil, vmm.Config{}, err
 	}
 	cfg := vmm.Config{MemSize: g.mem.v, Cmdline: strings.Join(args[1:], " ")}
-	if g.net != "" {
-		spec, err := vnet.ParseSpec(g.net, g.vmID)
-		if err != nil {
-			return nil, vmm.Config{}, err
-		}
-		g.spec = &spec
+	if spec != nil {
+		g.spec = spec
 		cfg.NIC = &vmm.NICConfig{Addr: spec.Addr, Gateway: spec.Gateway}
 		copy(cfg.NIC.MAC[:], spec.MAC)
-	} else if g.pcap != "" {
-		return nil, vmm.Config{}, errors.New("--pcap needs --net")
 	}
 	return img, cfg, nil
 }
@@ -160,7 +164,7 @@ func exitStatus(res vmm.Result, err error) int {
 	case errors.As(err, &fault):
 		fmt.Fprintf(os.Stderr, "ftvm: %v\nftvm: registers: %s\n", err, fault.RegisterDump())
 		return exitGuestFault
-	case errors.Is(err, vmm.ErrInterrupted):
+	case errors.Is(err, vmm.ErrInterrupted), errors.Is(err, context.Canceled):
 		fmt.Fprintln(os.Stderr, "ftvm: interrupted; VM stopped")
 		return exitInterrupted
 	default:
@@ -179,7 +183,7 @@ func cmdRun(args []string) int {
 	img, cfg, err := g.loadGuest(fs.Args())
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm run: %v\n", err)
-		return exitFailed
+		return failStatus(err)
 	}
 	ctx, cancel := interruptContext()
 	defer cancel()
