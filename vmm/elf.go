@@ -24,6 +24,10 @@ type Image struct {
 	Segments []Segment
 	// Sites are the rewritten instructions, by address.
 	Sites []Site
+	// NoExecPages are pages of executable segments that the loader made
+	// non-executable: they hold the bytes of an instruction the VMM traps
+	// or refuses, and no code the loader found lies in them (cfg.go).
+	NoExecPages []uint64
 	// Warnings are suspicious findings that did not stop the load.
 	Warnings []string
 	// Hash is the SHA-256 of the ELF file as given, before rewriting.
@@ -98,22 +102,26 @@ func LoadELF(file []byte) (*Image, error) {
 	if err := img.checkPages(); err != nil {
 		return nil, err
 	}
-	entryOK := false
-	for i := range img.Segments {
-		s := &img.Segments[i]
-		if s.Exec && f.Entry >= s.Addr && f.Entry < s.Addr+uint64(len(s.Data)) {
-			entryOK = true
-		}
-		if s.Exec {
-			if err := img.rewrite(s); err != nil {
-				return nil, err
-			}
-		}
-	}
-	if !entryOK {
-		return nil, fmt.Errorf("vmm: entry point %#x is not inside an executable segment", f.Entry)
+	if err := img.proveCode(funcSyms(f)); err != nil {
+		return nil, err
 	}
 	return img, nil
+}
+
+// funcSyms are the ELF's function symbols (none if it is stripped): the
+// loader proves code from them as from the entry point.
+func funcSyms(f *elf.File) []FuncSym {
+	syms, err := f.Symbols()
+	if err != nil {
+		return nil
+	}
+	var funcs []FuncSym
+	for _, s := range syms {
+		if elf.ST_TYPE(s.Info) == elf.STT_FUNC && s.Value != 0 {
+			funcs = append(funcs, FuncSym{Name: s.Name, Addr: s.Value, Size: s.Size})
+		}
+	}
+	return funcs
 }
 
 // checkPages refuses segments that would share a page with different

@@ -24,6 +24,12 @@ func Describe(img *Image) string {
 	for i := range img.Sites {
 		fmt.Fprintf(&b, "  %s\n", img.Sites[i].String())
 	}
+	if len(img.NoExecPages) > 0 {
+		fmt.Fprintf(&b, "pages made non-executable: %d\n", len(img.NoExecPages))
+		for _, a := range img.NoExecPages {
+			fmt.Fprintf(&b, "  %#08x-%#08x r--\n", a, a+pageSize)
+		}
+	}
 	for _, w := range img.Warnings {
 		fmt.Fprintf(&b, "warning: %s\n", w)
 	}

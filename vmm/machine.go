@@ -223,6 +223,9 @@ func (m *Machine) loadImage(img *Image) ([]backend.Perm, error) {
 			perms[a/pageSize] = s.perm()
 		}
 	}
+	for _, a := range img.NoExecPages {
+		perms[a/pageSize] = permUserR
+	}
 	if err := writeBootInfo(mem, m.layout, m.cfg.Cmdline); err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package vmm
 import (
 	"encoding/hex"
 	"fmt"
-	"strings"
 
 	"golang.org/x/arch/x86/x86asm"
 )
@@ -189,53 +188,4 @@ func refused(code []byte, inst x86asm.Inst) string {
 		return "is AVX (VEX or EVEX encoded), which the guest ABI leaves off: it faults on KVM and runs under ptrace"
 	}
 	return ""
-}
-
-// rewrite sweeps an executable segment instruction by instruction and turns
-// every non-deterministic instruction into a trap of the same length. Bytes
-// that do not decode are an error: a sweep that skipped them could step over
-// a real RDTSC (PLATFORM.md).
-func (img *Image) rewrite(seg *Segment) error {
-	code := seg.Data
-	for off := 0; off < len(code); {
-		addr := seg.Addr + uint64(off)
-		if s, ok := matchNondet(code[off:]); ok {
-			s.Addr = addr
-			s.Orig = append([]byte(nil), s.Orig...)
-			if len(s.Orig) < 2 {
-				return fmt.Errorf("vmm: %s at %#x is too short to rewrite", s.Kind, addr)
-			}
-			copy(code[off:], s.Trap())
-			img.Sites = append(img.Sites, s)
-			img.sites[addr] = &img.Sites[len(img.Sites)-1]
-			off += len(s.Orig)
-			continue
-		}
-		if n := endbrLen(code[off:]); n > 0 {
-			off += n // endbr64/endbr32: a NOP without CET (gcc -fcf-protection emits them)
-			continue
-		}
-		end := min(off+15, len(code))
-		inst, err := x86asm.Decode(code[off:], 64)
-		if err == nil && inst.Op == 0 {
-			// x86asm's answer for truncated bytes and for an invalid opcode
-			// after a prefix: skipping it would desynchronise the sweep.
-			err = fmt.Errorf("not a whole instruction (truncated at the end of the segment, or invalid)")
-		}
-		if err != nil {
-			return fmt.Errorf("vmm: cannot decode the instruction at %#x (bytes %s): %v; the rewriter must see every instruction of an executable segment", addr, hex.EncodeToString(code[off:end]), err)
-		}
-		if why := refused(code[off:], inst); why != "" {
-			return fmt.Errorf("vmm: %s at %#x (bytes %s) %s; guests/ABI.md lists what a guest may use", strings.ToLower(inst.Op.String()), addr, hex.EncodeToString(code[off:off+inst.Len]), why)
-		}
-		if inst.Op == x86asm.OUT && inst.Len == 2 && code[off] == 0xe6 && code[off+1] == portRewrite {
-			img.Warnings = append(img.Warnings, fmt.Sprintf("%#x: the guest itself uses the VMM's rewrite port %#x; that exit will be refused", addr, portRewrite))
-		}
-		off += inst.Len
-	}
-	// The sites map points into the slice; re-point after appends moved it.
-	for i := range img.Sites {
-		img.sites[img.Sites[i].Addr] = &img.Sites[i]
-	}
-	return nil
 }
