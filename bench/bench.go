@@ -233,7 +233,7 @@ func benchKV(ctx context.Context, o Options, r *Results, arbDir string) error {
 		var res kv.BenchResult
 		var berr error
 		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: img, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
-			res, berr = kv.Bench(ctx, addr, 4, d, uint64(time.Now().UnixNano()%1e9))
+			res, berr = kv.Bench(ctx, addr, 4, d)
 		}}, arbDir)
 		if berr == nil && res.Errors > 0 {
 			berr = fmt.Errorf("%d client errors", res.Errors)
@@ -476,7 +476,7 @@ func failoverTrial(ctx context.Context, ftvm, backendName, image string, after t
 			cmd.Process.Kill()
 		}
 	}()
-	w := kv.Workload{Clients: 3, Keys: 4, Duration: after + 1500*time.Millisecond, FirstID: uint64(seed+1) * 1000, Seed: seed, OpTimeout: 30 * time.Second}
+	w := kv.Workload{Clients: 3, Keys: 4, Duration: after + 1500*time.Millisecond, Seed: seed, OpTimeout: 30 * time.Second}
 	out, err := w.Run(ctx, addr)
 	if err != nil {
 		return 0, err

@@ -84,7 +84,7 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 		pnet.Close() // the dead host's sockets are gone
 	}()
 	time.AfterFunc(after, func() { proxy.Freeze(); kill() })
-	w := kv.Workload{Clients: 3, Keys: 4, Duration: after + 1500*time.Millisecond + timeout, FirstID: uint64(seed+1) * 1000, Seed: seed, OpTimeout: 30 * time.Second}
+	w := kv.Workload{Clients: 3, Keys: 4, Duration: after + 1500*time.Millisecond + timeout, Seed: seed, OpTimeout: 30 * time.Second}
 	out, err := w.Run(ctx, addr)
 	cancel()
 	wg.Wait()

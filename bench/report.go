@@ -46,7 +46,7 @@ func benchLog(ctx context.Context, o Options, r *Results, arbDir string) error {
 	}
 	var berr error
 	kvRun := startVM(ctx, Record, vmSpec{Backend: o.Backend, Image: kvImg, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
-		_, berr = kv.Bench(ctx, addr, 4, o.dur(time.Second, 3*time.Second), 77)
+		_, berr = kv.Bench(ctx, addr, 4, o.dur(time.Second, 3*time.Second))
 	}}, arbDir)
 	if kvRun.Err != nil || berr != nil {
 		return fmt.Errorf("log composition: %v %v", kvRun.Err, berr)

@@ -247,11 +247,11 @@ static int valid_key(const uint8_t *k, size_t n)
 	return 1;
 }
 
-enum { OP_PUT, OP_GET, OP_APPEND, OP_DEL, OP_BAD };
+enum { OP_PUT, OP_GET, OP_APPEND, OP_DEL, OP_HELLO, OP_BAD };
 
 static int parse_op(const uint8_t *p, size_t n)
 {
-	static const char *const names[] = { "PUT", "GET", "APPEND", "DEL" };
+	static const char *const names[] = { "PUT", "GET", "APPEND", "DEL", "HELLO" };
 	for (int i = 0; i < OP_BAD; i++)
 		if (strlen(names[i]) == n && memcmp(names[i], p, n) == 0)
 			return i;
@@ -264,6 +264,10 @@ static void execute(const uint8_t *p, size_t n, struct reply *r)
 {
 	size_t oplen = token(p, n);
 	int op = parse_op(p, oplen);
+	if (op == OP_HELLO) { /* a client's first request, with no effect but its session */
+		put_str(r, oplen == n ? "OK" : "ERR syntax");
+		return;
+	}
 	if (oplen == n) { /* no key */
 		put_str(r, op == OP_BAD ? "ERR badop" : "ERR syntax");
 		return;
@@ -388,6 +392,17 @@ const char *kv_handle(const uint8_t *req, size_t len, size_t *reply_len)
 		return scratch;
 	}
 
+	if (c == NULL && rid != 1) {
+		/* A client starts at request id 1. One the table does not hold with a higher id
+		 * was forgotten (evicted): its last request may have run, and running a retry of
+		 * it could run it twice. Say so instead; not stored. */
+		struct reply r = { scratch, 0 };
+		put_header(&r, cid, rid);
+		put_str(&r, "ERR nosession");
+		kv_stats.nosession++;
+		*reply_len = r.len;
+		return scratch;
+	}
 	if (c == NULL)
 		c = client_new(cid);
 	c->last_rid = rid;

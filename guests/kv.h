@@ -9,7 +9,10 @@
 #define KV_KEY_MAX 64      /* bytes in a key */
 #define KV_VAL_MAX 1024    /* bytes in a value */
 #define KV_KEYS 4096       /* keys stored at most */
-#define KV_CLIENTS 1024    /* clients remembered at most (least recently used evicted) */
+/* Clients remembered at most (least recently used evicted). Exactly-once holds for a client
+ * while fewer than KV_CLIENTS other clients arrive between two of its requests; past that it
+ * gets ERR nosession instead of a second execution (README.md, "kvstore"). */
+#define KV_CLIENTS 1024
 /* "<client-id> <request-id> OK <value>": two 20-digit numbers, separators, the value. */
 #define KV_REPLY_MAX (20 + 1 + 20 + 1 + 3 + KV_VAL_MAX)
 
@@ -18,6 +21,7 @@ struct kv_stats {
 	uint64_t executed;   /* requests executed (each at most once) */
 	uint64_t duplicates; /* answered from the client table */
 	uint64_t stale;      /* answered ERR stale */
+	uint64_t nosession;  /* answered ERR nosession: an unknown client past request id 1 */
 	uint64_t dropped;    /* no reply: no parsable client and request id */
 	uint64_t evicted;    /* clients forgotten to make room */
 };

@@ -32,7 +32,7 @@ func (r BenchResult) String() string {
 
 // Bench runs clients concurrent clients against addr for duration, each
 // doing a mix of PUT (30%), GET (60%) and APPEND (10%) on 100 keys.
-func Bench(ctx context.Context, addr string, clients int, duration time.Duration, firstID uint64) (BenchResult, error) {
+func Bench(ctx context.Context, addr string, clients int, duration time.Duration) (BenchResult, error) {
 	var mu sync.Mutex
 	var res BenchResult
 	var wg sync.WaitGroup
@@ -40,7 +40,7 @@ func Bench(ctx context.Context, addr string, clients int, duration time.Duration
 	stop := start.Add(duration)
 	errs := make(chan error, clients)
 	for i := 0; i < clients; i++ {
-		c, err := Dial(addr, firstID+uint64(i))
+		c, err := Dial(addr)
 		if err != nil {
 			return res, err
 		}

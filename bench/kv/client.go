@@ -5,6 +5,8 @@ package kv
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -32,42 +34,80 @@ type Reply struct {
 // ErrNoReply: every retry timed out.
 var ErrNoReply = errors.New("kv: no reply")
 
+// ErrSessionExpired: the store forgot this client (more than its client
+// table holds arrived since this client's previous request), so it could
+// not tell whether the request already ran, and ran nothing. The outcome
+// of the client's previous request is unknown too.
+var ErrSessionExpired = errors.New("kv: the store forgot this client's session; the request did not run, and whether the previous one did is unknown")
+
 // Client talks to one kvstore. It is not safe for concurrent use: a client
 // id has one request in flight at a time, as kvstore's exactly-once table
 // expects.
 type Client struct {
 	conn    *net.UDPConn
 	id      uint64
-	next    uint64
+	next    uint64 // the last request id used
 	Timeout time.Duration // per try; default 200 ms
 	buf     []byte
 }
 
-// Dial makes a client with client id id for the kvstore at addr.
-func Dial(addr string, id uint64) (*Client, error) {
+// Dial makes a client for the kvstore at addr, with a random 64-bit client
+// id: two clients (two processes, two containers whose PIDs are both 1)
+// never share a session, whose stored reply one of them would get for a
+// request that never ran.
+func Dial(addr string) (*Client, error) {
 	raddr, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("kv: %w", err)
+	}
+	var b [8]byte
+	if _, err := crand.Read(b[:]); err != nil {
+		return nil, fmt.Errorf("kv: a client id: %w", err)
 	}
 	conn, err := net.DialUDP("udp", nil, raddr)
 	if err != nil {
 		return nil, fmt.Errorf("kv: %w", err)
 	}
-	return &Client{conn: conn, id: id, Timeout: 200 * time.Millisecond, buf: make([]byte, 2048)}, nil
+	return &Client{conn: conn, id: binary.LittleEndian.Uint64(b[:]), Timeout: 200 * time.Millisecond, buf: make([]byte, 2048)}, nil
 }
+
+// ID is the client id.
+func (c *Client) ID() uint64 { return c.id }
 
 // Close releases the socket.
 func (c *Client) Close() error { return c.conn.Close() }
 
 // Do sends one request and waits for its reply, resending the same request
 // (same request id) after each Timeout until ctx ends.
+//
+// The first request of a client is a HELLO (request id 1), which opens its
+// session without any other effect: a retry of a first request that did
+// run, arriving after the store forgot the client, must not run again.
 func (c *Client) Do(ctx context.Context, op Op, key, value string) (Reply, error) {
+	if c.next == 0 {
+		c.next = 1
+		if r, err := c.send(ctx, fmt.Sprintf("%d 1 HELLO", c.id), 1); err != nil {
+			c.next = 0
+			return r, err
+		} else if r.Status != "OK" {
+			return r, fmt.Errorf("kv: HELLO refused: %s %s", r.Status, r.Value)
+		}
+	}
 	c.next++
-	rid := c.next
-	req := fmt.Sprintf("%d %d %s %s", c.id, rid, op, key)
+	req := fmt.Sprintf("%d %d %s %s", c.id, c.next, op, key)
 	if op != Get {
 		req += " " + value
 	}
+	r, err := c.send(ctx, req, c.next)
+	if err == nil && r.Status == "ERR" && r.Value == "nosession" {
+		c.next = 0 // the next request opens a new session
+		return r, ErrSessionExpired
+	}
+	return r, err
+}
+
+// send sends the request req with request id rid until its reply arrives.
+func (c *Client) send(ctx context.Context, req string, rid uint64) (Reply, error) {
 	prefix := fmt.Sprintf("%d %d ", c.id, rid)
 	for tries := 1; ; tries++ {
 		if ctx.Err() != nil {

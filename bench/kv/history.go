@@ -33,7 +33,6 @@ type Workload struct {
 	Duration time.Duration
 	// OpTimeout bounds one call, retries included (default 20 s).
 	OpTimeout time.Duration
-	FirstID   uint64
 	Seed      int64
 }
 
@@ -56,7 +55,7 @@ func (w Workload) Run(ctx context.Context, addr string) (Outcome, error) {
 	var wg sync.WaitGroup
 	stop := time.Now().Add(w.Duration)
 	for i := 0; i < w.Clients; i++ {
-		c, err := Dial(addr, w.FirstID+uint64(i))
+		c, err := Dial(addr)
 		if err != nil {
 			return out, err
 		}

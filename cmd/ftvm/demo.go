@@ -61,7 +61,7 @@ func cmdDemo(args []string) int {
 	}()
 	ctx, cancel := interruptContext()
 	defer cancel()
-	w := kv.Workload{Clients: 3, Keys: 5, Duration: *duration, FirstID: uint64(os.Getpid()) * 10, Seed: time.Now().UnixNano(), OpTimeout: 30 * time.Second}
+	w := kv.Workload{Clients: 3, Keys: 5, Duration: *duration, Seed: time.Now().UnixNano(), OpTimeout: 30 * time.Second}
 	out, err := w.Run(ctx, addr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm demo: %v\n", err)

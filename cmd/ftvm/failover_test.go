@@ -41,7 +41,7 @@ func pairTrial(t *testing.T, seed int64, duration time.Duration, pairFlags ...st
 			t.Errorf("the pair did not stop on SIGTERM:\n%s", errb.String())
 		}
 	}()
-	w := kv.Workload{Clients: 3, Keys: 4, Duration: duration, FirstID: uint64(seed) * 100, Seed: seed, OpTimeout: 30 * time.Second}
+	w := kv.Workload{Clients: 3, Keys: 4, Duration: duration, Seed: seed, OpTimeout: 30 * time.Second}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	out, err := w.Run(ctx, fmt.Sprintf("127.0.0.1:%d", port))

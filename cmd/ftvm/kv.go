@@ -12,7 +12,6 @@ import (
 func cmdKV(args []string) int {
 	fs := newFlagSet("kv", "--addr ADDR (put K V | get K | append K V | bench [--clients N] [--duration D])")
 	addr := fs.String("addr", "127.0.0.1:7000", "the kvstore's `HOST:PORT` (a hostfwd of ftvm --net user)")
-	id := fs.Uint64("client-id", uint64(os.Getpid()), "client id for exactly-once retries")
 	timeout := fs.Duration("timeout", 10*time.Second, "give up on an operation after this long")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -31,7 +30,7 @@ func cmdKV(args []string) int {
 		if err := bfs.Parse(rest[1:]); err != nil {
 			return exitUsage
 		}
-		res, err := kv.Bench(ctx, *addr, *clients, *duration, *id*1000)
+		res, err := kv.Bench(ctx, *addr, *clients, *duration)
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "ftvm kv bench: %v\n", err)
 			return exitFailed
@@ -63,7 +62,7 @@ func cmdKV(args []string) int {
 	if want == 3 {
 		value = rest[2]
 	}
-	c, err := kv.Dial(*addr, *id)
+	c, err := kv.Dial(*addr)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm kv: %v\n", err)
 		return exitFailed

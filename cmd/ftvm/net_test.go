@@ -59,13 +59,14 @@ func startCmd(t *testing.T, args ...string) (wait func() (string, string, int)) 
 	}
 }
 
-// kvSession runs a scripted kvstore session and checks every reply.
-// It makes 7 requests.
-func kvSession(t *testing.T, addr string) {
+// kvSession runs a scripted kvstore session and checks every reply. It
+// makes 8 requests (the client's HELLO and 7 operations) and returns the
+// client's id.
+func kvSession(t *testing.T, addr string) uint64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := kv.Dial(addr, 42)
+	c, err := kv.Dial(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -92,6 +93,7 @@ func kvSession(t *testing.T, addr string) {
 			t.Fatalf("step %d %v %s: got %q want %q", i, s.op, s.key, got, s.want)
 		}
 	}
+	return c.ID()
 }
 
 // TestKVStoreUserNet: a scripted session against kvstore under ftvm run
@@ -102,10 +104,10 @@ func TestKVStoreUserNet(t *testing.T) {
 	port := freeUDPPort(t)
 	pcap := filepath.Join(t.TempDir(), "kv.pcap")
 	wait := startFTVM(t, "run", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), "--pcap", pcap,
-		guest("kvstore"), "requests=7")
-	kvSession(t, fmt.Sprintf("127.0.0.1:%d", port))
+		guest("kvstore"), "requests=8")
+	id := kvSession(t, fmt.Sprintf("127.0.0.1:%d", port))
 	out, errOut, status := wait()
-	if status != 0 || !strings.Contains(out, "executed 7") {
+	if status != 0 || !strings.Contains(out, "executed 8") {
 		t.Fatalf("status %d\n%s%s", status, out, errOut)
 	}
 	f, err := os.Open(pcap)
@@ -129,14 +131,14 @@ func TestKVStoreUserNet(t *testing.T) {
 			toGuest++
 		case udp.SrcPort == 7000:
 			fromGuest++
-			if !bytes.HasPrefix(udp.Payload, []byte("42 ")) {
-				t.Errorf("reply %q is not for client 42", udp.Payload)
+			if !bytes.HasPrefix(udp.Payload, []byte(fmt.Sprintf("%d ", id))) {
+				t.Errorf("reply %q is not for client %d", udp.Payload, id)
 			}
 		}
 	}
 	// A retried request is a datagram too, and gets its reply again.
-	if toGuest < 7 || fromGuest != toGuest {
-		t.Fatalf("capture has %d requests and %d replies; want at least 7, one reply each", toGuest, fromGuest)
+	if toGuest < 8 || fromGuest != toGuest {
+		t.Fatalf("capture has %d requests and %d replies; want at least 8, one reply each", toGuest, fromGuest)
 	}
 }
 
@@ -162,7 +164,7 @@ func TestKVStoreRecordReplay(t *testing.T) {
 	port := freeUDPPort(t)
 	log := filepath.Join(t.TempDir(), "kv.log")
 	wait := startFTVM(t, "record", "--log", log, "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port),
-		guest("kvstore"), "requests=7")
+		guest("kvstore"), "requests=8")
 	kvSession(t, fmt.Sprintf("127.0.0.1:%d", port))
 	recOut, errOut, status := wait()
 	if status != 0 {
@@ -194,10 +196,10 @@ func TestPairEcho(t *testing.T) {
 func TestPairKVStore(t *testing.T) {
 	requireBackend(t)
 	port := freeUDPPort(t)
-	wait := startFTVM(t, "pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), guest("kvstore"), "requests=7")
+	wait := startFTVM(t, "pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), guest("kvstore"), "requests=8")
 	kvSession(t, fmt.Sprintf("127.0.0.1:%d", port))
 	out, errOut, status := wait()
-	if status != 0 || !strings.Contains(out, "executed 7") || !strings.Contains(errOut, "backup: verified") || !strings.Contains(errOut, "net-rx=") {
+	if status != 0 || !strings.Contains(out, "executed 8") || !strings.Contains(errOut, "backup: verified") || !strings.Contains(errOut, "net-rx=") {
 		t.Fatalf("status %d\n%s%s", status, out, errOut)
 	}
 }
@@ -222,5 +224,69 @@ func TestNetClients(t *testing.T) {
 			t.Fatalf("%v: status %d %s %s", args, status, out, errOut)
 		}
 		t.Logf("%s: %s", c.guest, strings.TrimSpace(out))
+	}
+}
+
+// TestKVStoreForgetsNoRequestTwice: at the client table's limit, a client
+// the store forgot (1024 newer clients since its last request) that
+// retransmits its last APPEND gets ERR nosession, and the APPEND does not
+// run twice.
+func TestKVStoreForgetsNoRequestTwice(t *testing.T) {
+	requireBackend(t)
+	port := freeUDPPort(t)
+	// 1027 executed: 7's HELLO and APPEND, 1024 HELLOs, 9's GET (not the
+	// nosession answer, which runs nothing).
+	wait := startFTVM(t, "run", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), guest("kvstore"), "requests=1027")
+	conn, err := net.Dial("udp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	buf := make([]byte, 2048)
+	// ask sends req until a reply with req's ids arrives (the guest may
+	// still be booting, and UDP may drop).
+	ask := func(req string) string {
+		t.Helper()
+		f := strings.Fields(req)
+		prefix := f[0] + " " + f[1] + " "
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+			conn.Write([]byte(req))
+			try := time.Now().Add(300 * time.Millisecond)
+			conn.SetReadDeadline(try)
+			for {
+				n, err := conn.Read(buf)
+				if err != nil {
+					// A timeout, or refused while nothing listens yet:
+					// either way, resend once this try's time is up.
+					time.Sleep(time.Until(try))
+					break
+				}
+				if r := string(buf[:n]); strings.HasPrefix(r, prefix) {
+					return r[len(prefix):]
+				}
+			}
+		}
+		t.Fatalf("no reply to %q", req)
+		return ""
+	}
+	if r := ask("7 1 HELLO"); r != "OK" {
+		t.Fatalf("HELLO: %q", r)
+	}
+	if r := ask("7 2 APPEND log x"); r != "OK" {
+		t.Fatalf("APPEND: %q", r)
+	}
+	for c := 0; c < 1024; c++ {
+		if r := ask(fmt.Sprintf("%d 1 HELLO", 1000+c)); r != "OK" {
+			t.Fatalf("client %d HELLO: %q", 1000+c, r)
+		}
+	}
+	if r := ask("7 2 APPEND log x"); r != "ERR nosession" {
+		t.Fatalf("the forgotten client's retransmission got %q, want ERR nosession", r)
+	}
+	if r := ask("9 1 GET log"); r != "OK x" {
+		t.Fatalf("log = %q after the retransmission, want \"OK x\" (the APPEND once)", r)
+	}
+	if out, errOut, status := wait(); status != 0 || !strings.Contains(out, "executed 1027") {
+		t.Fatalf("status %d\n%s%s", status, out, errOut)
 	}
 }

@@ -64,7 +64,7 @@ func TestKVStoreOverTAP(t *testing.T) {
 		sh(t, append([]string{"ip"}, c...)...)
 	}
 	wait := startCmd(t, "ip", "netns", "exec", host, ftvmBin, "run", "--net", "tap,ifname=tap0,ip=10.99.0.2/24,gw=10.99.0.1",
-		guest("kvstore"), "requests=3")
+		guest("kvstore"), "requests=6") // 3 clients: a HELLO and one operation each
 	kvIn := func(args ...string) string {
 		t.Helper()
 		cmd := exec.Command("ip", append([]string{"netns", "exec", client, ftvmBin, "kv", "--addr", "10.99.0.2:7000", "--timeout", "20s"}, args...)...)
@@ -80,7 +80,7 @@ func TestKVStoreOverTAP(t *testing.T) {
 		t.Fatalf("get color = %q", got)
 	}
 	out, errOut, status := wait()
-	if status != 0 || !strings.Contains(out, "executed 3") {
+	if status != 0 || !strings.Contains(out, "executed 6") {
 		t.Fatalf("status %d\n%s%s", status, out, errOut)
 	}
 	if strings.Contains(sh(t, "ip", "link"), "tap0") {

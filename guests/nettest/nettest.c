@@ -736,9 +736,10 @@ static void test_kv_ops(void)
 	KV_EXPECT("1 14 DEL e", "1 14 NOTFOUND");
 	KV_EXPECT("1 15 GET a\n", "1 15 OK hello world");   /* a trailing newline */
 	KV_EXPECT("1 16 GET a\r\n", "1 16 OK hello world"); /* or CRLF */
+	KV_EXPECT("18446744073709551615 1 HELLO", "18446744073709551615 1 OK");
 	KV_EXPECT("18446744073709551615 18446744073709551615 GET a",
 		  "18446744073709551615 18446744073709551615 OK hello world");
-	KV_EXPECT("007 0 GET a", "7 0 OK hello world"); /* numbers come back canonical */
+	KV_EXPECT("007 001 GET a", "7 1 OK hello world"); /* numbers come back canonical */
 	CHECK(kv_key_count() == 2, "keys %d", kv_key_count());
 
 	/* Binary values go in and out unchanged. */
@@ -827,14 +828,29 @@ static void test_kv_exactly_once(void)
 	KV_EXPECT("7 1 GET k", "7 1 OK changed");
 	KV_EXPECT("7 1 GET k", "7 1 OK changed");
 
-	/* The client table keeps KV_CLIENTS clients, forgetting the least recently used. */
+	/* A client the server does not know starts at request id 1: a higher id means it was
+	 * forgotten, and its retry gets ERR nosession (not stored) instead of running again. */
+	KV_EXPECT("8 2 APPEND k x", "8 2 ERR nosession");
+	KV_EXPECT("8 2 APPEND k x", "8 2 ERR nosession");
+	CHECK(kv_stats.nosession == 2 && kv_client_count() == 3, "nosession %lu clients %d",
+	      kv_stats.nosession, kv_client_count());
+	KV_EXPECT("8 1 HELLO", "8 1 OK");
+	KV_EXPECT("8 1 HELLO", "8 1 OK");
+	KV_EXPECT("8 2 APPEND k x", "8 2 OK");
+	KV_EXPECT("8 3 HELLO junk", "8 3 ERR syntax");
+
+	/* The client table keeps KV_CLIENTS clients, forgetting the least recently used. At
+	 * that limit, a forgotten client's retry says nosession: nothing runs twice. */
 	kv_init();
 	char req[64];
 	for (int c = 0; c < KV_CLIENTS; c++) {
+		snprintf(req, sizeof req, "%d 1 HELLO", c);
+		kv(req, &vl);
 		snprintf(req, sizeof req, "%d 10 APPEND log x", c);
 		kv(req, &vl);
 	}
 	CHECK(kv_client_count() == KV_CLIENTS, "clients %d", kv_client_count());
+	CHECK(kv_stats.evicted == 0, "evicted %lu at the limit", kv_stats.evicted);
 	KV_EXPECT("0 10 APPEND log x", "0 10 OK"); /* client 0 is now the most recent */
 	KV_EXPECT("5000 1 GET nothing", "5000 1 NOTFOUND"); /* evicts client 1 */
 	CHECK(kv_stats.evicted == 1 && kv_client_count() == KV_CLIENTS, "one eviction");
@@ -842,7 +858,9 @@ static void test_kv_exactly_once(void)
 	KV_EXPECT("2 9 GET log", "2 9 ERR stale");     /* and client 2 */
 	v = kv_lookup("log", 3, &vl);
 	CHECK(v && vl == KV_VAL_MAX, "log %zu", vl); /* 1024 appends fit, none ran twice */
-	KV_EXPECT("1 10 APPEND log x", "1 10 ERR toolong"); /* client 1 forgotten: runs again */
+	KV_EXPECT("1 10 APPEND log x", "1 10 ERR nosession"); /* client 1 forgotten: not rerun */
+	v = kv_lookup("log", 3, &vl);
+	CHECK(v && vl == KV_VAL_MAX, "log %zu after the forgotten retry", vl);
 	/* Many evictions keep the table consistent. */
 	for (int c = 0; c < 5 * KV_CLIENTS; c++) {
 		snprintf(req, sizeof req, "%d 1 GET log", 100000 + c);
