@@ -46,7 +46,7 @@ var ErrSessionExpired = errors.New("kv: the store forgot this client's session; 
 type Client struct {
 	conn    *net.UDPConn
 	id      uint64
-	next    uint64 // the last request id used
+	next    uint64        // the last request id used
 	Timeout time.Duration // per try; default 200 ms
 	buf     []byte
 }
