@@ -272,14 +272,16 @@ var testPrefixSeq atomic.Int64
 
 func TestS3Contract(t *testing.T) {
 	endpoint := needVersityGW(t)
-	RunContractTests(t, func(t *testing.T) Arbiter {
+	RunContractTests(t, func(t *testing.T) func() Arbiter {
 		useTestCredentials(t)
 		prefix := fmt.Sprintf("t%d-%d", time.Now().UnixNano(), testPrefixSeq.Add(1))
-		a, err := Open("s3://" + testBucket + "/" + prefix + "?endpoint=" + endpoint)
-		if err != nil {
-			t.Fatal(err)
+		return func() Arbiter {
+			a, err := Open("s3://" + testBucket + "/" + prefix + "?endpoint=" + endpoint)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return a
 		}
-		return a
 	}, func(t *testing.T) Arbiter {
 		useTestCredentials(t)
 		port, err := freePort() // released at once, so nothing listens there
@@ -302,6 +304,10 @@ func TestS3CorruptClaimDecidesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
+	if _, err := a.Init(ctx); err != nil {
+		t.Fatal(err)
+	}
+	takeEpoch(t, a, "vm1", 0)
 	if _, err := client.PutObject(ctx, &s3.PutObjectInput{
 		Bucket: aws.String(testBucket), Key: aws.String(a.key("vm1", 1)), Body: bytes.NewReader([]byte("not json")),
 	}); err != nil {
@@ -323,14 +329,18 @@ func TestS3ErrorClassification(t *testing.T) {
 		fmt.Fprintf(w, `<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>canned</Message></Error>`, code)
 	}
 	holderBody := `{"format":"ftvm-claim/1","vm_id":"vm1","generation":1,"claimant":"%s","claimed_at":"2025-01-02T03:04:05Z"}`
+	markerBody := `{"format":"ftvm-arbiter/1","cluster_id":"c1","created_at":"2025-01-02T03:04:05Z"}`
+	epochBody := `{"format":"ftvm-epoch/1","vm_id":"vm1","epoch":1,"taken_by":"t","taken_at":"2025-01-02T03:04:05Z"}`
 	cases := []struct {
-		name     string
-		put      []int // status of each successive PUT; the last repeats
-		get      int   // status of GET after a 412
-		getOwner string
-		wantWon  bool
-		wantErr  bool
-		wantPuts int
+		name          string
+		marker        int   // status of the marker GET (0: 200)
+		put           []int // status of each successive PUT; the last repeats
+		get           int   // status of GET after a 412
+		getOwner      string
+		wantWon       bool
+		wantErr       bool
+		wantPermanent bool
+		wantPuts      int
 	}{
 		{name: "200 wins", put: []int{200}, wantWon: true, wantPuts: 1},
 		{name: "409 then 200 retries and wins", put: []int{409, 409, 200}, wantWon: true, wantPuts: 3},
@@ -340,8 +350,12 @@ func TestS3ErrorClassification(t *testing.T) {
 		{name: "412 holder unreadable is an error", put: []int{412}, get: 500, wantErr: true, wantPuts: 1},
 		{name: "412 holder vanished is an error", put: []int{412}, get: 404, wantErr: true, wantPuts: 1},
 		{name: "500 is an error", put: []int{500}, wantErr: true, wantPuts: 1},
-		{name: "403 is an error", put: []int{403}, wantErr: true, wantPuts: 1},
+		{name: "403 is a permanent error", put: []int{403}, wantErr: true, wantPermanent: true, wantPuts: 1},
+		{name: "404 no bucket is a permanent error", put: []int{404}, wantErr: true, wantPermanent: true, wantPuts: 1},
 		{name: "501 is an error", put: []int{501}, wantErr: true, wantPuts: 1},
+		{name: "marker 403 is a permanent error", marker: 403, wantErr: true, wantPermanent: true},
+		{name: "marker 404 no bucket is a permanent error", marker: 404, wantErr: true, wantPermanent: true},
+		{name: "marker 500 is an error", marker: 500, wantErr: true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -361,10 +375,28 @@ func TestS3ErrorClassification(t *testing.T) {
 						s3Error(w, status, "ConditionalRequestConflict")
 					case 412:
 						s3Error(w, status, "PreconditionFailed")
+					case 404:
+						s3Error(w, status, "NoSuchBucket")
 					default:
 						s3Error(w, status, "Canned")
 					}
 				case http.MethodGet:
+					switch {
+					case strings.HasSuffix(r.URL.Path, "/.ftvm-arbiter"):
+						switch tc.marker {
+						case 0:
+							fmt.Fprint(w, markerBody)
+						case 404:
+							s3Error(w, 404, "NoSuchBucket")
+						default:
+							s3Error(w, tc.marker, "Canned")
+						}
+						return
+					case strings.HasSuffix(r.URL.Path, "/epoch"):
+						w.Header().Set("ETag", `"e1"`)
+						fmt.Fprint(w, epochBody)
+						return
+					}
 					switch tc.get {
 					case 200:
 						fmt.Fprintf(w, holderBody, tc.getOwner)
@@ -381,8 +413,8 @@ func TestS3ErrorClassification(t *testing.T) {
 				t.Fatal(err)
 			}
 			d, err := a.Claim(context.Background(), Claim{VMID: "vm1", Generation: 1, Claimant: "me"})
-			if d.Won != tc.wantWon || (err != nil) != tc.wantErr || (err != nil && d.Won) {
-				t.Fatalf("Claim = %+v, %v; want won=%v err=%v", d, err, tc.wantWon, tc.wantErr)
+			if d.Won != tc.wantWon || (err != nil) != tc.wantErr || (err != nil && d.Won) || IsPermanent(err) != tc.wantPermanent {
+				t.Fatalf("Claim = %+v, %v (permanent %v); want won=%v err=%v permanent=%v", d, err, IsPermanent(err), tc.wantWon, tc.wantErr, tc.wantPermanent)
 			}
 			if got := int(puts.Load()); got != tc.wantPuts {
 				t.Errorf("%d PUTs, want %d", got, tc.wantPuts)
@@ -391,6 +423,91 @@ func TestS3ErrorClassification(t *testing.T) {
 				t.Errorf("holder %q, want %q", d.Holder.Claimant, tc.getOwner)
 			}
 		})
+	}
+}
+
+// TestS3CheckRefusesWhatAFailoverWouldNeed: start-up refuses a bucket that
+// does not exist, credentials the server rejects, a prefix nobody ran init
+// on, each before any failover depends on them; a bucket and prefix that
+// work pass.
+func TestS3CheckRefusesWhatAFailoverWouldNeed(t *testing.T) {
+	endpoint := needVersityGW(t)
+	ctx := context.Background()
+	prefix := fmt.Sprintf("check-%d", time.Now().UnixNano())
+	good, err := NewS3Arbiter(testS3Client(endpoint, 1), testBucket, prefix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := good.Check(ctx); !errors.Is(err, ErrNotInitialized) {
+		t.Fatalf("Check before init = %v; want ErrNotInitialized", err)
+	}
+	id, err := good.Init(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := good.Check(ctx); err != nil || got != id {
+		t.Fatalf("Check after init = %q, %v; want %q", got, err, id)
+	}
+
+	noBucket, _ := NewS3Arbiter(testS3Client(endpoint, 1), "no-such-bucket-ftvm", prefix)
+	if _, err := noBucket.Check(ctx); err == nil || !IsPermanent(err) {
+		t.Errorf("Check of a missing bucket = %v; want a permanent error", err)
+	}
+	if _, err := noBucket.Init(ctx); err == nil || !IsPermanent(err) {
+		t.Errorf("Init in a missing bucket = %v; want a permanent error", err)
+	}
+
+	badKeys := s3.New(s3.Options{
+		Region: "us-east-1", BaseEndpoint: aws.String(endpoint), UsePathStyle: true, RetryMaxAttempts: 1,
+		Credentials: credentials.NewStaticCredentialsProvider(testAccessKey, "not-the-secret", ""),
+	})
+	badCreds, _ := NewS3Arbiter(badKeys, testBucket, prefix)
+	if _, err := badCreds.Check(ctx); err == nil || !IsPermanent(err) {
+		t.Errorf("Check with bad credentials = %v; want a permanent error", err)
+	}
+	if d, err := badCreds.Claim(ctx, Claim{VMID: "vm1", Generation: 1, Claimant: "x"}); err == nil || !IsPermanent(err) || d.Won {
+		t.Errorf("Claim with bad credentials = %+v, %v; want a permanent error", d, err)
+	}
+
+	// The probe leaves nothing behind.
+	list, err := testS3Client(endpoint, 1).ListObjectsV2(ctx, &s3.ListObjectsV2Input{Bucket: aws.String(testBucket), Prefix: aws.String(prefix + "/")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range list.Contents {
+		if k := aws.ToString(o.Key); k != prefix+"/"+markerName {
+			t.Errorf("left behind: %s", k)
+		}
+	}
+}
+
+// TestS3CheckRefusesAServerWithoutConditionalWrites: a server that accepts
+// every PUT (as older S3-compatible servers do, ignoring If-None-Match)
+// would let both sides win; start-up must say so.
+func TestS3CheckRefusesAServerWithoutConditionalWrites(t *testing.T) {
+	marker := `{"format":"ftvm-arbiter/1","cluster_id":"c1","created_at":"2025-01-02T03:04:05Z"}`
+	var deletes atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		switch r.Method {
+		case http.MethodGet:
+			fmt.Fprint(w, marker)
+		case http.MethodPut:
+			w.Header().Set("ETag", `"same"`)
+		case http.MethodDelete:
+			deletes.Add(1)
+			w.WriteHeader(http.StatusNoContent)
+		}
+	}))
+	defer srv.Close()
+	a, err := NewS3Arbiter(testS3Client(srv.URL, 1), "b", "p")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Check(context.Background()); !errors.Is(err, ErrNoConditionalWrites) || !IsPermanent(err) {
+		t.Fatalf("Check = %v; want a permanent ErrNoConditionalWrites", err)
+	}
+	if deletes.Load() != 1 {
+		t.Errorf("the probe was deleted %d times, want 1", deletes.Load())
 	}
 }
 
