@@ -40,6 +40,13 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 	if err != nil {
 		return 0, err
 	}
+	if _, err := arb.Init(ctx); err != nil {
+		return 0, err
+	}
+	gen, err := ft.TakeEpoch(ctx, arb, "bench-failover", "bench")
+	if err != nil {
+		return 0, err
+	}
 	ln, err := logchannel.Listen("127.0.0.1:0")
 	if err != nil {
 		return 0, err
@@ -56,7 +63,7 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 	var stderr strings.Builder
 	logs := &lockedBuilder{b: &stderr}
 	common := func(role string, nb vnet.Backend) ft.Common {
-		return ft.Common{Backend: o.Backend, Image: img, Config: nicConfig(spec, ""), VMID: "bench-failover", Generation: 1, Arbiter: arb,
+		return ft.Common{Backend: o.Backend, Image: img, Config: nicConfig(spec, ""), VMID: "bench-failover", Generation: gen, Arbiter: arb,
 			Claimant: role, Stdin: strings.NewReader(""), Stdout: io.Discard, Net: nb, Channel: chcfg,
 			Logf: func(f string, a ...any) { fmt.Fprintf(logs, role+": "+f+"\n", a...) }}
 	}

@@ -116,12 +116,18 @@ func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool
 	if err != nil {
 		return err
 	}
+	if _, err := arb.Init(ctx); err != nil {
+		return err
+	}
+	gen, err := ft.TakeEpoch(ctx, arb, "bench", "bench")
+	if err != nil {
+		return err
+	}
 	ln, err := logchannel.Listen("127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	defer ln.Close()
-	gen := uint64(time.Now().UnixNano())
 	common := func(role string, in io.Reader, out io.Writer, nb vnet.Backend) ft.Common {
 		return ft.Common{Backend: spec.Backend, Image: spec.Image, Config: spec.Config, VMID: "bench", Generation: gen, Arbiter: arb,
 			Claimant: role, Stdin: in, Stdout: out, Net: nb}

@@ -14,7 +14,9 @@ import (
 // with Won set and no error. An error means the storage could not be asked,
 // and the answer to that is to wait and ask again, with bounded, jittered
 // exponential backoff so that a recovering store is not hammered by every
-// waiting side at once.
+// waiting side at once. A permanent error (IsPermanent: a stale epoch,
+// another cluster's storage, no permission) would be repeated by every
+// retry, so it ends the policy with ActionFail instead of waiting forever.
 //
 // Driving loop (the I/O edge):
 //
@@ -25,6 +27,7 @@ import (
 //	}
 //	// ActionGoLive: replay to the end of the log and go live.
 //	// ActionHalt: stop the VM.
+//	// ActionFail: stop the VM; the arbiter can never decide for this side.
 //
 // The caller bounds each Claim call with a context deadline and reports a
 // timeout as an error; the policy never has more than one claim in flight.
@@ -65,6 +68,8 @@ const (
 	StateLive
 	// StateHalted: the claim was lost to another claimant; terminal.
 	StateHalted
+	// StateFailed: the claim got a permanent error; terminal.
+	StateFailed
 )
 
 func (s PolicyState) String() string {
@@ -79,6 +84,8 @@ func (s PolicyState) String() string {
 		return "live"
 	case StateHalted:
 		return "halted"
+	case StateFailed:
+		return "failed"
 	}
 	return fmt.Sprintf("PolicyState(%d)", int(s))
 }
@@ -95,6 +102,9 @@ const (
 	ActionGoLive
 	// ActionHalt: the other side won; stop the VM.
 	ActionHalt
+	// ActionFail: the arbiter refuses this side for good (Status().LastError
+	// says why); stop the VM without going live.
+	ActionFail
 )
 
 func (a Action) String() string {
@@ -107,6 +117,8 @@ func (a Action) String() string {
 		return "go-live"
 	case ActionHalt:
 		return "halt"
+	case ActionFail:
+		return "fail"
 	}
 	return fmt.Sprintf("Action(%d)", int(a))
 }
@@ -146,7 +158,8 @@ func (p *Policy) Tick() Action {
 }
 
 // ClaimResult reports the outcome of the claim the last ActionClaim asked
-// for. An error always leads to backoff, whatever d says.
+// for. An error leads to backoff, whatever d says, and a permanent one to
+// ActionFail.
 func (p *Policy) ClaimResult(d Decision, err error) (Action, error) {
 	if p.state != StateClaiming {
 		// Ignoring it is safe even if it says Won: the stored claim stays
@@ -154,6 +167,11 @@ func (p *Policy) ClaimResult(d Decision, err error) (Action, error) {
 		return ActionNone, fmt.Errorf("%w (state %s)", ErrUnexpectedResult, p.state)
 	}
 	switch {
+	case err != nil && IsPermanent(err):
+		p.failures++
+		p.lastErr = err.Error()
+		p.state = StateFailed
+		return ActionFail, nil
 	case err != nil:
 		p.failures++
 		p.lastErr = err.Error()

@@ -17,7 +17,7 @@ import (
 //	new base=B max=M seed=S          a fresh Policy
 //	peer-lost                        the peer went silent
 //	tick [N]                         N ticks (default 1)
-//	claim-result won|lost [holder=H] [err=MSG]
+//	claim-result won|lost [holder=H] [err=MSG [permanent]]
 //	status
 //
 // Each command prints the actions it produced, then the state.
@@ -67,6 +67,9 @@ func TestPolicyTranscripts(t *testing.T) {
 					var msg string
 					d.ScanArgs(t, "err", &msg)
 					err = errors.New(msg)
+					if d.HasArg("permanent") {
+						err = permanent(err)
+					}
 				}
 				act, rerr := p.ClaimResult(dec, err)
 				if rerr != nil {
@@ -144,7 +147,8 @@ func TestPolicyRandomRuns(t *testing.T) {
 			}
 		}
 		check(p.PeerLost(), false)
-		for step := 0; step < 200 && p.Status().State != StateLive && p.Status().State != StateHalted; step++ {
+		terminal := func(s PolicyState) bool { return s == StateLive || s == StateHalted || s == StateFailed }
+		for step := 0; step < 200 && !terminal(p.Status().State); step++ {
 			if !inFlight {
 				before := p.Status()
 				if before.State != StateBackoff {
@@ -168,13 +172,15 @@ func TestPolicyRandomRuns(t *testing.T) {
 			inFlight = false
 			var d Decision
 			var err error
-			switch r.IntN(10) {
+			switch r.IntN(12) {
 			case 0:
 				d.Won = true
 			case 1:
 				d.Won, err = true, errors.New("timeout after the write") // must still wait
 			case 2:
 				d.Won = false
+			case 3:
+				d.Won, err = true, permanent(errors.New("stale epoch")) // must end, never live
 			default:
 				err = errors.New("unreachable")
 			}
@@ -183,6 +189,9 @@ func TestPolicyRandomRuns(t *testing.T) {
 				t.Fatalf("seed %d: %v", seed, rerr)
 			}
 			check(a, d.Won && err == nil)
+			if (a == ActionFail) != (err != nil && IsPermanent(err)) {
+				t.Fatalf("seed %d: %s after error %v", seed, a, err)
+			}
 		}
 	}
 }

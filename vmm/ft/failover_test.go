@@ -76,7 +76,7 @@ func TestArbiterUnreachable(t *testing.T) {
 	requireBackend(t)
 	img := loadImage(t, "cpu")
 	cfg := vmm.Config{Cmdline: "rounds=3000 work=20000"}
-	inner, err := splitbrain.Open("file://" + t.TempDir())
+	inner, err := newTestArbiter(t, "flaky")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/logchannel"
-	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
 	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/backends"
@@ -107,7 +106,7 @@ func runPairOn(t *testing.T, pb, bb backend.Backend, img *vmm.Image, cfg vmm.Con
 		t.Fatal(err)
 	}
 	defer ln.Close()
-	arb, err := splitbrain.Open("file://" + t.TempDir())
+	arb, err := newTestArbiter(t, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
