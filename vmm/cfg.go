@@ -47,6 +47,12 @@ type codeProof struct {
 	// spec are jump-table entries found only speculatively (bounded by the
 	// function symbol, not by a compare), explored after the proven code.
 	spec []specTarget
+	// specTried are the speculative targets explored already, and
+	// specBudget the instructions speculative exploration may still
+	// decode: a dropped trace is decoded again from each entry that leads
+	// into it, and a table has up to maxTableEntries of them.
+	specTried  map[uint64]bool
+	specBudget int
 }
 
 type specTarget struct{ target, jmp uint64 }
@@ -57,9 +63,8 @@ type trace struct {
 	spec  []specTarget
 }
 
-// errDropped marks an exploration that hit its own limits rather than a
-// property of the guest.
-var errDropped = errors.New("dropped")
+// errSpecBudget ends speculative exploration that has decoded too much.
+var errSpecBudget = errors.New("vmm: speculative exploration exceeded its budget")
 
 func (p *codeProof) ownerOf(t *trace, a uint64) (uint64, bool) {
 	if o, ok := p.owner[a]; ok {
@@ -245,6 +250,12 @@ func (p *codeProof) explore(root uint64, speculative bool) error {
 			if code == nil {
 				break // outside the file bytes of the text: it faults, or runs zeros
 			}
+			if speculative {
+				if p.specBudget == 0 {
+					return errSpecBudget
+				}
+				p.specBudget--
+			}
 			d, err := decodeAt(a, code)
 			if err != nil {
 				return err
@@ -377,7 +388,7 @@ func (p *codeProof) funcContaining(a uint64) (FuncSym, bool) {
 func (img *Image) proveCode(funcs []FuncSym) error {
 	funcs = append([]FuncSym(nil), funcs...)
 	sort.Slice(funcs, func(i, j int) bool { return funcs[i].Addr < funcs[j].Addr })
-	p := &codeProof{img: img, funcs: funcs, owner: map[uint64]uint64{}}
+	p := &codeProof{img: img, funcs: funcs, owner: map[uint64]uint64{}, specTried: map[uint64]bool{}}
 	if img.codeAt(img.Entry) == nil {
 		return fmt.Errorf("vmm: entry point %#x is not inside an executable segment", img.Entry)
 	}
@@ -392,10 +403,18 @@ func (img *Image) proveCode(funcs []FuncSym) error {
 			return fmt.Errorf("%w (exploring function %s)", err, f.Name)
 		}
 	}
+	p.specBudget = 4*len(p.owner) + 4096
 	for len(p.spec) > 0 {
 		s := p.spec[0]
 		p.spec = p.spec[1:]
-		if err := p.explore(s.target, true); err != nil {
+		if p.specTried[s.target] {
+			continue
+		}
+		p.specTried[s.target] = true
+		if err := p.explore(s.target, true); errors.Is(err, errSpecBudget) {
+			img.Warnings = append(img.Warnings, fmt.Sprintf("%#x: jump table entries from %#x on not followed: %v", s.jmp, s.target, err))
+			break
+		} else if err != nil {
 			img.Warnings = append(img.Warnings, fmt.Sprintf("%#x: jump table entry %#x (bounded only by its function) dropped: %v", s.jmp, s.target, err))
 		}
 	}
