@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/logchannel"
-	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm/ft"
 )
 
@@ -31,7 +30,7 @@ type ftFlags struct {
 func (f *ftFlags) register(fs *flag.FlagSet) {
 	f.guestFlags.register(fs)
 	fs.StringVar(&f.arbiter, "arbiter", "", "go-live arbiter: file:///DIR or s3://BUCKET/PREFIX?endpoint=URL (required)")
-	fs.Uint64Var(&f.generation, "generation", 1, "the pairing's generation: the arbiter decides once per VM id and generation")
+	fs.Uint64Var(&f.generation, "generation", 0, "deprecated: the pairing's epoch comes from the arbiter (the backup takes a new one, the primary joins it); if given, it must be the VM's current epoch")
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on `ADDR` (/metrics)")
 	fs.DurationVar(&f.failoverTimeout, "failover-timeout", logchannel.DefaultFailoverTimeout, "declare the peer dead after this long without hearing from it")
 	fs.DurationVar(&f.heartbeat, "heartbeat", logchannel.DefaultHeartbeatInterval, "heartbeat interval while the log is idle")
@@ -46,14 +45,15 @@ func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func
 	if err != nil {
 		return ft.Common{}, nil, err
 	}
-	arb, err := splitbrain.Open(f.arbiter)
-	if err != nil {
-		return ft.Common{}, nil, err
-	}
 	host, _ := os.Hostname()
+	claimant := fmt.Sprintf("%s@%s:%d", role, host, os.Getpid())
+	arb, generation, err := f.openArbiter(role, claimant)
+	if err != nil {
+		return ft.Common{}, nil, usageError{err}
+	}
 	c := ft.Common{
-		Backend: f.be, Image: img, Config: cfg, VMID: f.vmID, Generation: f.generation, Arbiter: arb,
-		Claimant: fmt.Sprintf("%s@%s:%d", role, host, os.Getpid()),
+		Backend: f.be, Image: img, Config: cfg, VMID: f.vmID, Generation: generation, Arbiter: arb,
+		Claimant: claimant,
 		Stdin:    os.Stdin, Stdout: os.Stdout,
 		Channel: logchannel.Config{FailoverTimeout: f.failoverTimeout, HeartbeatInterval: f.heartbeat},
 		Logf: func(format string, args ...any) {

@@ -55,6 +55,7 @@ var commands = map[string]func(args []string) int{
 	"bench":    cmdBench,
 	"net":      cmdNet,
 	"backends": cmdBackends,
+	"arbiter":  cmdArbiter,
 }
 
 func usage() {
@@ -81,6 +82,10 @@ commands:
   primary --backup ADDR --arbiter URL GUEST.elf [ARGS...]
   backup --listen ADDR --arbiter URL GUEST.elf [ARGS...]
                                          the two halves of a pair, on two hosts
+                                         (start the backup first: it takes the pairing's epoch)
+  arbiter init --arbiter URL             mark shared storage as this cluster's arbiter (once)
+  arbiter show --arbiter URL [--vm-id ID]
+                                         a VM's epoch and who holds its claim
   status ADDR                            show a primary's or backup's --metrics for a person
   kv --addr ADDR put K V | get K | append K V | bench [--clients N] [--duration D]
                                          a client for the kvstore guest

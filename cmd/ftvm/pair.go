@@ -46,21 +46,23 @@ func cmdPair(args []string) int {
 		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
 		return exitFailed
 	}
-	if *arbiter == "" {
-		dir, err := os.MkdirTemp("", "ftvm-pair-arbiter-")
-		if err != nil {
-			fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
-			return exitFailed
+	host, _ := os.Hostname()
+	arbURL, gen, removeArbiter, err := pairArbiter(*arbiter, g.vmID, fmt.Sprintf("pair@%s:%d", host, os.Getpid()))
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
+		if *arbiter != "" {
+			return exitUsage
 		}
-		defer os.RemoveAll(dir)
-		*arbiter = "file://" + dir
+		return exitFailed
 	}
+	defer removeArbiter()
+	*arbiter = arbURL
 	addr, err := freeTCPAddr()
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
 		return exitFailed
 	}
-	common := []string{"--backend", be.Name(), "--vm-id", g.vmID, "--generation", strconv.FormatInt(time.Now().UnixNano(), 10),
+	common := []string{"--backend", be.Name(), "--vm-id", g.vmID, "--generation", strconv.FormatUint(gen, 10),
 		"--arbiter", *arbiter, "--mem", strconv.FormatUint(g.mem.v, 10)}
 	if g.net != "" {
 		common = append(common, "--net", g.net)
