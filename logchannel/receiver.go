@@ -65,8 +65,11 @@ type Receiver struct {
 	logBytes      atomic.Uint64
 	acksSent      atomic.Uint64
 	ackedSeq      atomic.Uint64
-	hbSent        atomic.Uint64
-	hbReceived    atomic.Uint64
+	// primaryReleased: the primary said it released the outputs of every
+	// entry up to this seq (msgReleased).
+	primaryReleased atomic.Uint64
+	hbSent          atomic.Uint64
+	hbReceived      atomic.Uint64
 
 	wake     chan struct{} // cap 1: the writer has something to send
 	done     chan struct{}
@@ -180,6 +183,11 @@ func (r *Receiver) Err() error {
 // Close was called. Entries may still be queued for Next.
 func (r *Receiver) Done() <-chan struct{} { return r.done }
 
+// PrimaryReleased is the seq up to which the primary said it released
+// every output. The outputs of later entries may never have left it.
+// Final once the channel has ended (ErrPeerLost).
+func (r *Receiver) PrimaryReleased() uint64 { return r.primaryReleased.Load() }
+
 // Stats returns the Receiver's counters.
 func (r *Receiver) Stats() Stats {
 	r.mu.Lock()
@@ -192,6 +200,7 @@ func (r *Receiver) Stats() Stats {
 		LogBytes:           r.logBytes.Load(),
 		Acks:               r.acksSent.Load(),
 		AckedSeq:           r.ackedSeq.Load(),
+		PrimaryReleased:    r.primaryReleased.Load(),
 		ReplayedExit:       r.replayedExit.Load(),
 		HeartbeatsSent:     r.hbSent.Load(),
 		HeartbeatsReceived: r.hbReceived.Load(),
@@ -432,7 +441,7 @@ func (ls *logStream) Read(p []byte) (int, error) {
 func (ls *logStream) nextMessage() error {
 	r := ls.r
 	for {
-		t, size, err := r.mr.readHeader(msgLog, msgHeartbeat, msgEcho)
+		t, size, err := r.mr.readHeader(msgLog, msgHeartbeat, msgEcho, msgReleased)
 		if err != nil {
 			return readFailed(r.peer, err)
 		}
@@ -458,6 +467,10 @@ func (ls *logStream) nextMessage() error {
 				r.mu.Lock()
 				r.rtt.add(time.Duration(rtt))
 				r.mu.Unlock()
+			}
+		case msgReleased:
+			if seq := leUint64(f); seq > r.primaryReleased.Load() {
+				r.primaryReleased.Store(seq)
 			}
 		}
 	}

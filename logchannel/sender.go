@@ -49,7 +49,9 @@ type Sender struct {
 	hdr [headerLen]byte // scratch, under wmu
 
 	pending chan struct{} // cap 1: there is something for the flusher
-	wakeHB  chan struct{} // cap 1: there is a heartbeat to echo
+	wakeHB  chan struct{} // cap 1: there is a heartbeat to echo, or a release to report
+	// released: the outputs of every entry up to it have left (Released).
+	released atomic.Uint64
 
 	dead       atomic.Bool  // err is set: a fast check for Append
 	lastSend   atomic.Int64 // time of the last write, ns since epoch
@@ -423,20 +425,28 @@ func (s *Sender) flushLoop() {
 	}
 }
 
-// heartbeatLoop echoes the backup's heartbeats and sends one of its own
-// when nothing was sent for HeartbeatInterval. Its writes may block behind
+// heartbeatLoop echoes the backup's heartbeats, reports released outputs
+// (Released), and sends a heartbeat when nothing was sent for
+// HeartbeatInterval. Its writes may block behind
 // a log write that TCP holds back; the watchdog does not depend on it.
 func (s *Sender) heartbeatLoop() {
 	defer s.wg.Done()
 	ticker := time.NewTicker(s.cfg.tick())
 	defer ticker.Stop()
 	var buf []byte
+	var sentReleased uint64
 	for {
 		select {
 		case <-s.done:
 			return
 		case <-ticker.C:
 		case <-s.wakeHB:
+		}
+		if r := s.released.Load(); r > sentReleased {
+			if !s.writeControl(appendStamp(buf[:0], msgReleased, int64(r))) {
+				return
+			}
+			sentReleased = r
 		}
 		if s.echoWanted.Swap(false) {
 			if !s.writeControl(appendStamp(buf[:0], msgEcho, s.echoStamp.Load())) {
@@ -482,6 +492,25 @@ func (s *Sender) watchdog() {
 			s.lose(fmt.Errorf("nothing heard from %s for %v (failover timeout %v)", s.peer, silent.Round(time.Millisecond), s.cfg.FailoverTimeout))
 			return
 		}
+	}
+}
+
+// Released tells the backup, soon, that every output of the entries up to
+// seq has left this side: a backup that goes live then releases only the
+// outputs of later entries. Safe from any goroutine; never blocks.
+func (s *Sender) Released(seq uint64) {
+	for {
+		old := s.released.Load()
+		if seq <= old {
+			return
+		}
+		if s.released.CompareAndSwap(old, seq) {
+			break
+		}
+	}
+	select {
+	case s.wakeHB <- struct{}{}:
+	default:
 	}
 }
 

@@ -55,6 +55,9 @@ type Stats struct {
 	Acks uint64
 	// AckedSeq is the highest Seq acknowledged.
 	AckedSeq uint64
+	// PrimaryReleased (backup): the seq up to which the primary reported
+	// every output released.
+	PrimaryReleased uint64
 	// ReplayedExit is the exit the backup's replay has reached, as last
 	// reported in an ack (sender) / by ReportReplayed (receiver).
 	ReplayedExit uint64

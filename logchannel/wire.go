@@ -52,6 +52,10 @@ const (
 	msgAck       msgType = 'A' // backup -> primary
 	msgHeartbeat msgType = 'P' // both ways
 	msgEcho      msgType = 'E' // both ways: the answer to a heartbeat
+	// msgReleased, primary -> backup: the primary released every output
+	// of the entries up to this seq. A backup that goes live releases the
+	// outputs of later entries, which the primary may never have sent.
+	msgReleased msgType = 'R'
 )
 
 func (t msgType) String() string {
@@ -68,6 +72,8 @@ func (t msgType) String() string {
 		return "heartbeat"
 	case msgEcho:
 		return "heartbeat-echo"
+	case msgReleased:
+		return "released"
 	}
 	return fmt.Sprintf("type %#02x %s", byte(t), strconv.QuoteRune(rune(t)))
 }
@@ -77,6 +83,7 @@ const (
 	ackLen       = 8 + 8 + crcLen // acked seq, replayed exit
 	heartbeatLen = 8 + crcLen     // the sender's timestamp
 	echoLen      = 8 + crcLen     // the echoed timestamp
+	releasedLen  = 8 + crcLen     // the seq whose outputs are all released
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)

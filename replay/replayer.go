@@ -135,6 +135,10 @@ func (r *Replayer) Finish(finalDigest [32]byte) error {
 	return nil
 }
 
+// LastSeq is the Seq of the last entry the replay consumed: after Output,
+// the entry of that output (the one whose ack releases it on the primary).
+func (r *Replayer) LastSeq() uint64 { return r.lastSeq }
+
 // Summary returns what the replayer has consumed so far.
 func (r *Replayer) Summary() Summary {
 	s := r.summary

@@ -108,7 +108,11 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	if _, err := rep.VerifyStart(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
 		return out, err
 	}
-	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed}
+	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed,
+		primaryReleased: recv.PrimaryReleased,
+		onRelease: func(n, bytes int) {
+			o.logf("backup: released %d outputs (%d bytes) that the primary had not reported released", n, bytes)
+		}}
 	fw.goLive = func(cause error) error {
 		o.logf("backup: the primary is gone (%v); replayed the whole log; asking the arbiter", cause)
 		if err := goLive(cause); err != nil {

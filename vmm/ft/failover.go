@@ -19,9 +19,34 @@ type failoverWorld struct {
 	lost     error                   // the channel's "peer lost" sentinel
 	goLive   func(cause error) error // arbiter + network takeover; nil error: go live
 	progress func(exit uint64)       // tells the channel how far the replay got
+	// primaryReleased is the Seq up to which the primary said every
+	// output left it; final once the channel ended. Nil: assume all did.
+	primaryReleased func() uint64
+	// onRelease is told how many outputs went out at go-live.
+	onRelease func(n int, bytes int)
 
 	isLive             bool
 	lastTSC, lastClock uint64
+	// unreleased holds, oldest first, the replayed outputs the primary had
+	// not reported released: if it is lost, this side releases them at
+	// go-live (nothing lost; at most an output that left the primary just
+	// before it died, and before it could say so, leaves twice, as in
+	// VM-FT, where TCP drops such a duplicate).
+	unreleased      []pendingOutput
+	unreleasedBytes int
+}
+
+// maxUnreleasedBytes bounds the outputs a backup keeps for go-live. The
+// primary holds at most maxHeldBytes and reports releases within a
+// heartbeat tick, so this is reached only if it stopped reporting; the
+// oldest are then dropped (and counted in the go-live message).
+const maxUnreleasedBytes = 4 * maxHeldBytes
+
+// pendingOutput is a replayed output the primary may not have released.
+type pendingOutput struct {
+	seq  uint64
+	kind replay.OutputKind
+	data []byte
 }
 
 var _ replay.World = (*failoverWorld)(nil)
@@ -42,7 +67,62 @@ func (f *failoverWorld) next(p replay.ExecPoint, err error) (bool, error) {
 	}
 	f.live.ContinueFrom(f.lastTSC, f.lastClock)
 	f.isLive = true
+	if err := f.releaseUnreleased(p); err != nil {
+		return false, err
+	}
 	return true, nil
+}
+
+// keepUnreleased remembers the output just replayed unless the primary
+// already reported it released, and forgets those it has.
+func (f *failoverWorld) keepUnreleased(kind replay.OutputKind, data []byte) {
+	if f.primaryReleased == nil {
+		return
+	}
+	released := f.primaryReleased()
+	f.forget(func(o pendingOutput) bool { return o.seq <= released })
+	if seq := f.rep.LastSeq(); seq > released {
+		f.unreleased = append(f.unreleased, pendingOutput{seq: seq, kind: kind, data: append([]byte(nil), data...)})
+		f.unreleasedBytes += len(data)
+	}
+	f.forget(func(pendingOutput) bool { return f.unreleasedBytes > maxUnreleasedBytes })
+}
+
+// forget drops outputs from the front of unreleased while drop says so.
+func (f *failoverWorld) forget(drop func(pendingOutput) bool) {
+	n := 0
+	for n < len(f.unreleased) && drop(f.unreleased[n]) {
+		f.unreleasedBytes -= len(f.unreleased[n].data)
+		n++
+	}
+	if n > 0 {
+		f.unreleased = append(f.unreleased[:0], f.unreleased[n:]...)
+	}
+}
+
+// releaseUnreleased sends, at go-live and in their order, the outputs the
+// primary never reported released.
+func (f *failoverWorld) releaseUnreleased(p replay.ExecPoint) error {
+	if f.primaryReleased == nil {
+		return nil
+	}
+	released := f.primaryReleased()
+	n, bytes := 0, 0
+	for _, o := range f.unreleased {
+		if o.seq <= released {
+			continue
+		}
+		if err := f.live.Output(p, o.kind, o.data); err != nil {
+			return err
+		}
+		n++
+		bytes += len(o.data)
+	}
+	f.unreleased, f.unreleasedBytes = nil, 0
+	if f.onRelease != nil {
+		f.onRelease(n, bytes)
+	}
+	return nil
 }
 
 func (f *failoverWorld) TSC(p replay.ExecPoint) (uint64, error) {
@@ -112,6 +192,9 @@ func (f *failoverWorld) NetReceive(p replay.ExecPoint, frames [][]byte, lens []i
 func (f *failoverWorld) Output(p replay.ExecPoint, kind replay.OutputKind, data []byte) error {
 	if !f.isLive {
 		err := f.rep.Output(p, kind, data)
+		if err == nil {
+			f.keepUnreleased(kind, data)
+		}
 		if live, err := f.next(p, err); !live {
 			return err
 		}

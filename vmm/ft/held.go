@@ -39,6 +39,9 @@ type holdingWorld struct {
 	lastHeld uint64
 	delays   []time.Duration // when recording: every release's delay
 	record   bool
+	// reportReleased tells the backup the Seq of the last output that
+	// left (outputs leave in Seq order, so every earlier one has too).
+	reportReleased func(seq uint64)
 }
 
 var _ replay.OutputHolder = (*holdingWorld)(nil)
@@ -128,6 +131,9 @@ func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
 		if h.record {
 			h.delays = append(h.delays, r.Delay)
 		}
+	}
+	if len(rel) > 0 && !h.solo && h.reportReleased != nil {
+		h.reportReleased(rel[len(rel)-1].Seq)
 	}
 	h.m.held(h.rule.Held())
 }

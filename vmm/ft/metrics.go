@@ -120,5 +120,6 @@ func (m *Metrics) receiverMetrics(stats func() logchannel.Stats) {
 	m.counterFunc("ftvm_log_entries_received_total", "Log entries received from the primary.", func() float64 { return float64(stats().Entries) })
 	m.counterFunc("ftvm_log_bytes_received_total", "Log bytes received from the primary.", func() float64 { return float64(stats().LogBytes) })
 	m.gaugeFunc("ftvm_replayed_exit", "The exit the backup's replay has reached.", func() float64 { return float64(stats().ReplayedExit) })
+	m.gaugeFunc("ftvm_primary_released_seq", "The log seq up to which the primary reported every output released.", func() float64 { return float64(stats().PrimaryReleased) })
 	m.gaugeFunc("ftvm_queued_bytes", "Received log bytes waiting to be replayed.", func() float64 { return float64(stats().QueuedBytes) })
 }

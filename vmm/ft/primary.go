@@ -114,6 +114,7 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	}
 	sink := newGatedSink(sender)
 	hw := newHoldingWorld(ctx, live, o.send, sink.Flush, o.Metrics)
+	hw.reportReleased = sender.Released
 	if o.OnDone != nil {
 		hw.record = true
 		began := time.Now()
