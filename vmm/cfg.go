@@ -571,7 +571,10 @@ func (img *Image) checkNoTriggers(owner map[uint64]uint64) error {
 	}
 	noExec := map[uint64]bool{}
 	for _, r := range img.execRuns() {
-		for off := range r.bytes {
+		for off, c := range r.bytes {
+			if c != 0x0f && c != 0xc7 { // every pattern starts with one of them
+				continue
+			}
 			name, n := matchTrigger(r.bytes[off:])
 			if n == 0 {
 				continue

@@ -383,3 +383,13 @@ func FuzzLoader(f *testing.F) {
 		}
 	})
 }
+
+// BenchmarkLoadELF: the time to load (prove, rewrite, scan) the largest guest.
+func BenchmarkLoadELF(b *testing.B) {
+	file := readGuest(b, "kvstore")
+	for b.Loop() {
+		if _, err := LoadELF(file); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
