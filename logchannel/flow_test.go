@@ -99,23 +99,24 @@ func waitStuck(t *testing.T, count *atomic.Int64, done <-chan error) int64 {
 
 // TestStalledBackupBlocksPrimary: a backup whose replay stops (Next is not
 // called) fills its bounded queue and stops reading; the primary blocks
-// on flow control instead of buffering, neither side mistakes the stall
-// for a failure, replay resumes the flow, and Close frees a blocked Append.
+// on flow control instead of buffering, the backup does not mistake the
+// silence it causes itself for a lost primary, replay resumes the flow,
+// and Close frees a blocked Append. (A stall longer than the primary's
+// failover timeout is a lost backup: TestHungBackupIsLost.)
 func TestStalledBackupBlocksPrimary(t *testing.T) {
 	sc, rc := fastConfig(), fastConfig()
 	sc.MaxUnacked = 2 << 20
 	rc.MaxQueued = 1 << 20
-	sc.FailoverTimeout, rc.FailoverTimeout = 400*time.Millisecond, 400*time.Millisecond
+	sc.FailoverTimeout, rc.FailoverTimeout = 30*time.Second, 400*time.Millisecond
 	s, r := pair(t, sc, rc)
 
 	heap := watchHeap()
 	var count atomic.Int64
 	done := appendForever(s, &count)
 	stuck := waitStuck(t, &count, done)
-	// Stalled for several failover timeouts: still no peer loss, since
-	// the backup keeps sending heartbeats and does not count the silence
-	// it causes itself.
-	time.Sleep(3 * sc.FailoverTimeout)
+	// Stalled for several of the backup's failover timeouts: it keeps
+	// sending heartbeats and does not count its own read pause as silence.
+	time.Sleep(3 * rc.FailoverTimeout)
 	if n := count.Load(); n != stuck {
 		t.Fatalf("appended %d more entries while the backup was stalled", n-stuck)
 	}

@@ -77,6 +77,10 @@ type Sender struct {
 	inflight []frameRecord
 	head     int   // first unacknowledged record in inflight
 	unacked  int64 // bytes of the inflight records
+	// lastProgress: when the backup last acked a new seq or reported a
+	// later replayed exit (replayedAtProgress); see stalled.
+	lastProgress       time.Duration
+	replayedAtProgress uint64
 	lag      lagRing
 	frames   uint64
 	acks     uint64
@@ -382,6 +386,9 @@ func (s *Sender) onAck(seq, exit uint64, now time.Duration) error {
 		s.replayed = exit
 		s.lag.prune(exit)
 	}
+	if grew || exit > s.replayedAtProgress {
+		s.lastProgress, s.replayedAtProgress = now, exit
+	}
 	s.notifyLocked()
 	s.st.Unlock()
 	if grew {
@@ -488,11 +495,35 @@ func (s *Sender) watchdog() {
 			return
 		case <-ticker.C:
 		}
-		if silent := time.Duration(s.now() - s.lastHeard.Load()); silent > s.cfg.FailoverTimeout {
+		now := s.now()
+		if silent := time.Duration(now - s.lastHeard.Load()); silent > s.cfg.FailoverTimeout {
 			s.lose(fmt.Errorf("nothing heard from %s for %v (failover timeout %v)", s.peer, silent.Round(time.Millisecond), s.cfg.FailoverTimeout))
 			return
 		}
+		if err := s.stalled(time.Duration(now)); err != nil {
+			s.lose(err)
+			return
+		}
 	}
+}
+
+// stalled reports a backup that is alive (its heartbeats arrive) but no
+// longer working: for longer than the failover timeout it has acked no
+// entry and reported no replay progress while entries wait for its ack.
+// Such a backup would hold the primary's outputs, and then its vCPU,
+// forever; it is lost, as a silent one is.
+func (s *Sender) stalled(now time.Duration) error {
+	s.st.Lock()
+	defer s.st.Unlock()
+	if s.head == len(s.inflight) {
+		return nil
+	}
+	since := max(s.lastProgress, s.inflight[s.head].sentAt)
+	if stuck := now - since; stuck > s.cfg.FailoverTimeout {
+		return fmt.Errorf("%s acknowledged nothing and replayed nothing for %v while %d log bytes waited for its ack (acked seq %d of %d; failover timeout %v)",
+			s.peer, stuck.Round(time.Millisecond), s.unacked, s.acked, s.highSent, s.cfg.FailoverTimeout)
+	}
+	return nil
 }
 
 // Released tells the backup, soon, that every output of the entries up to
