@@ -82,6 +82,17 @@ type Config struct {
 	// replay.DefaultFrameSize.
 	FrameSize int
 
+	// TLS is this side's identity for the channel's mutual TLS (TLS 1.3):
+	// its certificate from the pair's CA, naming the VM id, and that CA.
+	// Required unless InsecureNoTLS.
+	TLS *Credentials
+
+	// InsecureNoTLS runs the channel in clear: no encryption and no
+	// authentication, so anyone who reaches the backup's port can feed it
+	// a log and anyone on the path reads every guest input. Both sides
+	// must agree; a side with TLS refuses a side without.
+	InsecureNoTLS bool
+
 	// version overrides ProtocolVersion, for tests of a version mismatch.
 	version uint16
 }
@@ -118,6 +129,10 @@ func (c Config) withDefaults() (Config, error) {
 		return c, fmt.Errorf("logchannel: config: failover timeout %v is less than twice the heartbeat interval %v", c.FailoverTimeout, c.HeartbeatInterval)
 	case c.MaxUnacked < 0 || c.MaxQueued < 0 || c.FrameSize < 0:
 		return c, errors.New("logchannel: config: negative size")
+	case c.TLS == nil && !c.InsecureNoTLS:
+		return c, errors.New("logchannel: config: no TLS credentials (a certificate from the pair's CA); set InsecureNoTLS to run the channel in clear")
+	case c.TLS != nil && c.InsecureNoTLS:
+		return c, errors.New("logchannel: config: both TLS credentials and InsecureNoTLS")
 	}
 	return c, nil
 }

@@ -35,7 +35,19 @@
 // primary turns that into a lag in exits and in time (Sender.Lag) and
 // throttles its vCPU with Sender.WaitLag when the lag grows.
 //
-// # Wire protocol, version 1
+// # Security
+//
+// The channel runs over mutual TLS 1.3 unless Config.InsecureNoTLS says to
+// run in clear. Each side presents a certificate from the pair's CA that
+// names the VM id (see tls.go, NewCA, WritePairCredentials) and checks the
+// peer's the same way; a peer without one fails with an *AuthError
+// (ErrUnauthenticated, ErrRefused) on both sides, and Accept returns it as
+// a *ConnError so the backup listens on. Every hello carries a binding of
+// its fields to the TLS session (exported keying material), so a hello is
+// good only in the session it was sent in. Everything below runs inside
+// the TLS session.
+//
+// # Wire protocol, version 2
 //
 // Both directions start with a preamble, then messages:
 //
@@ -56,7 +68,10 @@
 //
 //	'H' hello    role u8 (1 primary, 2 backup), heartbeat interval u32 LE
 //	             (microseconds), generation u64 LE, guest image SHA-256
-//	             [32], config digest [32], VM id length u8, VM id
+//	             [32], config digest [32], VM id length u8, VM id,
+//	             binding length u8 (32 with TLS, 0 in clear), binding: the
+//	             TLS exporter "EXPORTER-ftvm-logchannel-hello" with the
+//	             fields before it as context
 //	'V' verdict  accept u8 (1, or 0 to refuse), reason length u16 LE,
 //	             reason (UTF-8, at most 1024 bytes)
 //

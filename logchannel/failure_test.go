@@ -38,10 +38,11 @@ func TestCorruptFrame(t *testing.T) {
 		}
 		return body, -1
 	}
-	// No background flushes: the test decides where frames end.
-	cfg := fastConfig()
+	// No background flushes: the test decides where frames end. In clear:
+	// the proxy edits messages (over TLS, a flipped byte fails TLS's MAC).
+	cfg := inClear(fastConfig())
 	cfg.FlushInterval = time.Hour
-	s, r := connect(t, ln, p.addr(), cfg, fastConfig())
+	s, r := connect(t, ln, p.addr(), cfg, inClear(fastConfig()))
 	es := bigEntries(200, 1000)
 	go appendAll(s, es, 20) // fails once the backup drops the connection
 
@@ -83,10 +84,10 @@ func TestResetMidFrame(t *testing.T) {
 		}
 		return body, -1
 	}
-	cfg := fastConfig()
+	cfg := inClear(fastConfig()) // the proxy cuts inside a message
 	cfg.FlushInterval = time.Hour
 	cfg.FrameSize = 1 << 20
-	s, r := connect(t, ln, p.addr(), cfg, fastConfig())
+	s, r := connect(t, ln, p.addr(), cfg, inClear(fastConfig()))
 	es := bigEntries(100, 64<<10) // frames of 10 entries, 640 KiB
 	appendDone := make(chan error, 1)
 	go func() { appendDone <- appendAll(s, es, 10) }()
@@ -125,7 +126,7 @@ func TestResetMidFrame(t *testing.T) {
 func TestSilenceIsPeerLoss(t *testing.T) {
 	ln := listen(t)
 	p := newProxy(t, ln.Addr().String())
-	cfg := Config{HeartbeatInterval: 10 * time.Millisecond, FailoverTimeout: 300 * time.Millisecond}
+	cfg := withTLS(Config{HeartbeatInterval: 10 * time.Millisecond, FailoverTimeout: 300 * time.Millisecond})
 	s, r := connect(t, ln, p.addr(), cfg, cfg)
 	es := testEntries(100)
 	if err := appendAll(s, es, 10); err != nil {

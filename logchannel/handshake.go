@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/hmac"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -99,10 +100,13 @@ func (h *Hello) check() error {
 	return nil
 }
 
-// helloFields is the body of a hello message of version 1, before the CRC:
+// helloFields are the facts of a hello message of version 2:
 //
 //	role u8 | heartbeat interval u32 LE (microseconds) | generation u64 LE |
 //	image [32] | config digest [32] | vm id length u8 | vm id
+//
+// The message's body is these, then the session binding (binding length
+// u8, binding), then the CRC.
 func appendHelloFields(b []byte, h *Hello, side role, heartbeat time.Duration) []byte {
 	b = append(b, byte(side))
 	b = binary.LittleEndian.AppendUint32(b, uint32(min(heartbeat.Microseconds(), 1<<32-1)))
@@ -117,15 +121,29 @@ type peerHello struct {
 	Hello
 	role      role
 	heartbeat time.Duration
+	facts     []byte // the fields the binding covers
+	binding   []byte
 }
 
 const helloFixedLen = 1 + 4 + 8 + 32 + 32 + 1
 
+// appendBinding appends a hello's session binding (helloBinding).
+func appendBinding(b, binding []byte) []byte {
+	b = append(b, byte(len(binding)))
+	return append(b, binding...)
+}
+
 func parseHelloFields(f []byte) (peerHello, bool) {
 	var p peerHello
-	if len(f) < helloFixedLen || len(f) != helloFixedLen+int(f[helloFixedLen-1]) {
+	if len(f) < helloFixedLen {
 		return p, false
 	}
+	end := helloFixedLen + int(f[helloFixedLen-1])
+	if len(f) < end+1 || len(f) != end+1+int(f[end]) {
+		return p, false
+	}
+	p.facts, p.binding = f[:end], f[end+1:]
+	f = f[:end]
 	p.role = role(f[0])
 	p.heartbeat = time.Duration(binary.LittleEndian.Uint32(f[1:])) * time.Microsecond
 	p.Generation = binary.LittleEndian.Uint64(f[5:])
@@ -200,7 +218,7 @@ func notFTVM(peer string, got []byte) error {
 		bytes.HasPrefix(got, []byte("PUT ")), bytes.HasPrefix(got, []byte("HTTP/")):
 		hint = " (HTTP?)"
 	case got[0] == 0x16:
-		hint = " (a TLS handshake?)"
+		hint = " (a TLS handshake: does the peer use TLS while this side runs with InsecureNoTLS?)"
 	case bytes.HasPrefix(got, []byte("SSH-")):
 		hint = " (SSH?)"
 	}
@@ -231,8 +249,13 @@ func handshake(conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, e
 		return fmt.Errorf("logchannel: handshake with %s: %s: %w", peer, what, err)
 	}
 
+	facts := appendHelloFields(nil, own, side, cfg.HeartbeatInterval)
+	binding, err := helloBinding(conn, facts)
+	if err != nil {
+		return nil, fmt.Errorf("logchannel: handshake with %s: binding the hello to the TLS session: %w", peer, err)
+	}
 	out := appendPreamble(nil, cfg.version)
-	out = appendControl(out, msgHello, appendHelloFields(nil, own, side, cfg.HeartbeatInterval))
+	out = appendControl(out, msgHello, appendBinding(facts, binding))
 	if _, err := conn.Write(out); err != nil {
 		return nil, ioFailed("sending the hello", err)
 	}
@@ -252,6 +275,13 @@ func handshake(conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, e
 		}
 		return nil, notFTVM(peer, got)
 	}
+	if isRemoteAlert(err) {
+		return nil, &AuthError{Peer: peer, Reason: fmt.Sprintf("it sent the TLS alert %q", alertText(err)), ByPeer: true, Err: err}
+	}
+	if err != nil && cfg.TLS == nil && n == 0 && errors.Is(err, io.EOF) {
+		// What a side that requires TLS does to a side in clear.
+		return nil, fmt.Errorf("logchannel: handshake with %s: the connection ended before the preamble (does the peer require TLS while this side runs in clear?): %w", peer, err)
+	}
 	if err != nil {
 		return nil, ioFailed("preamble", err)
 	}
@@ -260,6 +290,9 @@ func handshake(conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, e
 	peerVersion := binary.LittleEndian.Uint16(pre[len(Magic):])
 
 	fields, err := readHelloOrVerdict(mr, msgHello)
+	if isRemoteAlert(err) {
+		return nil, &AuthError{Peer: peer, Reason: fmt.Sprintf("it sent the TLS alert %q", alertText(err)), ByPeer: true, Err: err}
+	}
 	if err != nil {
 		return nil, ioFailed("hello", err)
 	}
@@ -271,6 +304,15 @@ func handshake(conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, e
 		if !ok {
 			return nil, fmt.Errorf("logchannel: handshake with %s: malformed hello: %w", peer, ErrProtocol)
 		}
+		want, err := helloBinding(conn, p.facts)
+		if err != nil {
+			return nil, fmt.Errorf("logchannel: handshake with %s: binding the hello to the TLS session: %w", peer, err)
+		}
+		if !hmac.Equal(p.binding, want) {
+			// A hello replayed from another session, or one made by a
+			// side that does not hold this session's keys.
+			return nil, &AuthError{Peer: peer, Reason: "the peer's hello is not bound to this TLS session"}
+		}
 		reason = mismatch(own, side, cfg, &p)
 	}
 
@@ -279,7 +321,11 @@ func handshake(conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, e
 	var rerr error
 	if werr == nil {
 		var f []byte
-		if f, rerr = readHelloOrVerdict(mr, msgVerdict); rerr == nil {
+		if f, rerr = readHelloOrVerdict(mr, msgVerdict); isRemoteAlert(rerr) {
+			// The backup checks the primary's certificate after the
+			// primary's TLS handshake is done; its refusal comes here.
+			return nil, &AuthError{Peer: peer, Reason: fmt.Sprintf("it sent the TLS alert %q", alertText(rerr)), ByPeer: true, Err: rerr}
+		} else if rerr == nil {
 			accept, why, ok := parseVerdictFields(f)
 			switch {
 			case !ok:
@@ -348,9 +394,10 @@ func interruptOnCancel(ctx context.Context, setDeadline func(time.Time) error) (
 	}
 }
 
-// runHandshake runs the handshake on a new connection, bounded by the
-// handshake timeout and by ctx.
-func runHandshake(ctx context.Context, conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, error) {
+// runHandshake runs the handshake on a new connection, TLS first unless
+// cfg says to run in clear, bounded by the handshake timeout and by ctx.
+// It returns the connection the session runs on.
+func runHandshake(ctx context.Context, conn net.Conn, own *Hello, side role, cfg *Config) (net.Conn, *msgReader, error) {
 	// The handshake's messages quote the timeout that applies, which is
 	// ctx's if it ends first.
 	hc := *cfg
@@ -361,22 +408,32 @@ func runHandshake(ctx context.Context, conn net.Conn, own *Hello, side role, cfg
 	}
 	conn.SetDeadline(deadline)
 	stop := interruptOnCancel(ctx, conn.SetDeadline)
-	mr, err := handshake(conn, own, side, &hc)
+	var mr *msgReader
+	var err error
+	if cfg.TLS != nil {
+		var secured net.Conn
+		if secured, err = startTLS(conn, cfg.TLS, own.VMID, side, hc.HandshakeTimeout); err == nil {
+			conn = secured
+		}
+	}
+	if err == nil {
+		mr, err = handshake(conn, own, side, &hc)
+	}
 	if stop() || ctx.Err() != nil {
-		return nil, fmt.Errorf("logchannel: handshake with %s: %w", conn.RemoteAddr(), context.Cause(ctx))
+		return nil, nil, fmt.Errorf("logchannel: handshake with %s: %w", conn.RemoteAddr(), context.Cause(ctx))
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := conn.SetDeadline(time.Time{}); err != nil {
-		return nil, fmt.Errorf("logchannel: handshake with %s: %w", conn.RemoteAddr(), err)
+		return nil, nil, fmt.Errorf("logchannel: handshake with %s: %w", conn.RemoteAddr(), err)
 	}
 	if side == rolePrimary {
 		mr.from = "the backup"
 	} else {
 		mr.from = "the primary"
 	}
-	return mr, nil
+	return conn, mr, nil
 }
 
 // Dial connects the primary to the backup listening at addr, runs the
@@ -398,14 +455,14 @@ func Dial(ctx context.Context, addr string, hello Hello, cfg Config) (*Sender, e
 	if err != nil {
 		return nil, fmt.Errorf("logchannel: dialing the backup at %s: %w", addr, err)
 	}
-	mr, err := runHandshake(ctx, conn, &hello, rolePrimary, &cfg)
+	session, mr, err := runHandshake(ctx, conn, &hello, rolePrimary, &cfg)
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
-	s, err := newSender(conn, mr, cfg)
+	s, err := newSender(session, mr, cfg)
 	if err != nil {
-		conn.Close()
+		session.Close()
 		return nil, err
 	}
 	return s, nil
@@ -462,7 +519,7 @@ func (l *Listener) Accept(ctx context.Context, expect Hello, cfg Config) (*Recei
 	if err != nil {
 		return nil, fmt.Errorf("logchannel: accepting on %s: %w", l.Addr(), err)
 	}
-	mr, err := runHandshake(ctx, conn, &expect, roleBackup, &cfg)
+	session, mr, err := runHandshake(ctx, conn, &expect, roleBackup, &cfg)
 	if err != nil {
 		conn.Close()
 		if ctx.Err() != nil {
@@ -470,13 +527,13 @@ func (l *Listener) Accept(ctx context.Context, expect Hello, cfg Config) (*Recei
 		}
 		return nil, &ConnError{err}
 	}
-	return newReceiver(conn, mr, cfg), nil
+	return newReceiver(session, mr, cfg), nil
 }
 
 // ConnError is an Accept that failed because of the one connection it
-// took (a stray connect, a port scanner, an HTTP client, a primary with
-// another configuration), not because of the listener: the caller may
-// accept again.
+// took (a stray connect, a port scanner, an HTTP client, a peer without
+// the pair's certificate, a primary with another configuration), not
+// because of the listener: the caller may accept again.
 type ConnError struct{ Err error }
 
 func (e *ConnError) Error() string { return e.Err.Error() }

@@ -26,9 +26,51 @@ var testHello = Hello{
 }
 
 // fastConfig makes failure detection quick enough for tests and slow
-// enough not to fire under -race on a loaded machine.
+// enough not to fire under -race on a loaded machine. It uses TLS, with
+// credentials for testHello's VM from the tests' CA.
 func fastConfig() Config {
-	return Config{HeartbeatInterval: 20 * time.Millisecond, FailoverTimeout: 2 * time.Second, HandshakeTimeout: 2 * time.Second}
+	return withTLS(Config{HeartbeatInterval: 20 * time.Millisecond, FailoverTimeout: 2 * time.Second, HandshakeTimeout: 2 * time.Second})
+}
+
+// testCA is the CA of the tests' pair, made once per test binary.
+var testCA = sync.OnceValue(func() *CA {
+	ca, err := NewCA("logchannel test CA")
+	if err != nil {
+		panic(err)
+	}
+	return ca
+})
+
+// testCredentials are credentials from testCA for vmID.
+func testCredentials(t testing.TB, vmID string) *Credentials {
+	t.Helper()
+	creds, err := testCA().Credentials(vmID, "test-host")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return creds
+}
+
+// sharedCredentials are testHello's, made once.
+var sharedCredentials = sync.OnceValue(func() *Credentials {
+	creds, err := testCA().Credentials(testHello.VMID, "test-host")
+	if err != nil {
+		panic(err)
+	}
+	return creds
+})
+
+// withTLS gives c testHello's credentials.
+func withTLS(c Config) Config {
+	c.TLS, c.InsecureNoTLS = sharedCredentials(), false
+	return c
+}
+
+// inClear makes c run without TLS, for tests that read or tamper with the
+// channel's messages on the wire.
+func inClear(c Config) Config {
+	c.TLS, c.InsecureNoTLS = nil, true
+	return c
 }
 
 func testContext(t *testing.T, d time.Duration) context.Context {
@@ -265,7 +307,12 @@ func (p *proxy) serve() {
 	p.mu.Lock()
 	p.conns = append(p.conns, down.(*net.TCPConn), up.(*net.TCPConn))
 	p.mu.Unlock()
-	go p.forwardMessages(down, up)
+	if p.onLog == nil {
+		// Bytes only: this works over TLS too.
+		go p.forwardBytes(down, up)
+	} else {
+		go p.forwardMessages(down, up)
+	}
 	go p.forwardBytes(up, down)
 }
 
@@ -392,21 +439,39 @@ type rawPeer struct {
 	mr   *msgReader
 }
 
-// rawHandshake runs a correct handshake as side on conn.
-func rawHandshake(t *testing.T, conn net.Conn, side role) *rawPeer {
+// rawHandshake runs a correct handshake as side on conn, TLS first if
+// cfg has credentials.
+func rawHandshake(t *testing.T, conn net.Conn, side role, cfg Config) *rawPeer {
 	t.Helper()
-	cfg, _ := fastConfig().withDefaults()
-	conn.SetDeadline(time.Now().Add(5 * time.Second))
-	mr, err := handshake(conn, &testHello, side, &cfg)
+	p, err := tryRawHandshake(conn, side, cfg)
 	if err != nil {
 		t.Fatalf("raw %v handshake: %v", side, err)
 	}
+	return p
+}
+
+func tryRawHandshake(conn net.Conn, side role, cfg Config) (*rawPeer, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if cfg.TLS != nil {
+		if conn, err = startTLS(conn, cfg.TLS, testHello.VMID, side, cfg.HandshakeTimeout); err != nil {
+			return nil, err
+		}
+	}
+	mr, err := handshake(conn, &testHello, side, &cfg)
+	if err != nil {
+		return nil, err
+	}
 	conn.SetDeadline(time.Time{})
-	return &rawPeer{conn: conn, mr: mr}
+	return &rawPeer{conn: conn, mr: mr}, nil
 }
 
 // rawBackup accepts one connection on a plain TCP listener and completes
-// the handshake as the backup; dial a Sender to the returned address.
+// the handshake as the backup, with fastConfig's TLS; dial a Sender to
+// the returned address.
 func rawBackup(t *testing.T) (addr string, peer <-chan *rawPeer) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -420,21 +485,19 @@ func rawBackup(t *testing.T) (addr string, peer <-chan *rawPeer) {
 			return
 		}
 		t.Cleanup(func() { conn.Close() })
-		cfg, _ := fastConfig().withDefaults()
-		conn.SetDeadline(time.Now().Add(5 * time.Second))
-		mr, err := handshake(conn, &testHello, roleBackup, &cfg)
+		p, err := tryRawHandshake(conn, roleBackup, fastConfig())
 		if err != nil {
 			conn.Close()
 			return
 		}
-		conn.SetDeadline(time.Time{})
-		ch <- &rawPeer{conn: conn, mr: mr}
+		ch <- p
 	}()
 	return ln.Addr().String(), ch
 }
 
 // rawPrimary dials ln and completes the handshake as the primary, while
-// Accept runs; it returns the raw end and the Receiver.
+// Accept runs with rc (TLS or not, as rc says); it returns the raw end and
+// the Receiver.
 func rawPrimary(t *testing.T, rc Config) (*rawPeer, *Receiver) {
 	t.Helper()
 	ln := listen(t)
@@ -453,7 +516,7 @@ func rawPrimary(t *testing.T, rc Config) (*rawPeer, *Receiver) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	p := rawHandshake(t, conn, rolePrimary)
+	p := rawHandshake(t, conn, rolePrimary, rc)
 	a := <-ch
 	if a.err != nil {
 		t.Fatalf("accept: %v", a.err)

@@ -158,7 +158,7 @@ func TestInvalidEntryRefused(t *testing.T) {
 // sides from declaring the other lost, for many failover timeouts, and
 // measure the round trip.
 func TestIdleSessionStaysAlive(t *testing.T) {
-	cfg := Config{HeartbeatInterval: 10 * time.Millisecond, FailoverTimeout: 250 * time.Millisecond}
+	cfg := withTLS(Config{HeartbeatInterval: 10 * time.Millisecond, FailoverTimeout: 250 * time.Millisecond})
 	s, r := pair(t, cfg, cfg)
 	time.Sleep(4 * cfg.FailoverTimeout)
 	if err := s.Err(); err != nil {

@@ -21,7 +21,8 @@ const (
 	// The preamble and the message header (type, length) keep their layout
 	// in every version, so that two versions can always tell each other
 	// why they refuse.
-	ProtocolVersion uint16 = 1
+	// Version 2 added the hello's session binding.
+	ProtocolVersion uint16 = 2
 
 	// MaxMessageLen bounds the body of a message: one log frame of at most
 	// replay.MaxFrameLen bytes plus its lengths, CRC and the stream header

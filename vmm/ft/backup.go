@@ -53,7 +53,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		return out, err
 	}
 	defer recv.Close()
-	o.logf("backup: primary connected; replaying on the %s backend", o.Backend.Name())
+	o.logf("backup: primary connected %s; replaying on the %s backend", o.channelSecurity(), o.Backend.Name())
 	o.Metrics.SetRole("backup")
 	o.Metrics.receiverMetrics(recv.Stats)
 
@@ -157,6 +157,7 @@ func (o *BackupOptions) accept(ctx context.Context) (*logchannel.Receiver, error
 		if err == nil || !errors.As(err, &conn) {
 			return recv, err
 		}
+		o.Metrics.refusedConnection(errors.Is(err, logchannel.ErrUnauthenticated))
 		o.logf("backup: refused a connection (%v); still waiting for the primary", err)
 	}
 }

@@ -90,9 +90,14 @@ func TestArbiterUnreachable(t *testing.T) {
 	var mu sync.Mutex
 	var events []string
 	note := func(s string) { mu.Lock(); events = append(events, s); mu.Unlock() }
+	pch, bch := channels(t, "flaky", logchannel.Config{FailoverTimeout: 300 * time.Millisecond})
 	common := func(role string) Common {
+		ch := pch
+		if role == "backup" {
+			ch = bch
+		}
 		return Common{Backend: requireBackend(t), Image: img, Config: cfg, VMID: "flaky", Generation: 1, Arbiter: arb, Claimant: role,
-			Stdin: strings.NewReader(""), Stdout: io.Discard, Channel: logchannel.Config{FailoverTimeout: 300 * time.Millisecond},
+			Stdin: strings.NewReader(""), Stdout: io.Discard, Channel: ch,
 			Logf: func(f string, a ...any) {
 				if strings.Contains(f, "LIVE") {
 					note("backup live")
@@ -202,7 +207,8 @@ func startGate(t *testing.T, backupAddr string) string {
 func TestPartitionBeforeTheStartEntry(t *testing.T) {
 	img := loadImage(t, "cpu")
 	cfg := vmm.Config{Cmdline: "rounds=2000 work=20000"}
-	r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond},
+	// In clear: the gate reads the channel's messages.
+	r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond, InsecureNoTLS: true},
 		func(a string) string { return startGate(t, a) }, nil)
 	primaryHalted := errors.Is(r.primaryErr, ErrLostArbitration)
 	backupHalted := errors.Is(r.backupErr, ErrLostArbitration)

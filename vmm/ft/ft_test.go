@@ -81,6 +81,22 @@ func plainRun(t *testing.T, img *vmm.Image, cfg vmm.Config, input string) (strin
 	return out.String(), res.Status
 }
 
+// channels gives cfg to the primary and the backup of the VM vmID, each
+// with credentials from a throwaway CA for it, unless cfg runs in clear.
+func channels(t testing.TB, vmID string, cfg logchannel.Config) (primary, backup logchannel.Config) {
+	t.Helper()
+	if cfg.InsecureNoTLS || cfg.TLS != nil {
+		return cfg, cfg
+	}
+	pc, bc, err := logchannel.NewPairCredentials(vmID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	primary, backup = cfg, cfg
+	primary.TLS, backup.TLS = pc, bc
+	return primary, backup
+}
+
 // pairRun is the outcome of a primary and a backup run together.
 type pairRun struct {
 	primaryOut, backupOut string
@@ -112,13 +128,14 @@ func runPairOn(t *testing.T, pb, bb backend.Backend, img *vmm.Image, cfg vmm.Con
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	pch, bch := channels(t, "test", chcfg)
 	common := func(role string, in io.Reader, out io.Writer) Common {
-		b := pb
+		b, ch := pb, pch
 		if role == "backup" {
-			b = bb
+			b, ch = bb, bch
 		}
 		return Common{Backend: b, Image: img, Config: cfg, VMID: "test", Generation: 1, Arbiter: arb, Claimant: role,
-			Stdin: in, Stdout: out, Channel: chcfg, Logf: func(f string, a ...any) { t.Logf(role+": "+f, a...) }}
+			Stdin: in, Stdout: out, Channel: ch, Logf: func(f string, a ...any) { t.Logf(role+": "+f, a...) }}
 	}
 	var bout syncBuffer
 	var r pairRun
@@ -352,7 +369,8 @@ func TestOutputRule(t *testing.T) {
 		mu.Unlock()
 		close(gate.opened)
 	}()
-	r := runPair(t, img, vmm.Config{}, "held line\n", logchannel.Config{FailoverTimeout: 20 * time.Second}, func(a string) string { return gate.start(t, a) }, out)
+	// In clear: the gate reads the channel's messages.
+	r := runPair(t, img, vmm.Config{}, "held line\n", logchannel.Config{FailoverTimeout: 20 * time.Second, InsecureNoTLS: true}, func(a string) string { return gate.start(t, a) }, out)
 	if r.primaryErr != nil || r.backupErr != nil {
 		t.Fatalf("primary: %v; backup: %v", r.primaryErr, r.backupErr)
 	}
@@ -379,7 +397,7 @@ func TestBackupLostWhileDraining(t *testing.T) {
 	gate := &ackGate{opened: make(chan struct{})}
 	t.Cleanup(func() { close(gate.opened) })
 	var out syncBuffer
-	r := runPair(t, img, vmm.Config{}, "last words\n", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond},
+	r := runPair(t, img, vmm.Config{}, "last words\n", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 50 * time.Millisecond, InsecureNoTLS: true},
 		func(a string) string { return gate.start(t, a) }, &out)
 	if r.primaryErr != nil {
 		t.Fatalf("primary: %v", r.primaryErr)

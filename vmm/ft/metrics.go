@@ -19,6 +19,8 @@ type Metrics struct {
 	heldBytes   prometheus.Gauge
 	outputDelay prometheus.Histogram
 	role        *prometheus.GaugeVec
+	refused     *prometheus.CounterVec
+	channelTLS  prometheus.Gauge
 }
 
 // NewMetrics makes the metrics of one VMM in a registry of their own.
@@ -34,8 +36,13 @@ func NewMetrics() *Metrics {
 			Buckets: prometheus.ExponentialBuckets(25e-6, 2, 16)}),
 		role: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "ftvm_role",
 			Help: "1 for this VMM's current role."}, []string{"role"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "ftvm_logchannel_refused_connections_total",
+			Help: "Connections to the backup's logging channel refused in the handshake: reason unauthenticated (no certificate from the pair's CA for this VM, or in clear), or handshake (not ftvm, another image or configuration, silent)."},
+			[]string{"reason"}),
+		channelTLS: prometheus.NewGauge(prometheus.GaugeOpts{Name: "ftvm_logchannel_tls",
+			Help: "1 if the logging channel runs over mutual TLS, 0 if it runs in clear (--insecure-no-tls): unauthenticated and unencrypted."}),
 	}
-	m.reg.MustRegister(m.heldCount, m.heldBytes, m.outputDelay, m.role)
+	m.reg.MustRegister(m.heldCount, m.heldBytes, m.outputDelay, m.role, m.refused, m.channelTLS)
 	return m
 }
 
@@ -71,6 +78,31 @@ func (m *Metrics) SetRole(role string) {
 	}
 	m.role.Reset()
 	m.role.WithLabelValues(role).Set(1)
+}
+
+// SetChannelTLS records whether the logging channel runs over TLS.
+func (m *Metrics) SetChannelTLS(on bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if on {
+		v = 1
+	}
+	m.channelTLS.Set(v)
+}
+
+// refusedConnection counts a connection the backup refused; unauthenticated
+// says whether it failed the TLS check.
+func (m *Metrics) refusedConnection(unauthenticated bool) {
+	if m == nil {
+		return
+	}
+	reason := "handshake"
+	if unauthenticated {
+		reason = "unauthenticated"
+	}
+	m.refused.WithLabelValues(reason).Inc()
 }
 
 // counterFunc and gaugeFunc register a metric read from f at scrape time.

@@ -48,13 +48,30 @@ func (c *Common) prepare() error {
 		return errors.New("ft: no backend given")
 	}
 	c.Metrics.SetBackend(c.Backend.Name())
+	c.Metrics.SetChannelTLS(!c.Channel.InsecureNoTLS)
 	return nil
 }
 
+// insecureMark opens every line a side logs while its logging channel
+// runs in clear, so that nobody misses it.
+const insecureMark = "[INSECURE: logging channel in clear, no TLS] "
+
 func (c *Common) logf(format string, args ...any) {
 	if c.Logf != nil {
+		if c.Channel.InsecureNoTLS {
+			format = insecureMark + format
+		}
 		c.Logf(format, args...)
 	}
+}
+
+// channelSecurity says how the logging channel is protected, for the
+// "connected" lines.
+func (c *Common) channelSecurity() string {
+	if c.Channel.InsecureNoTLS {
+		return "in clear (--insecure-no-tls: anyone on the path reads the guest's inputs)"
+	}
+	return "over mutual TLS 1.3"
 }
 
 func (c *Common) hello() logchannel.Hello {
@@ -104,7 +121,7 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 		return vmm.Result{}, err
 	}
 	defer sender.Close()
-	o.logf("primary: connected to the backup at %s; recording on the %s backend", o.BackupAddr, o.Backend.Name())
+	o.logf("primary: connected to the backup at %s %s; recording on the %s backend", o.BackupAddr, o.channelSecurity(), o.Backend.Name())
 	o.Metrics.SetRole("primary")
 	o.Metrics.channelMetrics(sender.Stats)
 
