@@ -68,8 +68,11 @@ type Receiver struct {
 	// primaryReleased: the primary said it released the outputs of every
 	// entry up to this seq (msgReleased).
 	primaryReleased atomic.Uint64
-	hbSent          atomic.Uint64
-	hbReceived      atomic.Uint64
+	// state: the primary's SetState values by key (setState).
+	stateMu    sync.Mutex
+	state      map[string][]byte
+	hbSent     atomic.Uint64
+	hbReceived atomic.Uint64
 
 	wake     chan struct{} // cap 1: the writer has something to send
 	done     chan struct{}
@@ -182,6 +185,39 @@ func (r *Receiver) Err() error {
 // Done is closed when the Receiver stops reading: the primary is lost or
 // Close was called. Entries may still be queued for Next.
 func (r *Receiver) Done() <-chan struct{} { return r.done }
+
+// setState keeps a state message's value under its key.
+func (r *Receiver) setState(f []byte) error {
+	if len(f) < 1 || int(f[0]) == 0 || len(f) < 1+int(f[0]) {
+		return r.mr.protocolError("state message of %d bytes with a key of %d", len(f), f[0])
+	}
+	key, value := string(f[1:1+int(f[0])]), f[1+int(f[0]):]
+	if len(value) > MaxStateValue {
+		return r.mr.protocolError("state %q with a value of %d bytes, over %d", key, len(value), MaxStateValue)
+	}
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	if _, ok := r.state[key]; !ok && len(r.state) >= MaxStates {
+		return r.mr.protocolError("state key %q over the limit of %d keys", key, MaxStates)
+	}
+	if r.state == nil {
+		r.state = map[string][]byte{}
+	}
+	r.state[key] = append([]byte(nil), value...)
+	return nil
+}
+
+// State returns a copy of the state the primary sent (SetState): each key
+// with its latest value. Complete for every log entry received.
+func (r *Receiver) State() map[string][]byte {
+	r.stateMu.Lock()
+	defer r.stateMu.Unlock()
+	m := make(map[string][]byte, len(r.state))
+	for k, v := range r.state {
+		m[k] = v
+	}
+	return m
+}
 
 // PrimaryReleased is the seq up to which the primary said it released
 // every output. The outputs of later entries may never have left it.
@@ -441,7 +477,7 @@ func (ls *logStream) Read(p []byte) (int, error) {
 func (ls *logStream) nextMessage() error {
 	r := ls.r
 	for {
-		t, size, err := r.mr.readHeader(msgLog, msgHeartbeat, msgEcho, msgReleased)
+		t, size, err := r.mr.readHeader(msgLog, msgHeartbeat, msgEcho, msgReleased, msgState)
 		if err != nil {
 			return readFailed(r.peer, err)
 		}
@@ -451,6 +487,16 @@ func (ls *logStream) nextMessage() error {
 			ls.remaining = size
 			r.logBytes.Add(uint64(headerLen + size))
 			return nil
+		}
+		if t == msgState {
+			f, err := r.mr.readControl(t, size, maxStateLen, false)
+			if err == nil {
+				err = r.setState(f)
+			}
+			if err != nil {
+				return readFailed(r.peer, err)
+			}
+			continue
 		}
 		f, err := r.mr.readControl(t, size, heartbeatLen, true)
 		if err != nil {

@@ -50,6 +50,9 @@ type Sender struct {
 
 	pending chan struct{} // cap 1: there is something for the flusher
 	wakeHB  chan struct{} // cap 1: there is a heartbeat to echo, or a release to report
+	// states are state messages (SetState) waiting for the next write.
+	stateMu sync.Mutex
+	states  []byte
 	// released: the outputs of every entry up to it have left (Released).
 	released atomic.Uint64
 
@@ -81,11 +84,11 @@ type Sender struct {
 	// later replayed exit (replayedAtProgress); see stalled.
 	lastProgress       time.Duration
 	replayedAtProgress uint64
-	lag      lagRing
-	frames   uint64
-	acks     uint64
-	rtt      rttStats
-	ackDelay rttStats
+	lag                lagRing
+	frames             uint64
+	acks               uint64
+	rtt                rttStats
+	ackDelay           rttStats
 
 	flowBlocked, lagWaits       uint64
 	flowBlockedTime, lagWaitDur time.Duration
@@ -230,8 +233,9 @@ func (s *Sender) sendLog(p []byte) (int, error) {
 		s.frames++
 		s.st.Unlock()
 	}
+	states := s.takeStates()
 	s.wmu.Lock()
-	bufs := net.Buffers{appendHeader(s.hdr[:0], msgLog, len(p)), p}
+	bufs := net.Buffers{states, appendHeader(s.hdr[:0], msgLog, len(p)), p}
 	_, err := bufs.WriteTo(s.conn)
 	s.lastSend.Store(s.now())
 	s.wmu.Unlock()
@@ -432,8 +436,9 @@ func (s *Sender) flushLoop() {
 	}
 }
 
-// heartbeatLoop echoes the backup's heartbeats, reports released outputs
-// (Released), and sends a heartbeat when nothing was sent for
+// heartbeatLoop echoes the backup's heartbeats, writes state (SetState)
+// and reports released outputs (Released) that no log frame carried, and
+// sends a heartbeat when nothing was sent for
 // HeartbeatInterval. Its writes may block behind
 // a log write that TCP holds back; the watchdog does not depend on it.
 func (s *Sender) heartbeatLoop() {
@@ -448,6 +453,9 @@ func (s *Sender) heartbeatLoop() {
 			return
 		case <-ticker.C:
 		case <-s.wakeHB:
+		}
+		if states := s.takeStates(); len(states) > 0 && !s.writeControl(states) {
+			return
 		}
 		if r := s.released.Load(); r > sentReleased {
 			if !s.writeControl(appendStamp(buf[:0], msgReleased, int64(r))) {
@@ -524,6 +532,36 @@ func (s *Sender) stalled(now time.Duration) error {
 			s.peer, stuck.Round(time.Millisecond), s.unacked, s.acked, s.highSent, s.cfg.FailoverTimeout)
 	}
 	return nil
+}
+
+// SetState sends the backup the latest value of a piece of the guest's
+// world that the log does not carry (a NAT mapping): before any log frame
+// written after this call, so an entry that depends on it never arrives
+// first. It never blocks on the connection. An error means the key or
+// value is out of bounds (MaxStateKey, MaxStateValue).
+func (s *Sender) SetState(key string, value []byte) error {
+	if len(key) == 0 || len(key) > MaxStateKey || len(value) > MaxStateValue {
+		return fmt.Errorf("logchannel: state %q of %d bytes: a key is 1-%d bytes and a value at most %d", key, len(value), MaxStateKey, MaxStateValue)
+	}
+	fields := make([]byte, 0, 1+len(key)+len(value))
+	fields = append(append(append(fields, byte(len(key))), key...), value...)
+	s.stateMu.Lock()
+	s.states = appendControl(s.states, msgState, fields)
+	s.stateMu.Unlock()
+	select {
+	case s.wakeHB <- struct{}{}:
+	default:
+	}
+	return nil
+}
+
+// takeStates returns the state messages waiting to be written, in order.
+func (s *Sender) takeStates() []byte {
+	s.stateMu.Lock()
+	defer s.stateMu.Unlock()
+	b := s.states
+	s.states = nil
+	return b
 }
 
 // Released tells the backup, soon, that every output of the entries up to

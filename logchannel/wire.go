@@ -57,6 +57,10 @@ const (
 	// of the entries up to this seq. A backup that goes live releases the
 	// outputs of later entries, which the primary may never have sent.
 	msgReleased msgType = 'R'
+	// msgState, primary -> backup: a piece of the guest's world that is
+	// not in the log but that the guest observes, such as which client a
+	// NAT port stands for: a key and its latest value (SetState).
+	msgState msgType = 'S'
 )
 
 func (t msgType) String() string {
@@ -75,6 +79,8 @@ func (t msgType) String() string {
 		return "heartbeat-echo"
 	case msgReleased:
 		return "released"
+	case msgState:
+		return "state"
 	}
 	return fmt.Sprintf("type %#02x %s", byte(t), strconv.QuoteRune(rune(t)))
 }
@@ -85,6 +91,12 @@ const (
 	heartbeatLen = 8 + crcLen     // the sender's timestamp
 	echoLen      = 8 + crcLen     // the echoed timestamp
 	releasedLen  = 8 + crcLen     // the seq whose outputs are all released
+	// MaxStateKey and MaxStateValue bound a state message's key and value;
+	// MaxStates bounds the keys a Receiver keeps.
+	MaxStateKey   = 255
+	MaxStateValue = 1024
+	MaxStates     = 1 << 16
+	maxStateLen   = 1 + MaxStateKey + MaxStateValue + crcLen
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
