@@ -70,6 +70,9 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 			if err := bindRetrying(ctx, o.Net.Bind, o.logf); err != nil {
 				return fmt.Errorf("ft: going live: binding the guest's network: %w", err)
 			}
+			if restored, skipped, _ := restoreNAT(o.Net, recv.State()); restored+skipped > 0 {
+				o.logf("backup: restored %d NAT mappings from the primary (%d skipped: malformed or outside the table)", restored, skipped)
+			}
 			if err := o.Net.Announce(); err != nil {
 				o.logf("backup: announcing the guest's address: %v", err)
 			}

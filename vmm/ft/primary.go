@@ -128,6 +128,7 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
 	if o.Net != nil {
 		live.AttachNet(o.Net)
+		defer shareNAT(o.Net, sender)()
 	}
 	sink := newGatedSink(sender)
 	hw := newHoldingWorld(ctx, live, o.send, sink.Flush, o.Metrics)

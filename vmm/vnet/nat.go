@@ -23,6 +23,55 @@ type NATMapping struct {
 	Client      netip.AddrPort
 }
 
+// String is the mapping as "GATEWAYPORT HOSTFWD CLIENT", which
+// ParseNATMapping reads back.
+func (m NATMapping) String() string {
+	return fmt.Sprintf("%d %d %s", m.GatewayPort, m.HostFwd, m.Client)
+}
+
+// ParseNATMapping reads a mapping written by String.
+func ParseNATMapping(s string) (NATMapping, error) {
+	var m NATMapping
+	var client string
+	if _, err := fmt.Sscanf(s, "%d %d %s", &m.GatewayPort, &m.HostFwd, &client); err != nil {
+		return NATMapping{}, fmt.Errorf("vnet: NAT mapping %q: %w", s, err)
+	}
+	c, err := netip.ParseAddrPort(client)
+	if err != nil {
+		return NATMapping{}, fmt.Errorf("vnet: NAT mapping %q: %w", s, err)
+	}
+	m.Client = c
+	if m.String() != s {
+		return NATMapping{}, fmt.Errorf("vnet: NAT mapping %q is not in canonical form", s)
+	}
+	return m, nil
+}
+
+// NATShare is a backend whose NAT decides which client each gateway port
+// stands for: a state the guest observes (it answers gateway ports) that
+// a backup going live must have, or its replies go to the wrong clients.
+type NATShare interface {
+	NATMappings() []NATMapping
+	RestoreNAT([]NATMapping) error
+	// OnNewNATMapping calls f (under the backend's lock: it must not call
+	// back) for every mapping made from then on.
+	OnNewNATMapping(f func(NATMapping))
+}
+
+// NATOf returns b's NAT, looking through wrappers (a pcap recorder).
+func NATOf(b Backend) (NATShare, bool) {
+	for {
+		if n, ok := b.(NATShare); ok {
+			return n, true
+		}
+		w, ok := b.(interface{ Unwrap() Backend })
+		if !ok {
+			return nil, false
+		}
+		b = w.Unwrap()
+	}
+}
+
 type natKey struct {
 	fwd    int
 	client netip.AddrPort
@@ -39,12 +88,13 @@ func newNATTable(size int) *natTable {
 }
 
 // portFor returns the gateway port of a client, making an entry (and
-// evicting the least recently used one when full) if it has none.
-func (t *natTable) portFor(fwd int, client netip.AddrPort) uint16 {
+// evicting the least recently used one when full) if it has none; made
+// says it did.
+func (t *natTable) portFor(fwd int, client netip.AddrPort) (port uint16, made bool) {
 	key := natKey{fwd, client}
 	if e, ok := t.byClient[key]; ok {
 		t.lru.MoveToFront(e)
-		return e.Value.(NATMapping).GatewayPort
+		return e.Value.(NATMapping).GatewayPort, false
 	}
 	slot := -1
 	if t.lru.Len() == len(t.slots) {
@@ -61,7 +111,7 @@ func (t *natTable) portFor(fwd int, client netip.AddrPort) uint16 {
 	}
 	m := NATMapping{GatewayPort: uint16(natFirstPort + slot), HostFwd: fwd, Client: client}
 	t.insert(slot, m)
-	return m.GatewayPort
+	return m.GatewayPort, true
 }
 
 // lookup finds the client behind a gateway port and marks it used.

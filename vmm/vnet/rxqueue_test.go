@@ -96,22 +96,30 @@ func TestNATTableLRU(t *testing.T) {
 	c := func(i int) netip.AddrPort {
 		return netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(10000+i))
 	}
-	p0, p1, p2 := tab.portFor(0, c(0)), tab.portFor(0, c(1)), tab.portFor(1, c(2))
+	port := func(fwd int, client netip.AddrPort, wantMade bool) uint16 {
+		t.Helper()
+		p, made := tab.portFor(fwd, client)
+		if made != wantMade {
+			t.Fatalf("portFor(%d, %v): made %v, want %v", fwd, client, made, wantMade)
+		}
+		return p
+	}
+	p0, p1, p2 := port(0, c(0), true), port(0, c(1), true), port(1, c(2), true)
 	if p0 != natFirstPort || p1 != natFirstPort+1 || p2 != natFirstPort+2 {
 		t.Fatalf("ports %d %d %d, want %d.. in order", p0, p1, p2, natFirstPort)
 	}
-	if again := tab.portFor(0, c(0)); again != p0 {
+	if again := port(0, c(0), false); again != p0 {
 		t.Fatalf("a known client got port %d, had %d", again, p0)
 	}
 	// c(1) is now the least recently used: a fourth client takes its port.
-	if p3 := tab.portFor(0, c(3)); p3 != p1 {
+	if p3 := port(0, c(3), true); p3 != p1 {
 		t.Fatalf("fourth client got port %d, want the evicted %d", p3, p1)
 	}
 	if m, ok := tab.lookup(p1); !ok || m.Client != c(3) {
 		t.Fatalf("port %d maps to %v, %v; want %v", p1, m, ok, c(3))
 	}
 	// The same client through another hostfwd is another entry.
-	if p := tab.portFor(1, c(0)); p == p0 {
+	if p := port(1, c(0), true); p == p0 {
 		t.Error("one client on two hostfwds shares a port")
 	}
 	if _, ok := tab.lookup(natFirstPort + 3); ok {
@@ -128,5 +136,20 @@ func TestNATTableLRU(t *testing.T) {
 	}
 	if err := other.restore([]NATMapping{{GatewayPort: 80, Client: c(0)}}, 2); err == nil {
 		t.Error("restore accepted a port outside the table")
+	}
+}
+
+// TestNATMappingText: a mapping survives its text form, and malformed or
+// non-canonical text is refused.
+func TestNATMappingText(t *testing.T) {
+	m := NATMapping{GatewayPort: 49153, HostFwd: 1, Client: netip.MustParseAddrPort("127.0.0.1:40000")}
+	got, err := ParseNATMapping(m.String())
+	if err != nil || got != m {
+		t.Fatalf("ParseNATMapping(%q) = %+v, %v", m.String(), got, err)
+	}
+	for _, bad := range []string{"", "49153", "49153 1", "49153 1 nohost", "70000 1 127.0.0.1:1", "49153 1 127.0.0.1:1 junk", "049153 1 127.0.0.1:1", "-1 1 127.0.0.1:1"} {
+		if _, err := ParseNATMapping(bad); err == nil {
+			t.Errorf("ParseNATMapping(%q) accepted", bad)
+		}
 	}
 }

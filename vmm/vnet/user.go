@@ -29,11 +29,13 @@ type User struct {
 	tx    txCounters
 	guest netip.Addr
 
-	mu      sync.Mutex
-	nat     *natTable
-	conns   []*net.UDPConn // one per HostFwds entry; nil until Bind
-	closed  bool
-	readers sync.WaitGroup
+	mu  sync.Mutex
+	nat *natTable
+	// onNewNAT is told of each mapping made (OnNewNATMapping).
+	onNewNAT func(NATMapping)
+	conns    []*net.UDPConn // one per HostFwds entry; nil until Bind
+	closed   bool
+	readers  sync.WaitGroup
 }
 
 // NewUser creates a user backend for spec (KindUser) with its sockets not
@@ -121,7 +123,10 @@ func (u *User) readHost(fwd int, conn *net.UDPConn) {
 		}
 		client = netip.AddrPortFrom(client.Addr().Unmap(), client.Port())
 		u.mu.Lock()
-		gwPort := u.nat.portFor(fwd, client)
+		gwPort, made := u.nat.portFor(fwd, client)
+		if made && u.onNewNAT != nil {
+			u.onNewNAT(NATMapping{GatewayPort: gwPort, HostFwd: fwd, Client: client})
+		}
 		u.mu.Unlock()
 		if err := u.buildToGuest(out, gwPort, guestPort, buf[:n]); err != nil {
 			u.rx.dropped.Add(1)
@@ -313,6 +318,13 @@ func (u *User) NATMappings() []NATMapping {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.nat.mappings()
+}
+
+// OnNewNATMapping implements NATShare.
+func (u *User) OnNewNATMapping(f func(NATMapping)) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	u.onNewNAT = f
 }
 
 // RestoreNAT adds mappings taken by NATMappings (in that order) to the table.
