@@ -60,9 +60,18 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	chcfg := logchannel.Config{FailoverTimeout: timeout, HeartbeatInterval: timeout / 5}
+	primaryTLS, backupTLS, err := logchannel.NewPairCredentials("bench-failover")
+	if err != nil {
+		return 0, err
+	}
 	var stderr strings.Builder
 	logs := &lockedBuilder{b: &stderr}
 	common := func(role string, nb vnet.Backend) ft.Common {
+		chcfg := chcfg
+		chcfg.TLS = primaryTLS
+		if role == "backup" {
+			chcfg.TLS = backupTLS
+		}
 		return ft.Common{Backend: o.Backend, Image: img, Config: nicConfig(spec, ""), VMID: "bench-failover", Generation: gen, Arbiter: arb,
 			Claimant: role, Stdin: strings.NewReader(""), Stdout: io.Discard, Net: nb, Channel: chcfg,
 			Logf: func(f string, a ...any) { fmt.Fprintf(logs, role+": "+f+"\n", a...) }}

@@ -25,6 +25,9 @@ type Mode string
 const (
 	Plain Mode = "plain" // ftvm run
 	FT    Mode = "ft"    // a primary and a backup in this process, over loopback
+	// FTNoTLS is FT with the logging channel in clear (--insecure-no-tls),
+	// to measure what TLS costs.
+	FTNoTLS Mode = "ft-no-tls"
 	// Record: a plain run recorded into memory, for the log's composition.
 	Record Mode = "record"
 )
@@ -98,8 +101,8 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 		}
 		enc.Flush()
 		run.Log = log.Bytes()
-	case FT:
-		run.Err = runFT(ctx, spec, stdout, openNet, arbDir, &run)
+	case FT, FTNoTLS:
+		run.Err = runFT(ctx, spec, stdout, openNet, arbDir, mode == FTNoTLS, &run)
 	}
 	run.Elapsed = time.Since(began)
 	if spec.Ready != nil && errors.Is(run.Err, vmm.ErrInterrupted) {
@@ -111,7 +114,7 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 	return run
 }
 
-func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool) (vnet.Backend, error), arbDir string, run *vmRun) error {
+func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool) (vnet.Backend, error), arbDir string, inClear bool, run *vmRun) error {
 	arb, err := splitbrain.Open("file://" + arbDir)
 	if err != nil {
 		return err
@@ -128,9 +131,20 @@ func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool
 		return err
 	}
 	defer ln.Close()
+	primaryTLS, backupTLS, err := logchannel.NewPairCredentials("bench")
+	if err != nil {
+		return err
+	}
 	common := func(role string, in io.Reader, out io.Writer, nb vnet.Backend) ft.Common {
+		channel := logchannel.Config{TLS: primaryTLS}
+		if role == "backup" {
+			channel.TLS = backupTLS
+		}
+		if inClear {
+			channel = logchannel.Config{InsecureNoTLS: true}
+		}
 		return ft.Common{Backend: spec.Backend, Image: spec.Image, Config: spec.Config, VMID: "bench", Generation: gen, Arbiter: arb,
-			Claimant: role, Stdin: in, Stdout: out, Net: nb}
+			Claimant: role, Stdin: in, Stdout: out, Net: nb, Channel: channel}
 	}
 	bnet, err := openNet(false)
 	if err != nil {

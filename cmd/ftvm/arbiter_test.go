@@ -43,10 +43,10 @@ func TestArbiterRefusedAtStart(t *testing.T) {
 		}
 	}
 	backup := func(args ...string) []string {
-		return append(append([]string{"backup", "--listen", "127.0.0.1:0"}, args...), guest("hello"))
+		return append(append([]string{"backup", "--listen", "127.0.0.1:0", "--insecure-no-tls"}, args...), guest("hello"))
 	}
 	primary := func(args ...string) []string {
-		return append(append([]string{"primary", "--backup", "127.0.0.1:1"}, args...), guest("hello"))
+		return append(append([]string{"primary", "--backup", "127.0.0.1:1", "--insecure-no-tls"}, args...), guest("hello"))
 	}
 	cases := []struct {
 		name   string

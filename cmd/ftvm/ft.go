@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/ftvm/ftvm/logchannel"
@@ -25,7 +26,45 @@ type ftFlags struct {
 	metrics         string
 	failoverTimeout time.Duration
 	heartbeat       time.Duration
+	tls             tlsFlags
 }
+
+// tlsFlags say how a side proves who it is on the logging channel.
+type tlsFlags struct {
+	cert, key, ca string
+	insecure      bool
+}
+
+func (t *tlsFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&t.cert, "tls-cert", "", "this side's logging-channel certificate `FILE` (PEM, from the pair's CA; see ftvm certs)")
+	fs.StringVar(&t.key, "tls-key", "", "its private key `FILE` (PEM)")
+	fs.StringVar(&t.ca, "tls-ca", "", "the pair's CA certificate `FILE` (PEM): the peer's certificate must come from it")
+	fs.BoolVar(&t.insecure, "insecure-no-tls", false, "run the logging channel in clear: no encryption, no authentication (anyone who reaches the backup can feed it a log; anyone on the path reads the guest's inputs)")
+}
+
+// channel fills in cfg's TLS as the flags say.
+func (t *tlsFlags) channel(cfg logchannel.Config) (logchannel.Config, error) {
+	given := t.cert != "" || t.key != "" || t.ca != ""
+	switch {
+	case t.insecure && given:
+		return cfg, usagef("--insecure-no-tls contradicts --tls-cert/--tls-key/--tls-ca")
+	case t.insecure:
+		cfg.InsecureNoTLS = true
+		return cfg, nil
+	case t.cert == "" || t.key == "" || t.ca == "":
+		return cfg, usagef("the logging channel needs --tls-cert, --tls-key and --tls-ca (ftvm certs --dir DIR --vm-id ID makes them), or --insecure-no-tls to run it in clear")
+	}
+	creds, err := logchannel.LoadCredentials(t.cert, t.key, t.ca)
+	if err != nil {
+		return cfg, err
+	}
+	cfg.TLS = creds
+	return cfg, nil
+}
+
+// insecureMark opens every status line of a side whose logging channel
+// runs in clear.
+const insecureMark = "[INSECURE: logging channel in clear, no TLS] "
 
 func (f *ftFlags) register(fs *flag.FlagSet) {
 	f.guestFlags.register(fs)
@@ -34,12 +73,17 @@ func (f *ftFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on `ADDR` (/metrics)")
 	fs.DurationVar(&f.failoverTimeout, "failover-timeout", logchannel.DefaultFailoverTimeout, "declare the peer dead after this long without hearing from it")
 	fs.DurationVar(&f.heartbeat, "heartbeat", logchannel.DefaultHeartbeatInterval, "heartbeat interval while the log is idle")
+	f.tls.register(fs)
 }
 
 // common builds the shared options; bind says whether to bind the network now.
 func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func(), error) {
 	if f.arbiter == "" {
 		return ft.Common{}, nil, usagef("--arbiter is required (file:///DIR or s3://BUCKET/PREFIX?endpoint=URL)")
+	}
+	channel, err := f.tls.channel(logchannel.Config{FailoverTimeout: f.failoverTimeout, HeartbeatInterval: f.heartbeat})
+	if err != nil {
+		return ft.Common{}, nil, err
 	}
 	img, cfg, err := f.loadGuest(args)
 	if err != nil {
@@ -55,9 +99,13 @@ func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func
 		Backend: f.be, Image: img, Config: cfg, VMID: f.vmID, Generation: generation, Arbiter: arb,
 		Claimant: claimant,
 		Stdin:    os.Stdin, Stdout: os.Stdout,
-		Channel: logchannel.Config{FailoverTimeout: f.failoverTimeout, HeartbeatInterval: f.heartbeat},
+		Channel: channel,
 		Logf: func(format string, args ...any) {
-			fmt.Fprintf(os.Stderr, "ftvm %s %s: %s\n", role, time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+			msg := fmt.Sprintf(format, args...)
+			if channel.InsecureNoTLS && !strings.HasPrefix(msg, insecureMark) {
+				msg = insecureMark + msg
+			}
+			fmt.Fprintf(os.Stderr, "ftvm %s %s: %s\n", role, time.Now().Format("15:04:05.000"), msg)
 		},
 	}
 	cleanup := func() {}
@@ -130,7 +178,11 @@ func cmdBackup(args []string) int {
 		return exitFailed
 	}
 	defer ln.Close()
-	c.Logf("listening for the primary on %s", ln.Addr())
+	if c.Channel.InsecureNoTLS {
+		c.Logf("listening for the primary on %s in clear (--insecure-no-tls): any peer that knows the VM's image and configuration can feed this backup a log", ln.Addr())
+	} else {
+		c.Logf("listening for the primary on %s; mutual TLS 1.3, peers need a certificate from the pair's CA for VM %q", ln.Addr(), c.VMID)
+	}
 	ctx, cancel := interruptContext()
 	defer cancel()
 	out, err := ft.RunBackup(ctx, ft.BackupOptions{Common: c, Listener: ln})

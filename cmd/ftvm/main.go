@@ -50,6 +50,7 @@ var commands = map[string]func(args []string) int{
 	"primary":  cmdPrimary,
 	"backup":   cmdBackup,
 	"pair":     cmdPair,
+	"certs":    cmdCerts,
 	"status":   cmdStatus,
 	"demo":     cmdDemo,
 	"bench":    cmdBench,
@@ -86,6 +87,9 @@ commands:
   arbiter init --arbiter URL             mark shared storage as this cluster's arbiter (once)
   arbiter show --arbiter URL [--vm-id ID]
                                          a VM's epoch and who holds its claim
+  certs --dir DIR --vm-id ID [--hosts A,B]
+                                         a CA and the logging channel's certificates for a
+                                         pair on two hosts (primary/backup --tls-cert/-key/-ca)
   status ADDR                            show a primary's or backup's --metrics for a person
   kv --addr ADDR put K V | get K | append K V | bench [--clients N] [--duration D]
                                          a client for the kvstore guest

@@ -9,6 +9,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/vmm/ft"
 )
 
@@ -28,6 +29,7 @@ func cmdPair(args []string) int {
 	failover := fs.Duration("failover-timeout", 0, "passed to both sides (default: theirs)")
 	metricsP := fs.String("metrics-primary", "", "the primary's --metrics ADDR")
 	metricsB := fs.String("metrics-backup", "", "the backup's --metrics ADDR")
+	insecure := fs.Bool("insecure-no-tls", false, "run the logging channel in clear (default: mutual TLS with a throwaway CA made for this pair)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -76,7 +78,29 @@ func cmdPair(args []string) int {
 		}
 		return append([]string{flag, v}, rest...)
 	}
-	primaryArgs := append([]string{"primary", "--backup", addr}, with("--metrics", *metricsP, common)...)
+	primaryTLS, backupTLS := []string{"--insecure-no-tls"}, []string{"--insecure-no-tls"}
+	channel := "in clear (--insecure-no-tls)"
+	if !*insecure {
+		// A throwaway CA and a certificate for each side, in a working
+		// directory of the pair's own: the default needs no setup.
+		dir, err := os.MkdirTemp("", "ftvm-pair-tls-")
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
+			return exitFailed
+		}
+		defer os.RemoveAll(dir)
+		if err := logchannel.WritePairCredentials(dir, g.vmID, "primary", "backup"); err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
+			return exitFailed
+		}
+		tlsArgs := func(host string) []string {
+			f := logchannel.PairFiles(dir, host)
+			return []string{"--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}
+		}
+		primaryTLS, backupTLS = tlsArgs("primary"), tlsArgs("backup")
+		channel = "mutual TLS, throwaway CA in " + dir
+	}
+	primaryArgs := append(append([]string{"primary", "--backup", addr}, primaryTLS...), with("--metrics", *metricsP, common)...)
 	if g.pcap != "" {
 		primaryArgs = append(primaryArgs, "--pcap", g.pcap)
 	}
@@ -86,13 +110,13 @@ func cmdPair(args []string) int {
 	sup := &ft.PairSupervisor{
 		Exe:         exe,
 		PrimaryArgs: append(primaryArgs, fs.Args()...),
-		BackupArgs:  append(append([]string{"backup", "--listen", addr}, with("--metrics", *metricsB, common)...), fs.Args()...),
+		BackupArgs:  append(append(append([]string{"backup", "--listen", addr}, backupTLS...), with("--metrics", *metricsB, common)...), fs.Args()...),
 		Stdin:       os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		KillPrimaryAfter: *killAfter, KillBackupAfter: *killBackupAfter, StopPrimaryAfter: *stopAfter,
 		Signals: sigs,
 		Logf:    pairLog,
 		Started: func(p, b int) {
-			pairLog("primary pid %d, backup pid %d, logging channel %s, arbiter %s", p, b, addr, *arbiter)
+			pairLog("primary pid %d, backup pid %d, logging channel %s (%s), arbiter %s", p, b, addr, channel, *arbiter)
 		},
 	}
 	return sup.Run()

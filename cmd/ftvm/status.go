@@ -71,6 +71,20 @@ func formatStatus(f map[string]*dto.MetricFamily) string {
 			}
 		}
 	}
+	if v, ok := value("ftvm_logchannel_tls"); ok {
+		if v == 1 {
+			fmt.Fprintf(&b, "logging channel      mutual TLS\n")
+		} else {
+			fmt.Fprintf(&b, "logging channel      INSECURE: in clear, no TLS (--insecure-no-tls)\n")
+		}
+	}
+	if fam, ok := f["ftvm_logchannel_refused_connections_total"]; ok {
+		for _, m := range fam.Metric {
+			if len(m.Label) > 0 && m.Counter != nil {
+				fmt.Fprintf(&b, "%-20s %.0f\n", "refused ("+m.Label[0].GetValue()+")", m.Counter.GetValue())
+			}
+		}
+	}
 	rows := []struct{ name, label, unit string }{
 		{"ftvm_log_entries_sent_total", "log entries sent", ""},
 		{"ftvm_log_bytes_sent_total", "log bytes sent", "B"},

@@ -116,7 +116,7 @@ func reencode(t *testing.T, log []byte, alter bool) []byte {
 // its primary is an interruption (130), not a failure.
 func TestInterruptStopsAWaitingBackup(t *testing.T) {
 	requireBackend(t)
-	cmd := exec.Command(ftvmBin, "backup", "--listen", "127.0.0.1:0", "--arbiter", "file://"+t.TempDir(), guest("hello"))
+	cmd := exec.Command(ftvmBin, "backup", "--listen", "127.0.0.1:0", "--insecure-no-tls", "--arbiter", "file://"+t.TempDir(), guest("hello"))
 	var errb syncBuf
 	cmd.Stderr = &errb
 	if err := cmd.Start(); err != nil {
