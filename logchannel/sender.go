@@ -26,8 +26,10 @@ const maxInflightFrames = 1 << 16
 // Four goroutines run beside the caller's: a reader (acks and heartbeats
 // from the backup), a flusher (sends what Append buffered within
 // FlushInterval), a heartbeater and a watchdog (declares the backup lost
-// after FailoverTimeout of silence). All methods are safe for concurrent
-// use.
+// after FailoverTimeout of silence, or of no progress). They do the I/O;
+// what to do and when (flow control, heartbeats, loss of the backup, the
+// lag) is decided by senderPolicy, a pure core they feed under st with
+// the Sender's clock. All methods are safe for concurrent use.
 type Sender struct {
 	conn  net.Conn
 	peer  string
@@ -53,55 +55,27 @@ type Sender struct {
 	// states are state messages (SetState) waiting for the next write.
 	stateMu sync.Mutex
 	states  []byte
-	// released: the outputs of every entry up to it have left (Released).
-	released atomic.Uint64
 
-	dead       atomic.Bool  // err is set: a fast check for Append
-	lastSend   atomic.Int64 // time of the last write, ns since epoch
-	lastHeard  atomic.Int64 // time of the last message from the backup
-	echoStamp  atomic.Int64 // the backup's last heartbeat, to echo
-	echoWanted atomic.Bool
+	dead       atomic.Bool // err is set: a fast check for Append
 	appended   atomic.Uint64
 	lastSeq    atomic.Uint64
 	latestExit atomic.Uint64 // the primary's progress, for the lag
 	logBytes   atomic.Uint64
-	hbSent     atomic.Uint64
-	hbReceived atomic.Uint64
 
-	// st guards the state shared with the reader goroutine.
-	st       sync.Mutex
-	changed  chan struct{} // closed and replaced when acked, replayed or err change
-	err      error         // why the Sender stopped; nil while it runs
-	lost     chan struct{} // closed when the peer is lost
-	done     chan struct{} // closed when the Sender stops, for any reason
-	acked    uint64
-	highSent uint64 // Seq of the last entry sent or being sent
-	replayed uint64 // the backup's replayed exit
-	inflight []frameRecord
-	head     int   // first unacknowledged record in inflight
-	unacked  int64 // bytes of the inflight records
-	// lastProgress: when the backup last acked a new seq or reported a
-	// later replayed exit (replayedAtProgress); see stalled.
-	lastProgress       time.Duration
-	replayedAtProgress uint64
-	lag                lagRing
-	frames             uint64
-	acks               uint64
-	rtt                rttStats
-	ackDelay           rttStats
+	// st guards the state shared between the goroutines.
+	st      sync.Mutex
+	changed chan struct{} // closed and replaced when acked, replayed or err change
+	err     error         // why the Sender stopped; nil while it runs
+	lost    chan struct{} // closed when the peer is lost
+	done    chan struct{} // closed when the Sender stops, for any reason
+	// pol decides: flow control, heartbeats, loss of the backup, lag.
+	pol *senderPolicy
 
 	flowBlocked, lagWaits       uint64
 	flowBlockedTime, lagWaitDur time.Duration
 
 	ackCh chan uint64
 	wg    sync.WaitGroup
-}
-
-// frameRecord is a frame sent and not yet acknowledged.
-type frameRecord struct {
-	endSeq uint64 // Seq of its last entry
-	bytes  int64  // its message size
-	sentAt time.Duration
 }
 
 var _ replay.Sink = (*Sender)(nil)
@@ -126,11 +100,14 @@ func newSender(conn net.Conn, mr *msgReader, cfg Config) (*Sender, error) {
 		lost:    make(chan struct{}),
 		done:    make(chan struct{}),
 		ackCh:   make(chan uint64, 1),
-		lag:     lagRing{buf: make([]lagSample, lagRingSize)},
 	}
 	s.enc = replay.NewEncoderSize(senderWriter{s}, cfg.FrameSize)
-	s.lastHeard.Store(s.now())
-	s.lastSend.Store(s.now())
+	s.pol = newSenderPolicy(senderLimits{
+		maxUnacked:        int64(cfg.MaxUnacked),
+		maxFrames:         maxInflightFrames,
+		heartbeatInterval: cfg.HeartbeatInterval,
+		failoverTimeout:   cfg.FailoverTimeout,
+	}, s.peer, s.now())
 	// The stream header goes first, so the backup checks the log format
 	// before any entry arrives.
 	s.mu.Lock()
@@ -147,7 +124,9 @@ func newSender(conn net.Conn, mr *msgReader, cfg Config) (*Sender, error) {
 	return s, nil
 }
 
-func (s *Sender) now() int64 { return int64(time.Since(s.epoch)) }
+// now is the Sender's clock, the time it gives its policy: the time since
+// epoch on the monotonic clock.
+func (s *Sender) now() time.Duration { return time.Since(s.epoch) }
 
 // Append adds e to the log. It is buffered in the open frame and sent by
 // the next Flush, by the flusher within FlushInterval, or at once if the
@@ -224,20 +203,14 @@ func (s *Sender) sendLog(p []byte) (int, error) {
 		// Recorded before the write: the ack may come back before the
 		// write call returns.
 		s.st.Lock()
-		now := time.Duration(s.now())
-		s.compactInflight()
-		s.inflight = append(s.inflight, frameRecord{endSeq: s.curSeq, bytes: size, sentAt: now})
-		s.unacked += size
-		s.highSent = s.curSeq
-		s.lag.add(s.curExit, now)
-		s.frames++
+		s.pol.sent(s.curSeq, s.curExit, size, s.now())
 		s.st.Unlock()
 	}
 	states := s.takeStates()
 	s.wmu.Lock()
 	bufs := net.Buffers{states, appendHeader(s.hdr[:0], msgLog, len(p)), p}
 	_, err := bufs.WriteTo(s.conn)
-	s.lastSend.Store(s.now())
+	s.wroteLocked()
 	s.wmu.Unlock()
 	if err != nil {
 		s.lose(fmt.Errorf("sending a log frame to %s: %w", s.peer, err))
@@ -253,12 +226,8 @@ func (s *Sender) sendLog(p []byte) (int, error) {
 func (s *Sender) waitForRoom(size int64) error {
 	s.st.Lock()
 	defer s.st.Unlock()
-	fits := func() bool {
-		inflight := len(s.inflight) - s.head
-		return inflight == 0 || s.unacked+size <= int64(s.cfg.MaxUnacked) && inflight < maxInflightFrames
-	}
-	var since int64 = -1
-	for s.err == nil && !fits() {
+	var since time.Duration = -1
+	for s.err == nil && !s.pol.maySend(size) {
 		if since < 0 {
 			since = s.now()
 			s.flowBlocked++
@@ -269,18 +238,17 @@ func (s *Sender) waitForRoom(size int64) error {
 		s.st.Lock()
 	}
 	if since >= 0 {
-		s.flowBlockedTime += time.Duration(s.now() - since)
+		s.flowBlockedTime += s.now() - since
 	}
 	return s.err
 }
 
-// compactInflight moves the unacknowledged records to the front once the
-// acknowledged prefix is at least half the slice.
-func (s *Sender) compactInflight() {
-	if s.head > 0 && s.head >= len(s.inflight)/2 {
-		n := copy(s.inflight, s.inflight[s.head:])
-		s.inflight, s.head = s.inflight[:n], 0
-	}
+// wroteLocked tells the policy a message has left. Called with wmu held,
+// so that the times it is given never go back.
+func (s *Sender) wroteLocked() {
+	s.st.Lock()
+	s.pol.wrote(s.now())
+	s.st.Unlock()
 }
 
 // notifyLocked wakes everyone waiting on a change. Called with st held.
@@ -329,27 +297,24 @@ func (s *Sender) readLoop() {
 			return
 		}
 		now := s.now()
-		s.lastHeard.Store(now)
 		switch t {
 		case msgAck:
-			if err := s.onAck(leUint64(f[0:]), leUint64(f[8:]), time.Duration(now)); err != nil {
+			if err := s.onAck(leUint64(f[0:]), leUint64(f[8:]), now); err != nil {
 				s.lose(err)
 				return
 			}
 		case msgHeartbeat:
-			s.hbReceived.Add(1)
-			s.echoStamp.Store(parseStamp(f))
-			s.echoWanted.Store(true)
+			s.st.Lock()
+			s.pol.heartbeat(parseStamp(f), now)
+			s.st.Unlock()
 			select {
 			case s.wakeHB <- struct{}{}:
 			default:
 			}
 		case msgEcho:
-			if rtt := now - parseStamp(f); rtt >= 0 {
-				s.st.Lock()
-				s.rtt.add(time.Duration(rtt))
-				s.st.Unlock()
-			}
+			s.st.Lock()
+			s.pol.echo(parseStamp(f), now)
+			s.st.Unlock()
 		}
 	}
 }
@@ -366,32 +331,12 @@ func readFailed(peer string, err error) error {
 // replay has reached exit.
 func (s *Sender) onAck(seq, exit uint64, now time.Duration) error {
 	s.st.Lock()
-	if seq > s.highSent {
+	grew, err := s.pol.ack(seq, exit, now)
+	if err != nil {
 		// Believing it would release outputs whose entries the backup
 		// cannot have: the Output Rule would be broken.
 		s.st.Unlock()
-		return fmt.Errorf("%s acknowledged seq %d but only seq %d was sent: %w", s.peer, seq, s.highSent, ErrProtocol)
-	}
-	s.acks++
-	grew := seq > s.acked
-	if grew {
-		s.acked = seq
-		for s.head < len(s.inflight) && s.inflight[s.head].endSeq <= seq {
-			r := &s.inflight[s.head]
-			s.unacked -= r.bytes
-			s.ackDelay.add(now - r.sentAt)
-			s.head++
-		}
-		if s.head == len(s.inflight) {
-			s.inflight, s.head = s.inflight[:0], 0
-		}
-	}
-	if exit > s.replayed {
-		s.replayed = exit
-		s.lag.prune(exit)
-	}
-	if grew || exit > s.replayedAtProgress {
-		s.lastProgress, s.replayedAtProgress = now, exit
+		return err
 	}
 	s.notifyLocked()
 	s.st.Unlock()
@@ -446,7 +391,6 @@ func (s *Sender) heartbeatLoop() {
 	ticker := time.NewTicker(s.cfg.tick())
 	defer ticker.Stop()
 	var buf []byte
-	var sentReleased uint64
 	for {
 		select {
 		case <-s.done:
@@ -457,22 +401,36 @@ func (s *Sender) heartbeatLoop() {
 		if states := s.takeStates(); len(states) > 0 && !s.writeControl(states) {
 			return
 		}
-		if r := s.released.Load(); r > sentReleased {
+		s.st.Lock()
+		r, releaseDue := s.pol.releaseDue()
+		s.st.Unlock()
+		if releaseDue {
 			if !s.writeControl(appendStamp(buf[:0], msgReleased, int64(r))) {
 				return
 			}
-			sentReleased = r
+			s.st.Lock()
+			s.pol.releaseReported(r)
+			s.st.Unlock()
 		}
-		if s.echoWanted.Swap(false) {
-			if !s.writeControl(appendStamp(buf[:0], msgEcho, s.echoStamp.Load())) {
+		s.st.Lock()
+		stamp, echoDue := s.pol.echoDue()
+		s.st.Unlock()
+		if echoDue {
+			if !s.writeControl(appendStamp(buf[:0], msgEcho, stamp)) {
 				return
 			}
 		}
-		if now := s.now(); time.Duration(now-s.lastSend.Load()) >= s.cfg.HeartbeatInterval {
-			if !s.writeControl(appendStamp(buf[:0], msgHeartbeat, now)) {
+		now := s.now()
+		s.st.Lock()
+		hbDue := s.pol.heartbeatDue(now)
+		s.st.Unlock()
+		if hbDue {
+			if !s.writeControl(appendStamp(buf[:0], msgHeartbeat, int64(now))) {
 				return
 			}
-			s.hbSent.Add(1)
+			s.st.Lock()
+			s.pol.heartbeatSent()
+			s.st.Unlock()
 		}
 	}
 }
@@ -481,7 +439,7 @@ func (s *Sender) heartbeatLoop() {
 func (s *Sender) writeControl(b []byte) bool {
 	s.wmu.Lock()
 	_, err := s.conn.Write(b)
-	s.lastSend.Store(s.now())
+	s.wroteLocked()
 	s.wmu.Unlock()
 	if err != nil {
 		s.lose(fmt.Errorf("sending to %s: %w", s.peer, err))
@@ -503,35 +461,14 @@ func (s *Sender) watchdog() {
 			return
 		case <-ticker.C:
 		}
-		now := s.now()
-		if silent := time.Duration(now - s.lastHeard.Load()); silent > s.cfg.FailoverTimeout {
-			s.lose(fmt.Errorf("nothing heard from %s for %v (failover timeout %v)", s.peer, silent.Round(time.Millisecond), s.cfg.FailoverTimeout))
-			return
-		}
-		if err := s.stalled(time.Duration(now)); err != nil {
+		s.st.Lock()
+		err := s.pol.lost(s.now())
+		s.st.Unlock()
+		if err != nil {
 			s.lose(err)
 			return
 		}
 	}
-}
-
-// stalled reports a backup that is alive (its heartbeats arrive) but no
-// longer working: for longer than the failover timeout it has acked no
-// entry and reported no replay progress while entries wait for its ack.
-// Such a backup would hold the primary's outputs, and then its vCPU,
-// forever; it is lost, as a silent one is.
-func (s *Sender) stalled(now time.Duration) error {
-	s.st.Lock()
-	defer s.st.Unlock()
-	if s.head == len(s.inflight) {
-		return nil
-	}
-	since := max(s.lastProgress, s.inflight[s.head].sentAt)
-	if stuck := now - since; stuck > s.cfg.FailoverTimeout {
-		return fmt.Errorf("%s acknowledged nothing and replayed nothing for %v while %d log bytes waited for its ack (acked seq %d of %d; failover timeout %v)",
-			s.peer, stuck.Round(time.Millisecond), s.unacked, s.acked, s.highSent, s.cfg.FailoverTimeout)
-	}
-	return nil
 }
 
 // SetState sends the backup the latest value of a piece of the guest's
@@ -566,16 +503,15 @@ func (s *Sender) takeStates() []byte {
 
 // Released tells the backup, soon, that every output of the entries up to
 // seq has left this side: a backup that goes live then releases only the
-// outputs of later entries. Safe from any goroutine; never blocks.
+// outputs of later entries. Safe from any goroutine; never waits for the
+// connection.
 func (s *Sender) Released(seq uint64) {
-	for {
-		old := s.released.Load()
-		if seq <= old {
-			return
-		}
-		if s.released.CompareAndSwap(old, seq) {
-			break
-		}
+	s.st.Lock()
+	old, _ := s.pol.releaseDue()
+	s.pol.setReleased(seq)
+	s.st.Unlock()
+	if seq <= old {
+		return
 	}
 	select {
 	case s.wakeHB <- struct{}{}:
@@ -587,7 +523,7 @@ func (s *Sender) Released(seq uint64) {
 func (s *Sender) Acked() uint64 {
 	s.st.Lock()
 	defer s.st.Unlock()
-	return s.acked
+	return s.pol.acked
 }
 
 // Acks delivers the highest acknowledged Seq each time it grows, for the
@@ -603,7 +539,7 @@ func (s *Sender) Acks() <-chan uint64 { return s.ackCh }
 func (s *Sender) WaitAcked(ctx context.Context, seq uint64) error {
 	for {
 		s.st.Lock()
-		acked, err, ch := s.acked, s.err, s.changed
+		acked, err, ch := s.pol.acked, s.err, s.changed
 		s.st.Unlock()
 		switch {
 		case acked >= seq:
@@ -628,22 +564,11 @@ func (s *Sender) WaitAcked(ctx context.Context, seq uint64) error {
 func (s *Sender) Lag() Lag {
 	s.st.Lock()
 	defer s.st.Unlock()
-	return s.lagLocked(time.Duration(s.now()))
+	return s.lagLocked()
 }
 
-func (s *Sender) lagLocked(now time.Duration) Lag {
-	latest := s.latestExit.Load()
-	if s.replayed >= latest {
-		return Lag{}
-	}
-	l := Lag{Exits: latest - s.replayed}
-	// Samples the backup has replayed past are pruned, so the oldest
-	// left is when the primary moved past the backup's exit.
-	if at, ok := s.lag.oldest(); ok {
-		l.Time = max(now-at, 0)
-	}
-	return l
-}
+// lagLocked is Lag with st held.
+func (s *Sender) lagLocked() Lag { return s.pol.lagAt(s.latestExit.Load(), s.now()) }
 
 // WaitLag blocks while Lag().Time exceeds maxLag: the primary's vCPU calls
 // it between exits to throttle itself when the backup falls behind, as
@@ -652,17 +577,17 @@ func (s *Sender) lagLocked(now time.Duration) Lag {
 // if it stops, or ctx's error. The backup's progress comes with its acks,
 // so it must report it (Receiver.ReportReplayed) for the lag to fall.
 func (s *Sender) WaitLag(ctx context.Context, maxLag time.Duration) error {
-	var since int64 = -1
+	var since time.Duration = -1
 	defer func() {
 		if since >= 0 {
 			s.st.Lock()
-			s.lagWaitDur += time.Duration(s.now() - since)
+			s.lagWaitDur += s.now() - since
 			s.st.Unlock()
 		}
 	}()
 	for {
 		s.st.Lock()
-		lag, err, ch := s.lagLocked(time.Duration(s.now())), s.err, s.changed
+		lag, err, ch := s.lagLocked(), s.err, s.changed
 		if lag.Time > maxLag && err == nil && since < 0 {
 			since = s.now()
 			s.lagWaits++
@@ -700,29 +625,18 @@ func (s *Sender) Err() error {
 func (s *Sender) Stats() Stats {
 	s.st.Lock()
 	defer s.st.Unlock()
-	return Stats{
-		Entries:            s.appended.Load(),
-		LastSeq:            s.lastSeq.Load(),
-		LastExit:           s.latestExit.Load(),
-		Frames:             s.frames,
-		LogBytes:           s.logBytes.Load(),
-		Acks:               s.acks,
-		AckedSeq:           s.acked,
-		ReplayedExit:       s.replayed,
-		HeartbeatsSent:     s.hbSent.Load(),
-		HeartbeatsReceived: s.hbReceived.Load(),
-		RTT:                s.rtt.last,
-		RTTAvg:             s.rtt.avg(),
-		RTTSamples:         s.rtt.count,
-		Unacked:            s.unacked,
-		AckDelay:           s.ackDelay.last,
-		AckDelayAvg:        s.ackDelay.avg(),
-		Lag:                s.lagLocked(time.Duration(s.now())),
-		FlowBlocked:        s.flowBlocked,
-		FlowBlockedTime:    s.flowBlockedTime,
-		LagWaits:           s.lagWaits,
-		LagWaitTime:        s.lagWaitDur,
+	st := Stats{
+		Entries:         s.appended.Load(),
+		LastSeq:         s.lastSeq.Load(),
+		LastExit:        s.latestExit.Load(),
+		LogBytes:        s.logBytes.Load(),
+		FlowBlocked:     s.flowBlocked,
+		FlowBlockedTime: s.flowBlockedTime,
+		LagWaits:        s.lagWaits,
+		LagWaitTime:     s.lagWaitDur,
 	}
+	s.pol.fillStats(&st, st.LastExit, s.now())
+	return st
 }
 
 // Close ends the session without flushing: Flush and WaitAcked first for
@@ -733,65 +647,4 @@ func (s *Sender) Close() error {
 	s.stop(ErrClosed, false)
 	s.wg.Wait()
 	return nil
-}
-
-// lagRingSize bounds the lag samples: at one per lagResolution they cover
-// over 4 s, far past any lag bound worth throttling at.
-const (
-	lagRingSize   = 4096
-	lagResolution = time.Millisecond
-)
-
-// lagRing remembers when the primary reached which exit: samples (exit,
-// at) meaning "by time at the primary had reached exit", increasing in
-// both, oldest first.
-type lagRing struct {
-	buf        []lagSample
-	head, size int
-}
-
-type lagSample struct {
-	exit uint64
-	at   time.Duration
-}
-
-func (r *lagRing) at(i int) *lagSample { return &r.buf[(r.head+i)%len(r.buf)] }
-
-// add records that the primary has reached exit at time at. Samples less
-// than lagResolution apart are merged (the newer exit is credited to the
-// older time, which overstates the lag by less than lagResolution); when
-// the ring is full the oldest sample goes.
-func (r *lagRing) add(exit uint64, at time.Duration) {
-	if r.size > 0 {
-		last := r.at(r.size - 1)
-		if exit <= last.exit {
-			return
-		}
-		if at-last.at < lagResolution {
-			last.exit = exit
-			return
-		}
-	}
-	if r.size == len(r.buf) {
-		r.head = (r.head + 1) % len(r.buf)
-		r.size--
-	}
-	*r.at(r.size) = lagSample{exit: exit, at: at}
-	r.size++
-}
-
-// prune drops the samples the backup has replayed past: exit <= replayed.
-func (r *lagRing) prune(replayed uint64) {
-	for r.size > 0 && r.at(0).exit <= replayed {
-		r.head = (r.head + 1) % len(r.buf)
-		r.size--
-	}
-}
-
-// oldest returns the time of the oldest sample.
-func (r *lagRing) oldest() (time.Duration, bool) {
-	if r.size == 0 {
-		return 0, false
-	}
-	return r.at(0).at, true
 }
