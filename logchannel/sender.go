@@ -480,6 +480,9 @@ func (s *Sender) SetState(key string, value []byte) error {
 	if len(key) == 0 || len(key) > MaxStateKey || len(value) > MaxStateValue {
 		return fmt.Errorf("logchannel: state %q of %d bytes: a key is 1-%d bytes and a value at most %d", key, len(value), MaxStateKey, MaxStateValue)
 	}
+	if s.dead.Load() {
+		return nil // no backup to tell; nothing may pile up for it
+	}
 	fields := make([]byte, 0, 1+len(key)+len(value))
 	fields = append(append(append(fields, byte(len(key))), key...), value...)
 	s.stateMu.Lock()
