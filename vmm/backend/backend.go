@@ -11,6 +11,7 @@
 package backend
 
 import (
+	"encoding/binary"
 	"fmt"
 	"os"
 
@@ -129,6 +130,10 @@ type VCPU interface {
 	Kick()
 	// Close destroys the vCPU and its guest. Idempotent.
 	Close() error
+	// FPState reads the x87 and SSE state. Not concurrently with Run.
+	FPState(*FPState) error
+	// SetFPState writes the x87 and SSE state. Not concurrently with Run.
+	SetFPState(*FPState) error
 	// Do runs f on the OS thread that drives this vCPU and returns when f
 	// does. Run, Regs and SetRegs called inside f then need no switch of
 	// threads: a caller's whole run loop belongs inside Do.
@@ -245,4 +250,92 @@ func IOInsn(code []byte, dx uint16) (port uint16, size uint8, out bool, length u
 	}
 	out = op == 0xe6 || op == 0xe7 || op == 0xee || op == 0xef
 	return port, size, out, length, true
+}
+
+// FPState is the x87 and SSE state the guest can observe, in one form on
+// every backend (the FXSAVE layout's meaningful fields, without what
+// differs between CPUs and kernels: MXCSR_MASK, reserved bytes, the
+// unused upper 6 bytes of each x87 register). AVX is off (guests/ABI.md),
+// so the upper halves of the YMM registers do not exist for the guest.
+type FPState struct {
+	FCW, FSW uint16
+	// FTW is the abridged tag word of FXSAVE: bit i set when physical
+	// register i holds a value.
+	FTW uint8
+	FOP uint16
+	// FIP and FDP are the last x87 instruction and operand pointers
+	// (64-bit form).
+	FIP, FDP uint64
+	MXCSR    uint32
+	// ST holds the eight 80-bit x87 registers in the order FXSAVE (and
+	// KVM_GET_FPU) stores them: ST(0) first.
+	ST  [8][10]byte
+	XMM [16][16]byte
+}
+
+// FXSAVE area layout (Intel SDM vol. 1, table 10-2, 64-bit form).
+const (
+	FXSaveSize  = 512
+	fxFCW       = 0
+	fxFSW       = 2
+	fxFTW       = 4
+	fxFOP       = 6
+	fxFIP       = 8
+	fxFDP       = 16
+	fxMXCSR     = 24
+	fxMXCSRMask = 28
+	fxST        = 32
+	fxXMM       = 160
+)
+
+// ResetFPState is the state the ABI promises at entry: FCW 0x37f,
+// MXCSR 0x1f80, everything else zero.
+func ResetFPState() FPState { return FPState{FCW: 0x37f, MXCSR: 0x1f80} }
+
+// FromFXSave reads an FXSAVE-format area (as PTRACE_GETFPREGS returns it),
+// dropping MXCSR_MASK and every reserved byte.
+func (s *FPState) FromFXSave(a *[FXSaveSize]byte) {
+	le := binary.LittleEndian
+	*s = FPState{
+		FCW: le.Uint16(a[fxFCW:]), FSW: le.Uint16(a[fxFSW:]), FTW: a[fxFTW], FOP: le.Uint16(a[fxFOP:]),
+		FIP: le.Uint64(a[fxFIP:]), FDP: le.Uint64(a[fxFDP:]), MXCSR: le.Uint32(a[fxMXCSR:]),
+	}
+	for i := range s.ST {
+		copy(s.ST[i][:], a[fxST+16*i:])
+	}
+	for i := range s.XMM {
+		copy(s.XMM[i][:], a[fxXMM+16*i:])
+	}
+}
+
+// ToFXSave writes s as an FXSAVE-format area with zeros in every reserved
+// byte and mxcsrMask as MXCSR_MASK (the host's: the kernel refuses an
+// MXCSR with bits outside it).
+func (s *FPState) ToFXSave(a *[FXSaveSize]byte, mxcsrMask uint32) {
+	le := binary.LittleEndian
+	*a = [FXSaveSize]byte{}
+	le.PutUint16(a[fxFCW:], s.FCW)
+	le.PutUint16(a[fxFSW:], s.FSW)
+	a[fxFTW] = s.FTW
+	le.PutUint16(a[fxFOP:], s.FOP)
+	le.PutUint64(a[fxFIP:], s.FIP)
+	le.PutUint64(a[fxFDP:], s.FDP)
+	le.PutUint32(a[fxMXCSR:], s.MXCSR)
+	le.PutUint32(a[fxMXCSRMask:], mxcsrMask)
+	for i := range s.ST {
+		copy(a[fxST+16*i:], s.ST[i][:])
+	}
+	for i := range s.XMM {
+		copy(a[fxXMM+16*i:], s.XMM[i][:])
+	}
+}
+
+// CheckMXCSR refuses an MXCSR with bits outside mask (the host's
+// MXCSR_MASK; 0xffff on every x86-64 CPU with DAZ): loading it would fault
+// in the kernel, or the kernel would drop the bits silently.
+func (s *FPState) CheckMXCSR(mask uint32) error {
+	if s.MXCSR&^mask != 0 {
+		return fmt.Errorf("backend: MXCSR %#x has bits outside this CPU's MXCSR_MASK %#x", s.MXCSR, mask)
+	}
+	return nil
 }

@@ -724,3 +724,36 @@ func (v *vcpu) Close() error {
 	<-v.done
 	return nil
 }
+
+func (v *vcpu) FPState(s *backend.FPState) error {
+	return v.call(func() error {
+		var a [backend.FXSaveSize]byte
+		if err := v.fpregs(ptraceGetFPRegs, &a); err != nil {
+			return fmt.Errorf("ptrace: PTRACE_GETFPREGS: %w", err)
+		}
+		s.FromFXSave(&a)
+		return nil
+	})
+}
+
+func (v *vcpu) SetFPState(s *backend.FPState) error {
+	return v.call(func() error {
+		var a [backend.FXSaveSize]byte
+		if err := v.fpregs(ptraceGetFPRegs, &a); err != nil {
+			return fmt.Errorf("ptrace: PTRACE_GETFPREGS: %w", err)
+		}
+		// The kernel masks MXCSR with its MXCSR_MASK silently: refuse instead.
+		mask := binary.LittleEndian.Uint32(a[28:])
+		if mask == 0 {
+			mask = 0xffbf // the architectural default when FXSAVE reports 0
+		}
+		if err := s.CheckMXCSR(mask); err != nil {
+			return fmt.Errorf("ptrace: %w", err)
+		}
+		s.ToFXSave(&a, mask)
+		if err := v.fpregs(ptraceSetFPRegs, &a); err != nil {
+			return fmt.Errorf("ptrace: PTRACE_SETFPREGS: %w", err)
+		}
+		return nil
+	})
+}

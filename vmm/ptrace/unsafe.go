@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"unsafe"
 
+	"github.com/ftvm/ftvm/vmm/backend"
+
 	"golang.org/x/sys/unix"
 )
 
@@ -28,4 +30,20 @@ func getcpu() (int, error) {
 		return 0, errno
 	}
 	return int(cpu), nil
+}
+
+const (
+	ptraceGetFPRegs = 14 // PTRACE_GETFPREGS: the FXSAVE area (user_fpregs_struct)
+	ptraceSetFPRegs = 15 // PTRACE_SETFPREGS
+)
+
+// fpregs reads (req = ptraceGetFPRegs) or writes the guest's FXSAVE area.
+// Sound: a is 512 bytes, sizeof(struct user_fpregs_struct), all the kernel
+// reads or writes; converted in the call expression, it stays in place.
+func (v *vcpu) fpregs(req uintptr, a *[backend.FXSaveSize]byte) error {
+	_, _, errno := unix.Syscall6(unix.SYS_PTRACE, req, uintptr(v.pid), 0, uintptr(unsafe.Pointer(a)), 0, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
