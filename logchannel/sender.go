@@ -495,6 +495,29 @@ func (s *Sender) SetState(key string, value []byte) error {
 	return nil
 }
 
+// FlushReports writes now the state and the release report not sent yet.
+// A primary whose guest has ended calls it once its last output left and
+// before Close, so that its backup learns that nothing is left for it to
+// release (it would otherwise take the closing connection for a primary
+// that died holding outputs).
+func (s *Sender) FlushReports() error {
+	if states := s.takeStates(); len(states) > 0 && !s.writeControl(states) {
+		return s.Err()
+	}
+	s.st.Lock()
+	r, due := s.pol.releaseDue()
+	s.st.Unlock()
+	if due {
+		if !s.writeControl(appendStamp(nil, msgReleased, int64(r))) {
+			return s.Err()
+		}
+		s.st.Lock()
+		s.pol.releaseReported(r)
+		s.st.Unlock()
+	}
+	return nil
+}
+
 // takeStates returns the state messages waiting to be written, in order.
 func (s *Sender) takeStates() []byte {
 	s.stateMu.Lock()

@@ -138,15 +138,40 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	if out.WentLive {
 		return out, end.Err()
 	}
-	if err := rep.Finish(end.Digest); err != nil {
-		if errors.As(err, &div) {
-			return out, fmt.Errorf("%w: %w", ErrDiverged, err)
+	finishErr := rep.Finish(end.Digest)
+	if errors.As(finishErr, &div) {
+		return out, fmt.Errorf("%w: %w", ErrDiverged, finishErr)
+	}
+	if finishErr != nil && !errors.Is(finishErr, logchannel.ErrPeerLost) {
+		return out, finishErr
+	}
+	if finishErr == nil {
+		digest := end.Digest
+		out.Verified = true
+		o.logf("backup: verified: replayed to the primary's last exit %d with the same final state %x", out.Summary.Exits, digest[:8])
+	} else {
+		o.logf("backup: the guest ended here as the log says, but the primary was lost before the log's end entry (%v): its final state is not verified", finishErr)
+	}
+	// The guest has ended on both sides. Its last outputs may still be held
+	// on the primary: wait until the primary says they left, or is gone.
+	if fw.waitReleased(recv.Done()) {
+		if finishErr != nil {
+			return out, finishErr
 		}
+		return out, end.Err()
+	}
+	cause := finishErr
+	if cause == nil {
+		cause = fmt.Errorf("the primary's connection ended with the guest's last outputs not reported released: %w", recv.Err())
+	}
+	o.logf("backup: the guest's last outputs may never have left the primary (%v); asking the arbiter whether to release them", cause)
+	if err := goLive(cause); err != nil {
 		return out, err
 	}
-	digest := end.Digest
-	out.Verified = true
-	o.logf("backup: verified: replayed to the primary's last exit %d with the same final state %x", out.Summary.Exits, digest[:8])
+	out.WentLive, out.LiveAt = true, out.Summary.Exits
+	if err := fw.releaseUnreleased(replay.ExecPoint{Exit: out.Summary.Exits}); err != nil {
+		return out, err
+	}
 	return out, end.Err()
 }
 

@@ -2,6 +2,7 @@ package ft
 
 import (
 	"errors"
+	"time"
 
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/vmm"
@@ -98,6 +99,28 @@ func (f *failoverWorld) forget(drop func(pendingOutput) bool) {
 	if n > 0 {
 		f.unreleased = append(f.unreleased[:0], f.unreleased[n:]...)
 	}
+}
+
+// waitReleased waits, after the guest ended, until the primary reports
+// every replayed output released (true), or until ended is closed (the
+// channel is over) with some not reported (false).
+func (f *failoverWorld) waitReleased(ended <-chan struct{}) bool {
+	if f.primaryReleased == nil {
+		return true
+	}
+	allReleased := func() bool {
+		return len(f.unreleased) == 0 || f.unreleased[len(f.unreleased)-1].seq <= f.primaryReleased()
+	}
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for !allReleased() {
+		select {
+		case <-ended:
+			return allReleased() // a report read just before the end counts
+		case <-tick.C:
+		}
+	}
+	return true
 }
 
 // releaseUnreleased sends, at go-live and in their order, the outputs the

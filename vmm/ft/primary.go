@@ -228,6 +228,9 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	if hw.sendErr != nil {
 		return res, hw.sendErr
 	}
+	// Tell the backup that every output left: it waits for this before it
+	// lets the connection go (a lost backup's watcher decides as before).
+	_ = sender.FlushReports()
 	return res, end.Err()
 }
 

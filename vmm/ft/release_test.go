@@ -38,7 +38,7 @@ func metric(t *testing.T, m *Metrics, name string) float64 {
 // backup. It once appeared nowhere (the backup dropped every replayed
 // output, and the primary never released it).
 func TestGoLiveReleasesWhatThePrimaryHeld(t *testing.T) {
-	pout, bout := killPrimaryWithALine(t, false)
+	pout, bout, _ := killPrimaryWithALine(t, false, false)
 	if pout != "" {
 		t.Fatalf("the primary released %q with no ack", pout)
 	}
@@ -51,18 +51,35 @@ func TestGoLiveReleasesWhatThePrimaryHeld(t *testing.T) {
 // primary releases the line and says so; the backup that goes live must
 // not print it again.
 func TestGoLiveReleasesNothingTwice(t *testing.T) {
-	pout, bout := killPrimaryWithALine(t, true)
+	pout, bout, _ := killPrimaryWithALine(t, true, false)
 	if pout != "echo: HELD LINE\n" || bout != "echo: 1 lines\n" {
 		t.Fatalf("the primary printed %q and the backup %q; want the line once, on the primary, and the rest on the backup", pout, bout)
 	}
 }
 
+// TestGuestEndedButOutputsHeld: the guest has ended on the primary, whose
+// last two lines wait for acks that never reach it; the backup has the
+// whole log, end entry included, and verifies it. Then the primary dies.
+// The backup must not end quietly as "verified": it takes over and
+// releases both lines. (They were lost: the backup dropped them, and the
+// primary died holding them.)
+func TestGuestEndedButOutputsHeld(t *testing.T) {
+	pout, bout, out := killPrimaryWithALine(t, false, true)
+	if want := "echo: HELD LINE\necho: 1 lines\n"; pout != "" || bout != want {
+		t.Fatalf("the primary printed %q and the backup %q; want all of %q on the backup", pout, bout, want)
+	}
+	if !out.Verified {
+		t.Fatalf("the backup had the whole log but did not verify it: %+v", out)
+	}
+}
+
 // killPrimaryWithALine runs echo under a pair, feeds the primary one line
-// and no end of input, waits until the line's output is held on the
-// primary (acks held back) or released and reported (acksFlow), with every
-// entry at the backup, then kills the primary. The backup goes live, reads
-// an empty input and ends. It returns what each side printed.
-func killPrimaryWithALine(t *testing.T, acksFlow bool) (primaryOut, backupOut string) {
+// (and then the end of its input if endOfInput: echo ends), waits until
+// the output is held on the primary (acks held back) or released and
+// reported (acksFlow), with every entry at the backup, then kills the
+// primary. The backup goes live and, reading an empty input, ends. It
+// returns what each side printed and the backup's outcome.
+func killPrimaryWithALine(t *testing.T, acksFlow, endOfInput bool) (primaryOut, backupOut string, backup BackupOutcome) {
 	b := requireBackend(t)
 	img := loadImage(t, "echo")
 	ln, err := logchannel.Listen("127.0.0.1:0")
@@ -102,7 +119,12 @@ func killPrimaryWithALine(t *testing.T, acksFlow bool) (primaryOut, backupOut st
 	}
 	stdin, feed := io.Pipe() // never closed while the primary runs: echo keeps waiting
 	defer feed.Close()
-	go io.WriteString(feed, "held line\n")
+	go func() {
+		io.WriteString(feed, "held line\n")
+		if endOfInput {
+			feed.Close()
+		}
+	}()
 	pctx, killPrimary := context.WithCancel(ctx)
 	primaryDone := make(chan error, 1)
 	go func() {
@@ -117,6 +139,9 @@ func killPrimaryWithALine(t *testing.T, acksFlow bool) (primaryOut, backupOut st
 		}
 		if acksFlow {
 			return pout.String() != "" && metric(t, bm, "ftvm_primary_released_seq") > 0
+		}
+		if endOfInput {
+			return metric(t, pm, "ftvm_held_outputs") >= 2
 		}
 		return metric(t, pm, "ftvm_held_outputs") >= 1
 	}
@@ -140,5 +165,5 @@ func killPrimaryWithALine(t *testing.T, acksFlow bool) (primaryOut, backupOut st
 	if r.err != nil || !r.out.WentLive {
 		t.Fatalf("backup: %v, %+v", r.err, r.out)
 	}
-	return pout.String(), bout.String()
+	return pout.String(), bout.String(), r.out
 }
