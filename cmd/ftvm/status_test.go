@@ -116,7 +116,11 @@ func reencode(t *testing.T, log []byte, alter bool) []byte {
 // its primary is an interruption (130), not a failure.
 func TestInterruptStopsAWaitingBackup(t *testing.T) {
 	requireBackend(t)
-	cmd := exec.Command(ftvmBin, "backup", "--listen", "127.0.0.1:0", "--insecure-no-tls", "--arbiter", "file://"+t.TempDir(), guest("hello"))
+	arb := t.TempDir()
+	if _, errOut, status := ftvm(t, "", "arbiter", "init", "--arbiter", "file://"+arb); status != 0 {
+		t.Fatalf("arbiter init: %d\n%s", status, errOut)
+	}
+	cmd := exec.Command(ftvmBin, "backup", "--listen", "127.0.0.1:0", "--insecure-no-tls", "--arbiter", "file://"+arb, guest("hello"))
 	var errb syncBuf
 	cmd.Stderr = &errb
 	if err := cmd.Start(); err != nil {
