@@ -16,6 +16,14 @@ type exitContext struct {
 	point replay.ExecPoint // as the guest left it; never changed
 	regs  replay.Regs      // what the guest resumes with
 	dirty bool
+	seen  *seenTime // the machine's record of the time it has shown
+}
+
+// seenTime is the last virtual TSC and monotonic clock value the guest was
+// given: device state that a snapshot carries, so that a run continuing
+// from it never shows time going backwards.
+type seenTime struct {
+	TSC, Monotonic uint64
 }
 
 // setResult answers a call in RAX.
@@ -147,6 +155,9 @@ func clockRead(x *exitContext) (bool, int, error) {
 	if err != nil {
 		return false, 0, err
 	}
+	if id == uint64(replay.ClockMonotonic) {
+		x.seen.Monotonic = ns
+	}
 	x.setResult(ns)
 	return false, 0, nil
 }
@@ -187,6 +198,7 @@ func emulateRewritten(x *exitContext) (bool, int, error) {
 		if err != nil {
 			return false, 0, err
 		}
+		x.seen.TSC = tsc
 		r.RAX, r.RDX = tsc&0xffffffff, tsc>>32
 		if site.Kind == SiteRDTSCP {
 			r.RCX = 0 // IA32_TSC_AUX: fixed, so it cannot reveal the host CPU

@@ -134,7 +134,13 @@ type Machine struct {
 	world   replay.World
 	bus     bus
 	exits   uint64
+	seen    seenTime
 	closed  bool
+	// resume: the registers the guest resumes with after a restore, written
+	// by the first Run. capture: a snapshot due after exit captureAt.
+	resume    *replay.Regs
+	captureAt uint64
+	capture   func(*State) error
 }
 
 // New creates a VM on backend b, loads img into it and prepares the vCPU
@@ -261,6 +267,10 @@ func (m *Machine) run(ctx context.Context) (Result, error) {
 	defer stop()
 	var regs replay.Regs
 	set := false
+	if m.resume != nil {
+		regs, set = *m.resume, true
+		m.resume = nil
+	}
 	for {
 		exit, err := m.vcpu.Run(&regs, set)
 		set = false
@@ -274,7 +284,7 @@ func (m *Machine) run(ctx context.Context) (Result, error) {
 			continue // a stale kick: not a guest-caused exit, not counted
 		}
 		m.exits++
-		x := exitContext{guestView: &m.guest, world: m.world, point: replay.ExecPoint{Exit: m.exits, Regs: regs}, regs: regs}
+		x := exitContext{guestView: &m.guest, world: m.world, point: replay.ExecPoint{Exit: m.exits, Regs: regs}, regs: regs, seen: &m.seen}
 		done, status, err := m.handle(&x, exit)
 		if err != nil {
 			return Result{Exits: m.exits}, err
@@ -284,6 +294,11 @@ func (m *Machine) run(ctx context.Context) (Result, error) {
 		}
 		if x.dirty {
 			regs, set = x.regs, true
+		}
+		if m.capture != nil && m.exits == m.captureAt {
+			if err := m.takeCapture(&regs); err != nil {
+				return Result{Exits: m.exits}, err
+			}
 		}
 	}
 }

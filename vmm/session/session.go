@@ -76,19 +76,8 @@ func Record(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Conf
 // RecordWith is Record with a recorder of the caller's (the primary's,
 // whose sink is the logging channel).
 func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Config, vmID string, rec *replay.Recorder) (End, error) {
-	if err := rec.Start(vmm.StartInfo(img, cfg, vmID)); err != nil {
-		return End{}, err
-	}
-	end, err := RunOn(ctx, b, img, cfg, rec)
-	end.Summary = rec.Summary()
-	if err != nil {
-		return end, err
-	}
-	if err := rec.Finish(end.Digest); err != nil {
-		return end, err
-	}
-	end.Summary = rec.Summary()
-	return end, nil
+	end, _, err := RecordSnapshot(ctx, b, img, cfg, vmID, rec, SnapshotPlan{})
+	return end, err
 }
 
 // Replay replays the log in src: it rebuilds the VM's configuration from
