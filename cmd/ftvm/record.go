@@ -16,11 +16,17 @@ import (
 )
 
 func cmdRecord(args []string) int {
-	fs := newFlagSet("record", "--log FILE [--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC] [--vm-id ID] GUEST.elf [ARGS...]")
+	fs := newFlagSet("record", "--log FILE [--snapshot-at-exit N --snapshot FILE] [--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC] [--vm-id ID] GUEST.elf [ARGS...]")
 	g := guestFlags{cmd: "record"}
 	g.register(fs)
 	logPath := fs.String("log", "", "write the log to `FILE` (as FILE.incomplete until the run ends)")
+	snapAt := fs.Uint64("snapshot-at-exit", 0, "take a snapshot after the guest's exit `N` (needs --snapshot)")
+	snapPath := fs.String("snapshot", "", "write the snapshot to `FILE` (as FILE.incomplete until written)")
 	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if err := snapshotFlagsError(*snapAt, *snapPath); err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
 		return exitUsage
 	}
 	if *logPath == "" {
@@ -50,7 +56,13 @@ func cmdRecord(args []string) int {
 		defer netb.Close()
 		live.AttachNet(netb)
 	}
-	end, err := session.Record(ctx, g.be, img, cfg, g.vmID, live, log)
+	var end session.End
+	snapOK := true
+	if *snapAt > 0 {
+		end, snapOK, err = recordWithSnapshot(ctx, &g, img, cfg, live, log, *snapAt, *snapPath)
+	} else {
+		end, err = session.Record(ctx, g.be, img, cfg, g.vmID, live, log)
+	}
 	if err == nil {
 		err = log.Close()
 	}
@@ -62,12 +74,16 @@ func cmdRecord(args []string) int {
 		return exitStatus(end.Result, err)
 	}
 	fmt.Fprintf(os.Stderr, "ftvm record: %s: %s\n", *logPath, end.Summary)
+	if !snapOK {
+		return exitFailed
+	}
 	return exitStatus(end.Result, end.Err())
 }
 
 func cmdReplay(args []string) int {
-	fs := newFlagSet("replay", "--log FILE [--backend NAME] GUEST.elf")
+	fs := newFlagSet("replay", "--log FILE [--from-snapshot FILE] [--backend NAME] GUEST.elf")
 	logPath := fs.String("log", "", "replay the log in `FILE`")
+	fromSnap := fs.String("from-snapshot", "", "start from the snapshot in `FILE` (taken while recording the log) and replay the rest of the log")
 	quiet := fs.Bool("quiet", false, "do not show the guest's console output")
 	var backendName string
 	registerBackend(fs, &backendName)
@@ -110,7 +126,12 @@ func cmdReplay(args []string) int {
 	ctx, cancel := interruptContext()
 	defer cancel()
 	began := time.Now()
-	end, err := session.Replay(ctx, pick, img, log, wrap)
+	var end session.End
+	if *fromSnap != "" {
+		end, err = replayFromSnapshot(ctx, pick, img, *fromSnap, log, wrap)
+	} else {
+		end, err = session.Replay(ctx, pick, img, log, wrap)
+	}
 	elapsed := time.Since(began)
 	switch {
 	case errors.Is(err, session.ErrRefused):

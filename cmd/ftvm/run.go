@@ -174,9 +174,10 @@ func exitStatus(res vmm.Result, err error) int {
 }
 
 func cmdRun(args []string) int {
-	fs := newFlagSet("run", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC [--pcap FILE]] GUEST.elf [ARGS...]")
+	fs := newFlagSet("run", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC [--pcap FILE]] [--from-snapshot FILE] GUEST.elf [ARGS...]")
 	g := guestFlags{cmd: "run"}
 	g.register(fs)
+	fromSnap := fs.String("from-snapshot", "", "start the guest from the snapshot in `FILE` (its arguments and memory size come from it)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
@@ -196,6 +197,9 @@ func cmdRun(args []string) int {
 	if netb != nil {
 		defer netb.Close()
 		world.AttachNet(netb)
+	}
+	if *fromSnap != "" {
+		return runFromSnapshot(ctx, g.be, img, cfg, *fromSnap, world)
 	}
 	m, err := vmm.New(g.be, img, cfg, world)
 	if err != nil {

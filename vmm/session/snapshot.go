@@ -22,8 +22,11 @@ type SnapshotPlan struct {
 	Path string
 }
 
-// SnapshotTaken says what a recording's snapshot cost.
+// SnapshotTaken says how a recording's snapshot went and what it cost.
 type SnapshotTaken struct {
+	// Err says why no snapshot was written (the guest stopped before
+	// the exit, the file could not be written); nil when one was.
+	Err   error
 	Exit  uint64
 	Path  string
 	Pause time.Duration // how long the guest was stopped for the capture
@@ -33,25 +36,27 @@ type SnapshotTaken struct {
 
 // RecordSnapshot is RecordWith, taking the snapshot plan asks for: the
 // state carries the recorder's position, and the next log entry gets a
-// Checkpoint, so a replay from the snapshot is verified at once. If the
-// guest stops before the planned exit, the log is still finished and the
-// error says that no snapshot was taken.
-func RecordSnapshot(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Config, vmID string, rec *replay.Recorder, plan SnapshotPlan) (End, *SnapshotTaken, error) {
+// Checkpoint, so a replay from the snapshot is verified at once. The error
+// is the recording's, as RecordWith's; how the snapshot went is in the
+// SnapshotTaken (with plan.AtExit 0, a zero one).
+func RecordSnapshot(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.Config, vmID string, rec *replay.Recorder, plan SnapshotPlan) (End, SnapshotTaken, error) {
+	var taken SnapshotTaken
 	if err := rec.Start(vmm.StartInfo(img, cfg, vmID)); err != nil {
-		return End{}, nil, err
+		return End{}, taken, err
 	}
 	m, err := vmm.New(b, img, cfg, rec)
 	if err != nil {
-		return End{}, nil, fmt.Errorf("%w: %w", ErrSetup, err)
+		return End{}, taken, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	defer m.Close()
-	var taken *SnapshotTaken
+	captured := false
 	written := make(chan error, 1)
 	if plan.AtExit > 0 {
 		m.CaptureAfter(plan.AtExit, func(st *vmm.State) error {
 			st.Log, st.LogVMID = rec.Position(), vmID
 			rec.CheckpointNext()
-			taken = &SnapshotTaken{Exit: st.Exits, Path: plan.Path, Pages: st.Pages(), Pause: st.CaptureTime}
+			captured = true
+			taken = SnapshotTaken{Exit: st.Exits, Path: plan.Path, Pages: st.Pages(), Pause: st.CaptureTime}
 			go func() {
 				err := st.WriteFile(plan.Path)
 				if fi, serr := os.Stat(plan.Path); err == nil && serr == nil {
@@ -62,25 +67,21 @@ func RecordSnapshot(ctx context.Context, b backend.Backend, img *vmm.Image, cfg 
 			return nil
 		})
 	}
-	end, runErr := Run(ctx, m)
+	end, err := Run(ctx, m)
 	end.Summary = rec.Summary()
-	var snapErr error
-	if taken != nil {
-		snapErr = <-written
+	switch {
+	case captured:
+		taken.Err = <-written
+	case plan.AtExit > 0:
+		taken.Err = fmt.Errorf("session: the guest stopped after %d exits, before exit %d: no snapshot taken", end.Result.Exits, plan.AtExit)
 	}
-	if runErr != nil {
-		return end, taken, errors.Join(runErr, snapErr)
+	if err != nil {
+		return end, taken, err
 	}
 	if err := rec.Finish(end.Digest); err != nil {
-		return end, taken, errors.Join(err, snapErr)
+		return end, taken, err
 	}
 	end.Summary = rec.Summary()
-	if snapErr != nil {
-		return end, nil, snapErr
-	}
-	if plan.AtExit > 0 && taken == nil {
-		return end, nil, fmt.Errorf("session: the guest stopped after %d exits, before exit %d: no snapshot taken (the log is complete)", end.Result.Exits, plan.AtExit)
-	}
 	return end, taken, nil
 }
 

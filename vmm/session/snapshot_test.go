@@ -35,7 +35,7 @@ type snapRecording struct {
 	recording
 	snapPath string
 	state    *vmm.State
-	taken    *SnapshotTaken
+	taken    SnapshotTaken
 	exits    uint64
 }
 
@@ -55,7 +55,7 @@ func recordWithSnapshot(t *testing.T, b backend.Backend, name, input string, cfg
 	if err := enc.Flush(); err != nil {
 		t.Fatal(err)
 	}
-	if taken == nil || taken.Exit != at || taken.Bytes == 0 {
+	if taken.Err != nil || taken.Exit != at || taken.Bytes == 0 {
 		t.Fatalf("snapshot at exit %d: taken %+v", at, taken)
 	}
 	if at >= end.Result.Exits {
