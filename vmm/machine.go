@@ -141,6 +141,7 @@ type Machine struct {
 	resume    *replay.Regs
 	captureAt uint64
 	capture   func(*State) error
+	stage     chan []byte // the capture's buffer, faulted in while the guest runs
 }
 
 // New creates a VM on backend b, loads img into it and prepares the vCPU

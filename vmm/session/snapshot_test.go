@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -279,5 +280,30 @@ func TestSnapshotRefused(t *testing.T) {
 	damaged[len(damaged)/3] ^= 0x40
 	if _, err := vmm.DecodeState(damaged); !errors.Is(err, vmm.ErrSnapshotCorrupt) || !strings.Contains(err.Error(), "checksum") {
 		t.Errorf("damaged snapshot: %v", err)
+	}
+}
+
+// TestSnapshotAfterTheEnd: a snapshot planned after the guest's last exit
+// is reported as not taken, and the recording is still complete.
+func TestSnapshotAfterTheEnd(t *testing.T) {
+	b := vmmtest.Backend(t)
+	ctx := context.Background()
+	var log bytes.Buffer
+	enc := replay.NewEncoder(&log)
+	rec := replay.NewRecorder(vmm.NewLiveWorld(ctx, nil, io.Discard), enc, replay.RecorderConfig{})
+	path := filepath.Join(t.TempDir(), "late.snap")
+	_, taken, err := RecordSnapshot(ctx, b, loadGuest(t, "hello"), Config{}, "test", rec, SnapshotPlan{AtExit: 1 << 40, Path: path})
+	if err != nil {
+		t.Fatalf("the recording failed: %v", err)
+	}
+	if taken.Err == nil || !strings.Contains(taken.Err.Error(), "no snapshot taken") {
+		t.Fatalf("snapshot after the end: %+v", taken)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("a snapshot file exists: %v", err)
+	}
+	enc.Flush()
+	if _, err := replayOn(t, b, "hello", log.Bytes()); err != nil {
+		t.Fatalf("the log of that recording does not replay: %v", err)
 	}
 }
