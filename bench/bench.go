@@ -16,6 +16,7 @@ import (
 
 	"github.com/anishathalye/porcupine"
 	"github.com/ftvm/ftvm/bench/kv"
+	"github.com/ftvm/ftvm/logchannel"
 	"github.com/ftvm/ftvm/vmm"
 	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/vnet"
@@ -34,13 +35,47 @@ type Options struct {
 	FTVM string
 	// Logf reports progress.
 	Logf func(format string, args ...any)
+	// Reps is how many times each workload runs plain and under FT in
+	// each placement (0: 1 quick, 5 full).
+	Reps int
+	// FailoverTrials per failure setting (0: 2 quick, 50 full).
+	FailoverTrials int
+	// CPUProfileDir, if set, gets a CPU profile of each side of one extra
+	// plain and FT run of every workload (not counted in the figures).
+	CPUProfileDir string
 }
 
 func (o Options) reps() int {
+	if o.Reps > 0 {
+		return o.Reps
+	}
 	if o.Quick {
 		return 1
 	}
 	return 5
+}
+
+// inProcesses: each VM runs in a process of its own, which needs the
+// ftvm binary; without it (go test) the FT runs share this process.
+func (o Options) inProcesses() bool { return o.FTVM != "" }
+
+func (o Options) placements() []Placement {
+	if !o.inProcesses() {
+		return []Placement{{Name: "in one process"}}
+	}
+	return placements()
+}
+
+// start runs spec in mode in place: in member processes if it can.
+func (o Options) start(ctx context.Context, m Mode, place Placement, spec vmSpec, arbDir string) vmRun {
+	if !o.inProcesses() {
+		return startVM(ctx, m, spec, arbDir)
+	}
+	pr := procRun{FTVM: o.FTVM, ImagePath: spec.ImagePath, Net: spec.NetSpec, Place: place}
+	if place.profile != "" {
+		pr.ProfileDir, pr.Profile = filepath.Join(o.CPUProfileDir, o.Backend.Name()), place.profile+"-"+string(m)
+	}
+	return startProcVM(ctx, m, spec, pr, arbDir)
 }
 
 func (o Options) dur(quick, full time.Duration) time.Duration {
@@ -76,6 +111,13 @@ type Throughput struct {
 	// LogMbps is the logging bandwidth under FT.
 	LogMbps Stat
 	Note    string
+	// Placement: the processes' cores (Placement.Name).
+	Placement string
+	// Sides: each process's figures (plain, primary, backup), when the
+	// VMs ran in processes of their own.
+	Sides map[string]SideStats `json:",omitempty"`
+	// Channel: the primary's logging channel and Output Rule figures.
+	Channel *ChannelStats `json:",omitempty"`
 }
 
 // Results is everything one benchmark run measured.
@@ -84,19 +126,28 @@ type Results struct {
 	// one guest-caused exit, VMM work included, measured at the start.
 	Backend         string
 	ExitRoundTripUS float64
-	Date            string
-	Machine         map[string]string
-	Command         string
-	Quick           bool
-	Table1          []Throughput
-	Table2          []Throughput
-	KVLatency       map[string]map[string]float64 // mode -> p50/p99/p999 (ms)
+	// LoopbackRTTUS: the median round trip of one byte over loopback TCP.
+	LoopbackRTTUS float64
+	Date          string
+	Machine       map[string]string
+	Command       string
+	Quick         bool
+	Table1        []Throughput
+	Table2        []Throughput
+	KVLatency     map[string]map[string]float64 // mode -> p50/p99/p999 (ms)
 	// OutputDelay: the delay the Output Rule added on kvstore (ms).
 	OutputDelay map[string]float64
+	// OutputDelayBy: the same per placement.
+	OutputDelayBy map[string]map[string]float64 `json:",omitempty"`
+	// Profiles: the top of each side's CPU profile per workload.
+	Profiles    []ProfileSummary `json:",omitempty"`
+	InProcesses bool
 	Failover    []FailoverRow
 	LogKinds    []LogKind
 	PerPacket   map[string]float64
 }
+
+func (o Options) imagePath(name string) string { return filepath.Join(o.GuestDir, name+".elf") }
 
 func (o Options) image(name string) (*vmm.Image, error) {
 	b, err := os.ReadFile(filepath.Join(o.GuestDir, name+".elf"))
@@ -115,12 +166,17 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		return nil, fmt.Errorf("bench: no backend given")
 	}
 	r := &Results{Backend: o.Backend.Name(), Date: time.Now().UTC().Format(time.RFC3339), Machine: machine(), Quick: o.Quick,
-		KVLatency: map[string]map[string]float64{}, OutputDelay: map[string]float64{}}
+		KVLatency: map[string]map[string]float64{}, OutputDelay: map[string]float64{}, OutputDelayBy: map[string]map[string]float64{},
+		InProcesses: o.inProcesses()}
 	per, err := vmm.ExitRoundTrip(o.Backend, 20000)
 	if err != nil {
 		return nil, fmt.Errorf("bench: measuring the %s exit round trip: %w", o.Backend.Name(), err)
 	}
 	r.ExitRoundTripUS = float64(per) / 1e3
+	if rtt, err := loopbackRTT(2000); err == nil {
+		r.LoopbackRTTUS = float64(rtt) / 1e3
+		o.Logf("loopback TCP round trip %.1f us", r.LoopbackRTTUS)
+	}
 	o.Logf("backend %s: exit round trip %.1f us", r.Backend, r.ExitRoundTripUS)
 	arbDir, err := os.MkdirTemp("", "ftvm-bench-arbiter-")
 	if err != nil {
@@ -135,28 +191,88 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 	return r, nil
 }
 
-// alternate runs plain and FT alternately reps times and collects the
-// metric each returns.
-func alternate(o Options, name string, run func(Mode) (value, logMbps float64, err error)) (Throughput, error) {
-	t := Throughput{Workload: name}
-	var plain, ftv, ratio, logs []float64
-	for i := 0; i < o.reps(); i++ {
-		p, _, err := run(Plain)
-		if err != nil {
-			return t, fmt.Errorf("%s plain: %w", name, err)
-		}
-		f, l, err := run(FT)
-		if err != nil {
-			return t, fmt.Errorf("%s ft: %w", name, err)
-		}
-		plain, ftv, logs = append(plain, p), append(ftv, f), append(logs, l)
-		if p > 0 {
-			ratio = append(ratio, f/p)
-		}
-		o.Logf("%s: plain %.4g, ft %.4g, log %.3f Mbit/s", name, p, f, l)
+// alternate runs plain and FT alternately reps times in every placement,
+// the placements side by side in each repetition, and collects the metric
+// each returns, one row per placement. With a profile directory it then
+// runs each mode once more, profiled, and keeps the profiles' tops.
+func alternate(o Options, r *Results, name string, run func(Mode, Placement) (value float64, vm vmRun, err error)) ([]Throughput, error) {
+	places := o.placements()
+	type acc struct {
+		plain, ftv, ratio, logs []float64
+		sides                   map[string][]MemberStats
+		channel                 []logchannel.Stats
 	}
-	t.Plain, t.FT, t.Ratio, t.LogMbps = newStat(plain), newStat(ftv), newStat(ratio), newStat(logs)
-	return t, nil
+	accs := make([]acc, len(places))
+	for i := range accs {
+		accs[i].sides = map[string][]MemberStats{}
+	}
+	for i := 0; i < o.reps(); i++ {
+		for pi, place := range places {
+			a := &accs[pi]
+			p, pvm, err := run(Plain, place)
+			if err != nil {
+				return nil, fmt.Errorf("%s plain (%s): %w", name, place.Name, err)
+			}
+			f, fvm, err := run(FT, place)
+			if err != nil {
+				return nil, fmt.Errorf("%s ft (%s): %w", name, place.Name, err)
+			}
+			l := logMbps(fvm)
+			a.plain, a.ftv, a.logs = append(a.plain, p), append(a.ftv, f), append(a.logs, l)
+			if p > 0 {
+				a.ratio = append(a.ratio, f/p)
+			}
+			if o.inProcesses() {
+				a.sides[RolePlain] = append(a.sides[RolePlain], pvm.Side)
+				a.sides[RolePrimary] = append(a.sides[RolePrimary], fvm.Side)
+				a.sides[RoleBackup] = append(a.sides[RoleBackup], fvm.Backup)
+			}
+			a.channel = append(a.channel, fvm.Primary.Channel)
+			o.Logf("%s, %s: plain %.4g, ft %.4g, log %.3f Mbit/s; CPU-s plain %.3f, primary %.3f, backup %.3f", name, place.Name, p, f, l,
+				pvm.Side.CPUSeconds(), fvm.Side.CPUSeconds(), fvm.Backup.CPUSeconds())
+		}
+	}
+	var rows []Throughput
+	for pi, place := range places {
+		a := accs[pi]
+		t := Throughput{Workload: name, Placement: place.Name, Plain: newStat(a.plain), FT: newStat(a.ftv), Ratio: newStat(a.ratio),
+			LogMbps: newStat(a.logs)}
+		if o.inProcesses() {
+			t.Sides = map[string]SideStats{}
+			for role, ms := range a.sides {
+				t.Sides[role] = sideStats(ms)
+			}
+			c := channelStats(a.channel)
+			t.Channel = &c
+		}
+		rows = append(rows, t)
+	}
+	if o.CPUProfileDir != "" && o.inProcesses() {
+		dir := filepath.Join(o.CPUProfileDir, o.Backend.Name())
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			return rows, err
+		}
+		place := places[len(places)-1]
+		place.profile = strings.ReplaceAll(name, " ", "-")
+		for _, m := range []Mode{Plain, FT} {
+			if _, _, err := run(m, place); err != nil {
+				return rows, fmt.Errorf("%s %s, profiled: %w", name, m, err)
+			}
+		}
+		roles := map[Mode][]string{Plain: {RolePlain}, FT: {RolePrimary, RoleBackup}}
+		for _, m := range []Mode{Plain, FT} {
+			for _, role := range roles[m] {
+				file := filepath.Join(dir, place.profile+"-"+string(m)+"-"+role+".pprof")
+				top, err := profileTop(file, 8)
+				ps := ProfileSummary{Workload: name, Role: role, Placement: place.Name, File: file, Top: top}
+				if err != nil {
+					ps.Err = err.Error()
+				}
+				r.Profiles = append(r.Profiles, ps)
+			}
+		}
+	}
+	return rows, nil
 }
 
 func logMbps(run vmRun) float64 {
@@ -172,12 +288,11 @@ func benchCPU(ctx context.Context, o Options, r *Results, arbDir string) error {
 		return err
 	}
 	cfg := cpuConfig(o)
-	t, err := alternate(o, "cpu", func(m Mode) (float64, float64, error) {
-		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: img, Config: cfg}, arbDir)
-		return 1 / run.Elapsed.Seconds(), logMbps(run), run.Err
+	rows, err := alternate(o, r, "cpu", func(m Mode, p Placement) (float64, vmRun, error) {
+		run := o.start(ctx, m, p, vmSpec{Backend: o.Backend, Image: img, ImagePath: o.imagePath("cpu"), Config: cfg}, arbDir)
+		return 1 / run.Elapsed.Seconds(), run, run.Err
 	})
-	t.Unit, t.Note = "runs/s", "compute with an RDTSC exit every ~0.2 ms"
-	r.Table1 = append(r.Table1, t)
+	r.Table1 = append(r.Table1, withNote(rows, "runs/s", "compute with an RDTSC exit every ~0.2 ms")...)
 	return err
 }
 
@@ -190,25 +305,34 @@ func benchEcho(ctx context.Context, o Options, r *Results, arbDir string) error 
 	for i := 0; i < map[bool]int{true: 500, false: 3000}[o.Quick]; i++ {
 		fmt.Fprintf(&in, "line %d of the echo benchmark\n", i)
 	}
-	t, err := alternate(o, "echo", func(m Mode) (float64, float64, error) {
-		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: img, Stdin: in.String()}, arbDir)
-		return 1 / run.Elapsed.Seconds(), logMbps(run), run.Err
+	rows, err := alternate(o, r, "echo", func(m Mode, p Placement) (float64, vmRun, error) {
+		run := o.start(ctx, m, p, vmSpec{Backend: o.Backend, Image: img, ImagePath: o.imagePath("echo"), Stdin: in.String()}, arbDir)
+		return 1 / run.Elapsed.Seconds(), run, run.Err
 	})
-	t.Unit, t.Note = "runs/s", "console input and output: every output held for an ack"
-	r.Table1 = append(r.Table1, t)
+	r.Table1 = append(r.Table1, withNote(rows, "runs/s", "console input and output: every output held for an ack")...)
 	return err
 }
 
-// userNet is user networking forwarding a free loopback UDP port to port.
-func userNet(port uint16) (*vnet.Spec, string, error) {
+// userNet is user networking forwarding a free loopback UDP port to port:
+// the spec, the address clients use and the spec as --net takes it.
+func userNet(port uint16) (*vnet.Spec, string, string, error) {
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
 	addr := c.LocalAddr().String()
 	c.Close()
-	spec, err := vnet.ParseSpec(fmt.Sprintf("user,hostfwd=udp:%s-:%d", addr, port), "bench")
-	return &spec, addr, err
+	text := fmt.Sprintf("user,hostfwd=udp:%s-:%d", addr, port)
+	spec, err := vnet.ParseSpec(text, "bench")
+	return &spec, addr, text, err
+}
+
+// withNote sets rows' unit and note.
+func withNote(rows []Throughput, unit, note string) []Throughput {
+	for i := range rows {
+		rows[i].Unit, rows[i].Note = unit, note
+	}
+	return rows
 }
 
 func nicConfig(s *vnet.Spec, cmdline string) vmm.Config {
@@ -223,16 +347,16 @@ func benchKV(ctx context.Context, o Options, r *Results, arbDir string) error {
 		return err
 	}
 	d := o.dur(2*time.Second, 8*time.Second)
-	lat := map[Mode][]time.Duration{}
-	var delays []time.Duration
-	t, err := alternate(o, "kvstore", func(m Mode) (float64, float64, error) {
-		spec, addr, err := userNet(7000)
+	lat := map[string][]time.Duration{}
+	delays := map[string][]time.Duration{}
+	rows, err := alternate(o, r, "kvstore", func(m Mode, p Placement) (float64, vmRun, error) {
+		spec, addr, netSpec, err := userNet(7000)
 		if err != nil {
-			return 0, 0, err
+			return 0, vmRun{}, err
 		}
 		var res kv.BenchResult
 		var berr error
-		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: img, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+		run := o.start(ctx, m, p, vmSpec{Backend: o.Backend, Image: img, ImagePath: o.imagePath("kvstore"), Config: nicConfig(spec, ""), Net: spec, NetSpec: netSpec, Ready: func(ctx context.Context) {
 			res, berr = kv.Bench(ctx, addr, 4, d)
 		}}, arbDir)
 		if berr == nil && res.Errors > 0 {
@@ -241,18 +365,30 @@ func benchKV(ctx context.Context, o Options, r *Results, arbDir string) error {
 		if run.Err != nil {
 			berr = run.Err
 		}
-		lat[m] = append(lat[m], res.Latencies...)
-		delays = append(delays, run.Primary.OutputDelays...)
-		return float64(res.Ops) / res.Elapsed.Seconds(), logMbps(run), berr
+		if !p.profiled() {
+			key := string(m) + ", " + p.Name
+			lat[key] = append(lat[key], res.Latencies...)
+			delays[p.Name] = append(delays[p.Name], run.Primary.OutputDelays...)
+		}
+		if res.Elapsed <= 0 {
+			return 0, run, berr
+		}
+		return float64(res.Ops) / res.Elapsed.Seconds(), run, berr
 	})
-	t.Unit, t.Note = "ops/s", "4 clients, 30% PUT 60% GET 10% APPEND, UDP over user networking"
-	r.Table1 = append(r.Table1, t)
-	for m, l := range lat {
+	r.Table1 = append(r.Table1, withNote(rows, "ops/s", "4 clients, 30% PUT 60% GET 10% APPEND, UDP over user networking")...)
+	for key, l := range lat {
 		sort.Slice(l, func(i, j int) bool { return l[i] < l[j] })
-		r.KVLatency[string(m)] = map[string]float64{"p50_ms": ms(quantile(l, 0.5)), "p99_ms": ms(quantile(l, 0.99)), "p999_ms": ms(quantile(l, 0.999))}
+		r.KVLatency[key] = map[string]float64{"p50_ms": ms(quantile(l, 0.5)), "p99_ms": ms(quantile(l, 0.99)), "p999_ms": ms(quantile(l, 0.999))}
 	}
-	sort.Slice(delays, func(i, j int) bool { return delays[i] < delays[j] })
-	r.OutputDelay = map[string]float64{"p50_ms": ms(quantile(delays, 0.5)), "p99_ms": ms(quantile(delays, 0.99)), "outputs": float64(len(delays))}
+	for i, p := range o.placements() {
+		d := delays[p.Name]
+		sort.Slice(d, func(i, j int) bool { return d[i] < d[j] })
+		figs := map[string]float64{"p50_ms": ms(quantile(d, 0.5)), "p99_ms": ms(quantile(d, 0.99)), "outputs": float64(len(d))}
+		r.OutputDelayBy[p.Name] = figs
+		if i == 0 {
+			r.OutputDelay = figs
+		}
+	}
 	return err
 }
 
@@ -275,44 +411,42 @@ func benchNet(ctx context.Context, o Options, r *Results, arbDir string) error {
 		return err
 	}
 	d := o.dur(time.Second, 4*time.Second)
-	t, err := alternate(o, "netsink receive", func(m Mode) (float64, float64, error) {
-		spec, addr, err := userNet(7001)
+	rows, err := alternate(o, r, "netsink receive", func(m Mode, p Placement) (float64, vmRun, error) {
+		spec, addr, netSpec, err := userNet(7001)
 		if err != nil {
-			return 0, 0, err
+			return 0, vmRun{}, err
 		}
 		var mbps float64
 		var nerr error
-		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: sink, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+		run := o.start(ctx, m, p, vmSpec{Backend: o.Backend, Image: sink, ImagePath: o.imagePath("netsink"), Config: nicConfig(spec, ""), Net: spec, NetSpec: netSpec, Ready: func(ctx context.Context) {
 			mbps, nerr = BlastSink(ctx, addr, d)
 		}}, arbDir)
 		if run.Err != nil {
 			nerr = run.Err
 		}
-		return mbps, logMbps(run), nerr
+		return mbps, run, nerr
 	})
-	t.Unit, t.Note = "Mbit/s", "1400-byte UDP payloads sent as fast as one client can; counted by the guest"
-	r.Table2 = append(r.Table2, t)
+	r.Table2 = append(r.Table2, withNote(rows, "Mbit/s", "1400-byte UDP payloads sent as fast as one client can; counted by the guest")...)
 	if err != nil {
 		return err
 	}
 	count := map[bool]int{true: 20000, false: 100000}[o.Quick]
-	t, err = alternate(o, "netsource transmit", func(m Mode) (float64, float64, error) {
-		spec, addr, err := userNet(7002)
+	rows, err = alternate(o, r, "netsource transmit", func(m Mode, p Placement) (float64, vmRun, error) {
+		spec, addr, netSpec, err := userNet(7002)
 		if err != nil {
-			return 0, 0, err
+			return 0, vmRun{}, err
 		}
 		var mbps float64
 		var nerr error
-		run := startVM(ctx, m, vmSpec{Backend: o.Backend, Image: source, Config: nicConfig(spec, ""), Net: spec, Ready: func(ctx context.Context) {
+		run := o.start(ctx, m, p, vmSpec{Backend: o.Backend, Image: source, ImagePath: o.imagePath("netsource"), Config: nicConfig(spec, ""), Net: spec, NetSpec: netSpec, Ready: func(ctx context.Context) {
 			mbps, nerr = DrainSource(ctx, addr, count, 1400)
 		}}, arbDir)
 		if run.Err != nil {
 			nerr = run.Err
 		}
-		return mbps, logMbps(run), nerr
+		return mbps, run, nerr
 	})
-	t.Unit, t.Note = "Mbit/s", fmt.Sprintf("%d datagrams of 1400 bytes, batches of 64 per exit", count)
-	r.Table2 = append(r.Table2, t)
+	r.Table2 = append(r.Table2, withNote(rows, "Mbit/s", fmt.Sprintf("%d datagrams of 1400 bytes, batches of 64 per exit", count))...)
 	return err
 }
 
@@ -427,6 +561,9 @@ func benchFailover(ctx context.Context, o Options, r *Results, _ string) error {
 		if o.Quick {
 			c.trials = 2
 		}
+		if o.FailoverTrials > 0 {
+			c.trials = o.FailoverTrials
+		}
 		row := FailoverRow{How: c.how, FailoverTimeout: c.timeout}
 		for i := 0; i < c.trials; i++ {
 			var gap time.Duration
@@ -456,7 +593,7 @@ func benchFailover(ctx context.Context, o Options, r *Results, _ string) error {
 // primary (kill -9) after `after`; it returns the longest time no client
 // got a reply, after checking the history is linearizable.
 func failoverTrial(ctx context.Context, ftvm, backendName, image string, after time.Duration, timeout string, seed int64) (time.Duration, error) {
-	_, addr, err := userNet(7000)
+	_, addr, _, err := userNet(7000)
 	if err != nil {
 		return 0, err
 	}

@@ -27,7 +27,7 @@ func silentDeathTrial(ctx context.Context, o Options, timeout, after time.Durati
 	if err != nil {
 		return 0, err
 	}
-	spec, addr, err := userNet(7000)
+	spec, addr, _, err := userNet(7000)
 	if err != nil {
 		return 0, err
 	}

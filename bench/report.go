@@ -40,7 +40,7 @@ func benchLog(ctx context.Context, o Options, r *Results, arbDir string) error {
 	if err != nil {
 		return err
 	}
-	spec, addr, err := userNet(7000)
+	spec, addr, _, err := userNet(7000)
 	if err != nil {
 		return err
 	}
@@ -193,12 +193,25 @@ func stat(s Stat, format string) string {
 func (r *Results) markdown() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "# ftvm benchmark report: the %s backend\n\n%s. Command: `%s`%s. Every guest ran on the **%s** backend; its guest-caused exit costs %.1f µs, VMM work included.\n\n", r.Backend, r.Date, r.Command, map[bool]string{true: " (quick: one repetition, short runs)", false: ""}[r.Quick], r.Backend, r.ExitRoundTripUS)
-	fmt.Fprintf(&b, "Machine: %s, %s cores, %s, %s, Go %s. Plain runs (`ftvm run`) and FT runs (a primary and a backup over loopback TCP on the same machine) alternate; each figure is the median over the repetitions with the range in parentheses. Unlike VM-FT's two hosts, primary and backup share this machine's cores: the backup's replay competes with the primary for CPU, which is most of the cost for CPU-bound rows, and the logging link is loopback.\n\n",
-		r.Machine["cpu"], r.Machine["cores"], r.Machine["memory"], r.Machine["kernel"], r.Machine["go"])
+	how := "Plain runs (`ftvm run`) and FT runs (a primary and a backup over loopback TCP on the same machine) alternate"
+	if r.InProcesses {
+		how = "Plain runs and FT runs alternate, each VM in a process of its own (`ftvm bench --member`: the plain VM, the primary and the backup, the pair under the supervisor of `ftvm pair`), in each placement side by side: **pinned** (`taskset`: the plain VM and the primary on core 0, the backup on core 1, as two hosts would have them; the load-generating clients and this driver unpinned) and **unpinned**. A run's time and throughput are the primary's, as its clients see them, with its outputs released as they are acked; the backup's replay is a figure of its own below"
+	} else {
+		how += ", both FT sides in one process (no ftvm binary was given)"
+	}
+	fmt.Fprintf(&b, "Machine: %s, %s cores, %s, %s, Go %s, **shared** with other work while this ran: compare ratios measured side by side, and CPU-seconds, not wall time across runs. %s; each figure is the median over the repetitions with the range in parentheses. Unlike VM-FT's two hosts, primary and backup share this machine's cores, and the logging link is loopback.\n\n",
+		r.Machine["cpu"], r.Machine["cores"], r.Machine["memory"], r.Machine["kernel"], r.Machine["go"], how)
+	if ts := r.targets(); len(ts) > 0 {
+		b.WriteString("## Issue 17's targets\n\n| target | met | measured | bound (if not met) |\n|---|---|---|---|\n")
+		for _, t := range ts {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", t.What, map[bool]string{true: "yes", false: "**no**"}[t.Met], t.Measured, t.Bound)
+		}
+		b.WriteString("\n")
+	}
 	table := func(title string, rows []Throughput) {
-		fmt.Fprintf(&b, "## %s\n\n| workload | plain | FT | FT/plain | log Mbit/s | what | VM-FT (for comparison) |\n|---|---|---|---|---|---|---|\n", title)
+		fmt.Fprintf(&b, "## %s\n\n| workload | placement | plain | FT | FT/plain | log Mbit/s | what | VM-FT (for comparison) |\n|---|---|---|---|---|---|---|---|\n", title)
 		for _, t := range rows {
-			fmt.Fprintf(&b, "| %s | %s %s | %s %s | %s | %s | %s | %s |\n", t.Workload, stat(t.Plain, "%.4g"), t.Unit, stat(t.FT, "%.4g"), t.Unit,
+			fmt.Fprintf(&b, "| %s | %s | %s %s | %s %s | %s | %s | %s | %s |\n", t.Workload, t.Placement, stat(t.Plain, "%.4g"), t.Unit, stat(t.FT, "%.4g"), t.Unit,
 				stat(t.Ratio, "%.3f"), stat(t.LogMbps, "%.3f"), t.Note, vmftNotes[t.Workload])
 		}
 		b.WriteString("\n")
@@ -206,13 +219,21 @@ func (r *Results) markdown() string {
 	table("Table 1 analog: FT overhead and logging bandwidth", r.Table1)
 	table("Table 2 analog: network throughput", r.Table2)
 	b.WriteString("![FT/plain throughput ratios](ratios.png)\n\n")
+	r.breakdownMarkdown(&b)
 	fmt.Fprintf(&b, "## Latency and the Output Rule (kvstore)\n\n| | p50 | p99 | p999 |\n|---|---|---|---|\n")
-	for _, m := range []string{"plain", "ft"} {
-		if l, ok := r.KVLatency[m]; ok {
-			fmt.Fprintf(&b, "| client latency, %s | %.3f ms | %.3f ms | %.3f ms |\n", m, l["p50_ms"], l["p99_ms"], l["p999_ms"])
-		}
+	for _, m := range sortedKeys(r.KVLatency) {
+		l := r.KVLatency[m]
+		fmt.Fprintf(&b, "| client latency, %s | %.3f ms | %.3f ms | %.3f ms |\n", m, l["p50_ms"], l["p99_ms"], l["p999_ms"])
 	}
-	fmt.Fprintf(&b, "| delay the Output Rule added to an output (%.0f outputs) | %.3f ms | %.3f ms | |\n\n", r.OutputDelay["outputs"], r.OutputDelay["p50_ms"], r.OutputDelay["p99_ms"])
+	if len(r.OutputDelayBy) > 0 {
+		for _, p := range sortedKeys(r.OutputDelayBy) {
+			d := r.OutputDelayBy[p]
+			fmt.Fprintf(&b, "| delay the Output Rule added to an output, %s (%.0f outputs) | %.3f ms | %.3f ms | |\n", p, d["outputs"], d["p50_ms"], d["p99_ms"])
+		}
+		b.WriteString("\n")
+	} else {
+		fmt.Fprintf(&b, "| delay the Output Rule added to an output (%.0f outputs) | %.3f ms | %.3f ms | |\n\n", r.OutputDelay["outputs"], r.OutputDelay["p50_ms"], r.OutputDelay["p99_ms"])
+	}
 	if len(r.Failover) > 0 {
 		b.WriteString("## Failover: client-observed unavailability\n\nkvstore under `ftvm pair` with 3 clients (porcupine-checked histories); the primary fails 0.5-1.5 s in. `kill -9` (of the real `ftvm pair` process) on the same host resets the logging channel's connection, so the backup learns at once. A silent death (in one process, through a proxy) makes the primary's host vanish: its VM and sockets are gone and its logging channel goes silent with no FIN or reset, as when a host loses power, so only the failover timeout detects it. Unavailability is the longest time no client got a reply; the clients resend every 200 ms.\n\n| failure | failover timeout | trials | p50 | p99 | max |\n|---|---|---|---|---|---|\n")
 		for _, f := range r.Failover {
@@ -239,7 +260,11 @@ func (r *Results) plotRatios(path string) error {
 	var names []string
 	for _, t := range append(append([]Throughput(nil), r.Table1...), r.Table2...) {
 		vals = append(vals, t.Ratio.Median)
-		names = append(names, t.Workload)
+		name := t.Workload
+		if t.Placement != "" {
+			name += "\n" + t.Placement
+		}
+		names = append(names, name)
 	}
 	bars, err := plotter.NewBarChart(vals, vg.Points(30))
 	if err != nil {
@@ -249,7 +274,7 @@ func (r *Results) plotRatios(path string) error {
 	p.Add(bars)
 	p.NominalX(names...)
 	p.Y.Min, p.Y.Max = 0, 1.2
-	return p.Save(7*vg.Inch, 4*vg.Inch, path)
+	return p.Save(10*vg.Inch, 4*vg.Inch, path)
 }
 
 func (r *Results) plotFailover(path string) error {
@@ -280,6 +305,16 @@ func (r *Results) plotFailover(path string) error {
 func (r *Results) row(workload string) (Throughput, bool) {
 	for _, t := range append(append([]Throughput(nil), r.Table1...), r.Table2...) {
 		if t.Workload == workload {
+			return t, true
+		}
+	}
+	return Throughput{}, false
+}
+
+// rowIn finds a workload's figures in a placement.
+func (r *Results) rowIn(workload, placement string) (Throughput, bool) {
+	for _, t := range append(append([]Throughput(nil), r.Table1...), r.Table2...) {
+		if t.Workload == workload && t.Placement == placement {
 			return t, true
 		}
 	}
@@ -317,17 +352,19 @@ func WriteComparison(dir, command string, runs []*Results) error {
 		}
 		return "-"
 	})
-	for _, w := range []string{"cpu", "kvstore", "echo"} {
-		line("FT/plain, `"+w+"`", func(r *Results) string {
-			if t, ok := r.row(w); ok {
-				return stat(t.Ratio, "%.3f")
-			}
-			return "-"
-		})
+	for _, w := range []string{"cpu", "kvstore", "echo", "netsink receive", "netsource transmit"} {
+		for _, p := range []string{Pinned.Name, Unpinned.Name} {
+			line("FT/plain, `"+w+"`, "+p, func(r *Results) string {
+				if t, ok := r.rowIn(w, p); ok {
+					return stat(t.Ratio, "%.3f")
+				}
+				return "-"
+			})
+		}
 	}
-	line("FT/plain, `netsink receive`", func(r *Results) string {
-		if t, ok := r.row("netsink receive"); ok {
-			return stat(t.Ratio, "%.3f")
+	line("CPU-s backup / primary, `cpu`, pinned", func(r *Results) string {
+		if t, ok := r.rowIn("cpu", Pinned.Name); ok && t.Sides[RolePrimary].Runs > 0 {
+			return fmt.Sprintf("%.3f", safeDiv(t.Sides[RoleBackup].CPUSeconds.Median, t.Sides[RolePrimary].CPUSeconds.Median))
 		}
 		return "-"
 	})

@@ -32,7 +32,7 @@ func BenchmarkNetsinkTLS(b *testing.B) {
 	const reps = 3
 	type figures struct{ mbps, wall, cpu, gbit float64 }
 	measure := func(mode Mode, rep int) figures {
-		spec, addr, err := userNet(7001)
+		spec, addr, _, err := userNet(7001)
 		if err != nil {
 			b.Fatal(err)
 		}

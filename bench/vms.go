@@ -24,7 +24,9 @@ type Mode string
 
 const (
 	Plain Mode = "plain" // ftvm run
-	FT    Mode = "ft"    // a primary and a backup in this process, over loopback
+	// FT: a primary and a backup over loopback, each in a process of its
+	// own (Options.FTVM given) or both in this process (go test).
+	FT Mode = "ft"
 	// FTNoTLS is FT with the logging channel in clear (--insecure-no-tls),
 	// to measure what TLS costs.
 	FTNoTLS Mode = "ft-no-tls"
@@ -38,7 +40,10 @@ type vmRun struct {
 	Stdout  string
 	Primary ft.PrimaryStats // FT only
 	Log     []byte          // Record only
-	Err     error
+	// Side and Backup: the figures of the plain VM's or the primary's
+	// process and of the backup's (runs in processes only).
+	Side, Backup MemberStats
+	Err          error
 }
 
 // vmSpec says what to run.
@@ -48,6 +53,9 @@ type vmSpec struct {
 	Config  vmm.Config
 	Stdin   string
 	Net     *vnet.Spec
+	// ImagePath and NetSpec are Image and Net as a member process gets
+	// them: the ELF file and the --net spec.
+	ImagePath, NetSpec string
 	// Ready, if set, is called once the VM runs, and the VM is stopped when
 	// it returns (for servers that never exit).
 	Ready func(ctx context.Context)
@@ -175,6 +183,12 @@ func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool
 type lockedBuilder struct {
 	mu sync.Mutex
 	b  *strings.Builder
+}
+
+func (l *lockedBuilder) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func (l *lockedBuilder) Write(p []byte) (int, error) {

@@ -14,13 +14,22 @@ import (
 
 // cmdBench runs the benchmarks and writes bench/results/DATE/REPORT.md.
 func cmdBench(args []string) int {
-	fs := newFlagSet("bench", "[--quick] [--backend all|auto|kvm|ptrace] [--out DIR] [--guests DIR]")
+	fs := newFlagSet("bench", "[--quick] [--backend all|auto|kvm|ptrace] [--reps N] [--failover-trials N] [--cpuprofile-dir DIR] [--out DIR] [--guests DIR]")
 	quick := fs.Bool("quick", false, "one short repetition of everything (under two minutes): a smoke test")
 	out := fs.String("out", "", "where to write the report (default bench/results/DATE)")
 	guests := fs.String("guests", "", "the guest images (default guests/build beside this binary's tree)")
 	which := fs.String("backend", "all", "the backends to run on: all (every usable one, side by side), auto, kvm or ptrace")
+	reps := fs.Int("reps", 0, "repetitions of each workload, plain and FT, in each placement (default 1 with --quick, 5 without)")
+	trials := fs.Int("failover-trials", 0, "failover trials per failure setting (default 2 with --quick, 50 without)")
+	profiles := fs.String("cpuprofile-dir", "", "write CPU profiles of each side of one extra run per workload into `DIR`/BACKEND and summarise them in the report")
+	member := fs.String("member", "", "internal: run one VM process of a benchmark as the spec `FILE` says")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
+	}
+	if *member != "" {
+		ctx, cancel := interruptContext()
+		defer cancel()
+		return bench.RunMember(ctx, *member, os.Stderr)
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -58,6 +67,7 @@ func cmdBench(args []string) int {
 	for _, b := range bes {
 		fmt.Fprintf(os.Stderr, "ftvm bench: backend %s\n", b.Name())
 		res, err := bench.Run(ctx, bench.Options{Quick: *quick, GuestDir: *guests, FTVM: exe, Backend: b,
+			Reps: *reps, FailoverTrials: *trials, CPUProfileDir: *profiles,
 			Logf: func(f string, a ...any) {
 				fmt.Fprintf(os.Stderr, "ftvm bench %s %s: %s\n", b.Name(), time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
 			}})
