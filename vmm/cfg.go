@@ -494,12 +494,12 @@ var scanPatterns = []scanPattern{
 		}
 		return 0
 	}},
-	{"rdfsbase, rdgsbase, fxsave, xsave or xsaveopt", func(b []byte) int {
+	{"rdfsbase, rdgsbase, wrfsbase, wrgsbase, fxsave, xsave or xsaveopt", func(b []byte) int {
 		if len(b) < 3 || b[0] != 0x0f || b[1] != 0xae {
 			return 0
 		}
 		mod, reg := b[2]>>6, (b[2]>>3)&7
-		if mod == 3 && reg <= 1 || mod != 3 && (reg == 0 || reg == 4 || reg == 6) {
+		if mod == 3 && reg <= 3 || mod != 3 && (reg == 0 || reg == 4 || reg == 6) {
 			return 3
 		}
 		return 0

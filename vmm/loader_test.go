@@ -125,6 +125,8 @@ func TestSweepRefusesWhatItCannotMakeDeterministic(t *testing.T) {
 		{"lsl", "0f03c1", "lsl"},
 		{"xgetbv", "0f01d0", "xgetbv"},
 		{"rdfsbase", "f3480faec0", "rdfsbase"},
+		{"wrfsbase", "f3480faed0", "wrfsbase"},
+		{"wrgsbase", "f30faed8", "wrgsbase"},
 		{"fxsave", "0fae00", "fxsave"},
 		{"xbegin", "c7f800000000", "xbegin"},
 		{"vzeroupper (VEX)", "c5f877", "AVX"},

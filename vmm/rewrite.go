@@ -158,6 +158,8 @@ var refusedOps = map[x86asm.Op]string{
 	x86asm.XGETBV:   "reads XCR0, which differs between hosts (and faults on KVM, where OSXSAVE is off)",
 	x86asm.RDFSBASE: "depends on CR4.FSGSBASE, on under Linux and off on KVM",
 	x86asm.RDGSBASE: "depends on CR4.FSGSBASE, on under Linux and off on KVM",
+	x86asm.WRFSBASE: "depends on CR4.FSGSBASE: it sets FS's base under Linux and is #UD on KVM",
+	x86asm.WRGSBASE: "depends on CR4.FSGSBASE: it sets GS's base under Linux and is #UD on KVM",
 	x86asm.RDPMC:    "reads host performance counters",
 	x86asm.XBEGIN:   "starts a transaction that aborts as the host decides (and is #UD on AMD)",
 	x86asm.FXSAVE:   "stores MXCSR_MASK, which differs between CPUs",
