@@ -2,7 +2,6 @@ package ft
 
 import (
 	"errors"
-	"time"
 
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/vmm"
@@ -101,26 +100,17 @@ func (f *failoverWorld) forget(drop func(pendingOutput) bool) {
 	}
 }
 
-// waitReleased waits, after the guest ended, until the primary reports
-// every replayed output released (true), or until ended is closed (the
-// channel is over) with some not reported (false).
+// waitReleased waits, after the guest ended, for the channel to end
+// (ended closed) and says whether the primary had reported every replayed
+// output released by then. A primary whose guest ended writes its last
+// report and closes; the backup lets it close first, or the primary, still
+// flushing, would take the backup's hang-up for a lost backup and ask the
+// arbiter for nothing. A primary that dies or hangs instead is lost by the
+// channel's failure detection, which closes ended too.
 func (f *failoverWorld) waitReleased(ended <-chan struct{}) bool {
-	if f.primaryReleased == nil {
-		return true
-	}
-	allReleased := func() bool {
-		return len(f.unreleased) == 0 || f.unreleased[len(f.unreleased)-1].seq <= f.primaryReleased()
-	}
-	tick := time.NewTicker(time.Millisecond)
-	defer tick.Stop()
-	for !allReleased() {
-		select {
-		case <-ended:
-			return allReleased() // a report read just before the end counts
-		case <-tick.C:
-		}
-	}
-	return true
+	<-ended
+	return f.primaryReleased == nil || len(f.unreleased) == 0 ||
+		f.unreleased[len(f.unreleased)-1].seq <= f.primaryReleased()
 }
 
 // releaseUnreleased sends, at go-live and in their order, the outputs the

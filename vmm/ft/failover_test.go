@@ -69,6 +69,16 @@ func (f *flakyArbiter) Claim(ctx context.Context, c splitbrain.Claim) (splitbrai
 	return f.Arbiter.Claim(ctx, c)
 }
 
+// waitUntil polls cond until it holds, failing the test after d.
+func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(d); !cond(); time.Sleep(2 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+	}
+}
+
 // TestArbiterUnreachable: the primary dies while the arbiter cannot be
 // reached. The backup keeps asking and does not go live until the arbiter
 // answers again; then it goes live and finishes the guest.
@@ -104,22 +114,30 @@ func TestArbiterUnreachable(t *testing.T) {
 				}
 			}}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	var out BackupOutcome
 	var berr error
 	done := make(chan struct{})
+	bm := NewMetrics()
 	go func() {
 		defer close(done)
-		out, berr = RunBackup(ctx, BackupOptions{Common: common("backup"), Listener: ln})
+		c := common("backup")
+		c.Metrics = bm
+		out, berr = RunBackup(ctx, BackupOptions{Common: c, Listener: ln})
 	}()
 	pctx, kill := context.WithCancel(ctx)
-	time.AfterFunc(300*time.Millisecond, kill) // the primary dies
-	RunPrimary(pctx, PrimaryOptions{Common: common("primary"), BackupAddr: ln.Addr().String()})
-	time.Sleep(1500 * time.Millisecond) // the arbiter stays down for a while
-	if n := arb.attempts.Load(); n < 2 {
-		t.Fatalf("the backup asked the arbiter %d times while it was down; it must keep asking", n)
-	}
+	primaryDone := make(chan struct{})
+	go func() {
+		defer close(primaryDone)
+		RunPrimary(pctx, PrimaryOptions{Common: common("primary"), BackupAddr: ln.Addr().String()})
+	}()
+	// The primary dies once the backup is replaying its log.
+	waitUntil(t, time.Minute, "the backup replaying", func() bool { return metric(t, bm, "ftvm_replayed_exit") > 0 })
+	kill()
+	<-primaryDone
+	// The arbiter stays down while the backup asks it again and again.
+	waitUntil(t, time.Minute, "the backup asking the down arbiter twice", func() bool { return arb.attempts.Load() >= 2 })
 	note("arbiter back")
 	arb.down.Store(false)
 	<-done

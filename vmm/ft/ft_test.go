@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
 	"github.com/ftvm/ftvm/vmm/backend"
 	"github.com/ftvm/ftvm/vmm/backends"
@@ -115,19 +116,30 @@ func runPair(t *testing.T, img *vmm.Image, cfg vmm.Config, input string, chcfg l
 	return runPairOn(t, b, b, img, cfg, input, chcfg, proxy, primaryOut)
 }
 
-// runPairOn is runPair with the primary on backend pb and the backup on bb.
-func runPairOn(t *testing.T, pb, bb backend.Backend, img *vmm.Image, cfg vmm.Config, input string, chcfg logchannel.Config, proxy func(backupAddr string) string, primaryOut io.Writer) pairRun {
+// pairSetup is what an in-process pair starts from: the backup's listener
+// (closed when the test ends), a file arbiter initialised with VM "test"
+// at epoch 1, and a context that bounds the test.
+func pairSetup(t *testing.T) (*logchannel.Listener, splitbrain.Arbiter, context.Context) {
 	t.Helper()
 	ln, err := logchannel.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer ln.Close()
+	t.Cleanup(func() { ln.Close() })
 	arb, err := newTestArbiter(t, "test")
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	t.Cleanup(cancel)
+	return ln, arb, ctx
+}
+
+// runPairOn is runPair with the primary on backend pb and the backup on bb.
+func runPairOn(t *testing.T, pb, bb backend.Backend, img *vmm.Image, cfg vmm.Config, input string, chcfg logchannel.Config, proxy func(backupAddr string) string, primaryOut io.Writer) pairRun {
+	t.Helper()
+	ln, arb, ctx := pairSetup(t)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pch, bch := channels(t, "test", chcfg)
 	common := func(role string, in io.Reader, out io.Writer) Common {

@@ -97,16 +97,8 @@ func TestFailoverKeepsTheNAT(t *testing.T) {
 	}
 	defer bnet.Close()
 
-	ln, err := logchannel.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	arb, err := newTestArbiter(t, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ln, arb, ctx := pairSetup(t)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	pch, bch := channels(t, "test", logchannel.Config{})
 	common := func(role string, nic vnet.Backend, ch logchannel.Config, m *Metrics) Common {

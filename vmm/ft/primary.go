@@ -181,7 +181,9 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 		if err != nil && ctx.Err() != nil {
 			// Interrupted while deciding (Ctrl-C, or the caller stopped the
 			// run): nothing was decided, and the run ends as interrupted,
-			// not as a halt.
+			// not as a halt. The sink must still let go of a vCPU (or the
+			// final flush) waiting on the decision, refusing.
+			sink.decide(sinkHalted, fmt.Errorf("%w while asking the arbiter: %v", vmm.ErrInterrupted, err))
 			return
 		}
 		if err != nil {

@@ -82,16 +82,8 @@ func TestGuestEndedButOutputsHeld(t *testing.T) {
 func killPrimaryWithALine(t *testing.T, acksFlow, endOfInput bool) (primaryOut, backupOut string, backup BackupOutcome) {
 	b := requireBackend(t)
 	img := loadImage(t, "echo")
-	ln, err := logchannel.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	arb, err := newTestArbiter(t, "test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ln, arb, ctx := pairSetup(t)
+	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	// In clear: the gate reads the messages. A long failover timeout: the
 	// primary must not give up on its silent backup first.

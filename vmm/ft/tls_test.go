@@ -2,7 +2,6 @@ package ft
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"io"
 	"net"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/logchannel"
-	"github.com/ftvm/ftvm/splitbrain"
 	"github.com/ftvm/ftvm/vmm"
 )
 
@@ -137,17 +135,10 @@ func TestUnauthenticatedPeersAreRefused(t *testing.T) {
 	otherCA.CA = pch.TLS.CA // trusts the pair's CA; only its own certificate is wrong
 	otherVM := creds(ca, "another-vm", "intruder")
 
-	ln, err := logchannel.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	arb, err := splitbrain.Open("file://" + t.TempDir())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
+	// An initialised arbiter: against a bare directory every claim would
+	// wait for a cluster marker, and a primary that took the backup's end
+	// for a loss would wait with it.
+	ln, arb, ctx := pairSetup(t)
 	metrics := NewMetrics()
 	var logged syncBuffer
 	common := func(role string, ch logchannel.Config) Common {
