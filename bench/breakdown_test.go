@@ -99,6 +99,7 @@ func TestTargets(t *testing.T) {
 		{Workload: "cpu", Placement: "unpinned", Ratio: newStat([]float64{0.99})},
 		{Workload: "cpu", Placement: "pinned", Ratio: newStat([]float64{0.80}), Sides: map[string]SideStats{
 			RolePlain: side(1, 1, 1000), RolePrimary: side(1.25, 1.25, 1000), RoleBackup: side(1.3, 1.25, 1000)}},
+		// 1000 exits at +250 µs each on a 1 s run: bound 1/1.25 = 0.800.
 		{Workload: "kvstore", Placement: "pinned", Ratio: newStat([]float64{0.95}), Channel: &ChannelStats{}},
 	}
 	ts := r.targets()
@@ -111,8 +112,11 @@ func TestTargets(t *testing.T) {
 		t.Fatalf("no target %q in %+v", prefix, ts)
 		return Target{}
 	}
-	if c := find("FT/plain >= 0.95 for `cpu`"); c.Met || !strings.Contains(c.What, "pinned") || !strings.Contains(c.Bound, "250.0 µs") {
+	if c := find("FT/plain >= 0.95 for `cpu`"); c.Met || !strings.Contains(c.What, "pinned") || !strings.Contains(c.Bound, "+250.0 µs") {
 		t.Errorf("cpu target %+v: want not met on the pinned row, bound naming 250 µs per exit", c)
+	}
+	if c := find("FT/plain >= 0.95 for `cpu`"); !strings.Contains(c.Bound, "bounds the ratio at 0.800") {
+		t.Errorf("cpu bound %q: want the CPU bound 0.800", c.Bound)
 	}
 	if k := find("FT/plain >= 0.90 for `kvstore`"); !k.Met {
 		t.Errorf("kvstore target %+v: want met", k)

@@ -79,6 +79,9 @@ type MemberStats struct {
 	// process: the exit path, devices, the channel and the rest.
 	Mallocs uint64
 	GCs     uint32
+	// GOMAXPROCS the process ran with: Go derives it from the CPU
+	// affinity, so a process pinned to one core gets 1.
+	GOMAXPROCS int
 	// Primary only: the channel's counters and every output's delay.
 	Channel      *logchannel.Stats `json:",omitempty"`
 	OutputDelays []time.Duration   `json:",omitempty"`
@@ -125,7 +128,7 @@ func RunMember(ctx context.Context, specFile string, stderr io.Writer) int {
 }
 
 func runMember(ctx context.Context, spec MemberSpec, stderr io.Writer) (MemberStats, error) {
-	st := MemberStats{Role: spec.Role}
+	st := MemberStats{Role: spec.Role, GOMAXPROCS: runtime.GOMAXPROCS(0)}
 	be, err := backends.Choose(spec.Backend)
 	if err != nil {
 		return st, err
