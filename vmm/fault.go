@@ -54,7 +54,7 @@ func (g *guestView) instructionBefore(rip uint64, encodings [][]byte) (uint64, s
 		if rip < n {
 			continue
 		}
-		if b, err := g.mem.Slice(rip-n, n); err == nil && string(b) == string(enc) {
+		if b, err := g.mem.slice(rip-n, n); err == nil && string(b) == string(enc) {
 			return rip - n, g.decodeAt(rip - n)
 		}
 	}
@@ -76,7 +76,7 @@ func (g *guestView) decodeAt(rip uint64) string {
 	if rip < g.mem.Size() && g.mem.Size()-rip < n {
 		n = g.mem.Size() - rip
 	}
-	b, err := g.mem.Slice(rip, n)
+	b, err := g.mem.slice(rip, n)
 	if err != nil || n == 0 {
 		return ""
 	}

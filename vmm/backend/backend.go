@@ -12,6 +12,7 @@ package backend
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"os"
 
@@ -139,6 +140,28 @@ type VCPU interface {
 	// threads: a caller's whole run loop belongs inside Do.
 	Do(f func())
 }
+
+// DirtyLog is offered by a VCPU (found by a type assertion) whose backend
+// can tell which pages of guest RAM the guest itself wrote: KVM's dirty
+// log, or write protection the kernel resolves on its own under ptrace.
+// Writes the VMM makes through its own mapping of RAM are not seen here:
+// package vmm tracks those. Both methods may be called from any goroutine
+// while the guest runs, but not concurrently with each other or Close.
+type DirtyLog interface {
+	// StartDirtyLog begins tracking. An error says why this backend or
+	// host cannot track (the caller then treats every page as written).
+	StartDirtyLog() error
+	// DirtyPages sets in bitmap (bit p%64 of word p/64 for page p; at
+	// least one bit per page of RAM) every page the guest wrote since the
+	// previous call or StartDirtyLog, and forgets them, atomically with
+	// respect to the guest's writes: a write after a page was reported is
+	// reported by the next call. It may report pages that were not written.
+	DirtyPages(bitmap []uint64) error
+}
+
+// ErrNoDirtyLog is wrapped by StartDirtyLog's error when the backend cannot
+// track the guest's writes on this host.
+var ErrNoDirtyLog = errors.New("no dirty-page tracking")
 
 // ExitKind says why Run returned.
 type ExitKind int

@@ -63,6 +63,8 @@ type vcpu struct {
 	// exception stub; Regs reports view until SetRegs.
 	moved, held bool
 	view        replay.Regs
+	// dirty receives KVM_GET_DIRTY_LOG's bitmap once StartDirtyLog ran.
+	dirty []uint64
 }
 
 // NewVCPU creates the VM, maps RAM into it and prepares the vCPU.

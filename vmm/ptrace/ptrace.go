@@ -116,6 +116,8 @@ type vcpu struct {
 	quit  chan struct{} // closed by Close
 	done  chan struct{} // closed when the tracer has reaped the guest
 
+	dl dirtyLog
+
 	kickPending atomic.Bool
 	mu          sync.Mutex // guards pid against reuse: Kick vs Close
 	running     bool       // set up and not yet reaped
@@ -273,6 +275,7 @@ func (v *vcpu) setup(spec *backend.Spec) error {
 		}
 		i = j
 	}
+	v.setupDirtyLog(pages)
 	if _, err := v.inject(unix.SYS_CLOSE_RANGE, 0, ^uint64(0)>>32, 0); err != nil {
 		if _, err := v.inject(unix.SYS_CLOSE, 3); err != nil {
 			return fmt.Errorf("ptrace: closing the guest's descriptors: %w", err)
@@ -722,6 +725,7 @@ func (v *vcpu) Close() error {
 	v.mu.Unlock()
 	close(v.quit)
 	<-v.done
+	v.dl.close()
 	return nil
 }
 
