@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync/atomic"
 
 	"github.com/ftvm/ftvm/replay"
 	"github.com/ftvm/ftvm/vmm/backend"
@@ -142,6 +143,8 @@ type Machine struct {
 	captureAt uint64
 	capture   func(*State) error
 	stage     chan []byte // the capture's buffer, faulted in while the guest runs
+	// precopy: a live transfer whose final pause is due at an exit.
+	precopy atomic.Pointer[Precopy]
 }
 
 // New creates a VM on backend b, loads img into it and prepares the vCPU
@@ -260,6 +263,9 @@ func (m *Machine) Run(ctx context.Context) (res Result, err error) {
 		return Result{}, errors.New("vmm: Run on a closed machine")
 	}
 	m.vcpu.Do(func() { res, err = m.run(ctx) })
+	if pc := m.precopy.Swap(nil); pc != nil {
+		pc.pauseMissed(res, err)
+	}
 	return res, err
 }
 
@@ -295,6 +301,11 @@ func (m *Machine) run(ctx context.Context) (Result, error) {
 		}
 		if x.dirty {
 			regs, set = x.regs, true
+		}
+		m.guest.mem.publishWrites()
+		if pc := m.precopy.Load(); pc != nil && pc.pauseWanted.Load() {
+			m.precopy.Store(nil)
+			pc.finalPause(m, &regs)
 		}
 		if m.capture != nil && m.exits == m.captureAt {
 			if err := m.takeCapture(&regs); err != nil {

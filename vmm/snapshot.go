@@ -126,6 +126,21 @@ func (m *Machine) takeCapture(regs *replay.Regs) error {
 // captureState copies the machine's state with the guest about to resume
 // with regs. Must be called on the vCPU thread, with the vCPU stopped.
 func (m *Machine) captureState(regs *replay.Regs) (*State, error) {
+	st, err := m.captureCPUState(regs)
+	if err != nil {
+		return nil, err
+	}
+	ram, err := nonZeroPages(m.ramFile, m.ram, m.stagedBuffer())
+	if err != nil {
+		return nil, err
+	}
+	st.RAM = ram
+	return st, nil
+}
+
+// captureCPUState is captureState without RAM: what the guest resumes
+// with besides its memory. Same preconditions.
+func (m *Machine) captureCPUState(regs *replay.Regs) (*State, error) {
 	st := &State{
 		ImageSHA256: m.guest.img.Hash, CPUIDDigest: CPUIDDigest(), ConfigDigest: ConfigDigest(m.cfg),
 		ABIProfile: ABIProfile, Config: m.cfg.Text(), Backend: m.backend,
@@ -138,11 +153,6 @@ func (m *Machine) captureState(regs *replay.Regs) (*State, error) {
 	for i, p := range m.guest.mem.perms {
 		st.Perms[i] = byte(p)
 	}
-	ram, err := nonZeroPages(m.ramFile, m.ram, m.stagedBuffer())
-	if err != nil {
-		return nil, err
-	}
-	st.RAM = ram
 	return st, nil
 }
 
@@ -153,35 +163,15 @@ var zeroPage [pageSize]byte
 // (SEEK_DATA), so the holes of a large, mostly untouched guest cost
 // nothing and are not faulted in.
 func nonZeroPages(f interface{ Fd() uintptr }, ram, stage []byte) ([]MemRun, error) {
-	fd := int(f.Fd())
-	size := int64(len(ram))
 	var pages [][2]uint64 // [first, count) of non-zero pages
 	total := uint64(0)
-	for off := int64(0); off < size; {
-		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			break
-		}
-		if err != nil {
-			return nil, fmt.Errorf("vmm: finding guest RAM's data (SEEK_DATA): %w", err)
-		}
-		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
-		if err != nil {
-			return nil, fmt.Errorf("vmm: finding guest RAM's holes (SEEK_HOLE): %w", err)
-		}
-		hole = min(hole, size)
-		for p := uint64(data) / pageSize; p*pageSize < uint64(hole); p++ {
-			if bytes.Equal(ram[p*pageSize:(p+1)*pageSize], zeroPage[:]) {
-				continue
-			}
-			if n := len(pages); n > 0 && pages[n-1][0]+pages[n-1][1] == p {
-				pages[n-1][1]++
-			} else {
-				pages = append(pages, [2]uint64{p, 1})
-			}
-			total++
-		}
-		off = hole
+	err := eachNonZeroPage(f, ram, func(first, n uint64) error {
+		pages = append(pages, [2]uint64{first, n})
+		total += n
+		return nil
+	})
+	if err != nil {
+		return nil, err
 	}
 	buf := stage
 	if uint64(len(buf)) < total*pageSize {
@@ -194,6 +184,50 @@ func nonZeroPages(f interface{ Fd() uintptr }, ram, stage []byte) ([]MemRun, err
 		buf = buf[n:]
 	}
 	return runs, nil
+}
+
+// eachNonZeroPage calls f for each run of consecutive pages of ram that are
+// not all zero, in ascending order. Only the extents the memfd has data in
+// are read (SEEK_DATA), so the holes of a large, mostly untouched guest
+// cost nothing and are not faulted in.
+func eachNonZeroPage(f interface{ Fd() uintptr }, ram []byte, each func(first, n uint64) error) error {
+	fd := int(f.Fd())
+	size := int64(len(ram))
+	var run [2]uint64 // the run being gathered: [first, count)
+	for off := int64(0); off < size; {
+		data, err := unix.Seek(fd, off, unix.SEEK_DATA)
+		if errors.Is(err, unix.ENXIO) {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("vmm: finding guest RAM's data (SEEK_DATA): %w", err)
+		}
+		hole, err := unix.Seek(fd, data, unix.SEEK_HOLE)
+		if err != nil {
+			return fmt.Errorf("vmm: finding guest RAM's holes (SEEK_HOLE): %w", err)
+		}
+		hole = min(hole, size)
+		for p := uint64(data) / pageSize; p*pageSize < uint64(hole); p++ {
+			if bytes.Equal(ram[p*pageSize:(p+1)*pageSize], zeroPage[:]) {
+				continue
+			}
+			if run[1] > 0 && run[0]+run[1] == p {
+				run[1]++
+				continue
+			}
+			if run[1] > 0 {
+				if err := each(run[0], run[1]); err != nil {
+					return err
+				}
+			}
+			run = [2]uint64{p, 1}
+		}
+		off = hole
+	}
+	if run[1] > 0 {
+		return each(run[0], run[1])
+	}
+	return nil
 }
 
 // copyChunked is copy in 4 MiB steps: one memmove of hundreds of MiB

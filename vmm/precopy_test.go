@@ -1,0 +1,244 @@
+package vmm
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/vmm/backend"
+	"github.com/ftvm/ftvm/vmm/backends"
+	"github.com/ftvm/ftvm/vmm/vmmtest"
+)
+
+// markerWorld is a scripted world whose console input is empty until
+// deliver is set, then holds marker once (delivered is closed when the
+// guest has read it). busy is closed once the guest has asked for input
+// 100 times: the dirty guest has then written its region several times.
+type markerWorld struct {
+	scriptedWorld
+	marker    string
+	deliver   atomic.Bool
+	once      sync.Once
+	delivered chan struct{}
+	reads     int
+	busy      chan struct{}
+}
+
+func newMarkerWorld(marker string) *markerWorld {
+	return &markerWorld{marker: marker, delivered: make(chan struct{}), busy: make(chan struct{})}
+}
+
+func (w *markerWorld) ConsoleRead(_ replay.ExecPoint, buf []byte) (int, bool, error) {
+	if w.reads++; w.reads == 100 {
+		close(w.busy)
+	}
+	n := 0
+	if w.deliver.Load() {
+		w.once.Do(func() { n = copy(buf, w.marker); close(w.delivered) })
+	}
+	return n, false, nil
+}
+
+// precopyResult is a transfer's outcome: the state the receiver built, a
+// snapshot taken in the same pause, and the figures.
+type precopyResult struct {
+	got, want *State
+	stats     PrecopyStats
+}
+
+// transfer runs img with cfg on b and, once the guest is busy, pre-copies
+// it to a receiver while it runs.
+func transfer(t testing.TB, b backend.Backend, img *Image, cfg Config, world *markerWorld, opt PrecopyOptions) precopyResult {
+	t.Helper()
+	m, err := New(b, img, cfg, world)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	opt.snapshotAtPause = true
+	pr, pw := io.Pipe()
+	type received struct {
+		st  *State
+		err error
+	}
+	recv := make(chan received, 1)
+	go func() {
+		st, err := ReceivePrecopy(pr)
+		io.Copy(io.Discard, pr)
+		recv <- received{st, err}
+	}()
+	ctx, cancel := context.WithCancel(context.Background())
+	runErr := make(chan error, 1)
+	go func() { _, err := m.Run(ctx); runErr <- err }()
+	select {
+	case <-world.busy:
+	case err := <-runErr:
+		t.Fatalf("the guest stopped before the transfer: %v", err)
+	}
+	p, err := m.StartPrecopy(pw, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats, err := p.Wait()
+	pw.Close()
+	cancel()
+	if rerr := <-runErr; !errors.Is(rerr, ErrInterrupted) && err == nil {
+		t.Fatalf("the source run ended with %v", rerr)
+	}
+	if err != nil {
+		t.Fatalf("pre-copy: %v", err)
+	}
+	r := <-recv
+	if r.err != nil {
+		t.Fatalf("receiving: %v", r.err)
+	}
+	return precopyResult{got: r.st, want: p.pauseSnapshot, stats: stats}
+}
+
+// fullRAM expands a state's runs into all of RAM.
+func fullRAM(s *State) []byte {
+	ram := make([]byte, s.MemSize)
+	for _, r := range s.RAM {
+		copy(ram[r.FirstPage*pageSize:], r.Data)
+	}
+	return ram
+}
+
+func stateDigest(s *State) [32]byte { return replay.StateDigest(&s.Regs, fullRAM(s)) }
+
+// sameState fails unless got is want in everything a guest can observe.
+func sameState(t *testing.T, want, got *State) {
+	t.Helper()
+	if want.Exits != got.Exits || want.Regs != got.Regs || want.FP != got.FP || want.Seen != got.Seen || !bytes.Equal(want.Perms, got.Perms) {
+		t.Fatalf("state differs: exits %d/%d rip %#x/%#x fp equal %v seen %v/%v", want.Exits, got.Exits, want.Regs.RIP, got.Regs.RIP, want.FP == got.FP, want.Seen, got.Seen)
+	}
+	wram, gram := fullRAM(want), fullRAM(got)
+	if !bytes.Equal(wram, gram) {
+		diff := 0
+		first := -1
+		for p := 0; p < len(wram)/pageSize; p++ {
+			if !bytes.Equal(wram[p*pageSize:(p+1)*pageSize], gram[p*pageSize:(p+1)*pageSize]) {
+				if first < 0 {
+					first = p
+				}
+				diff++
+			}
+		}
+		t.Fatalf("RAM differs from the snapshot at the pause (exit %d) in %d pages, the first at %#x", want.Exits, diff, first*pageSize)
+	}
+}
+
+func logStats(t testing.TB, s PrecopyStats) {
+	t.Helper()
+	for i, r := range s.Rounds {
+		t.Logf("round %d: %d pages, %d bytes, %v", i, r.Pages, r.Bytes, r.Time)
+	}
+	t.Logf("final: %d pages, %d bytes; pause %v after waiting %v for an exit; total %v, exit %d; tracking: %v",
+		s.Final.Pages, s.Final.Bytes, s.Pause, s.WaitForExit, s.Total, s.Exit, s.Tracking)
+}
+
+const dirtyCmdline = "pages=2048 every=64"
+
+// TestPrecopyMatchesPauseState: a guest writing 8 MiB over and over is
+// transferred while it runs; the receiver's state equals a snapshot taken
+// in the final pause, registers and every byte of RAM, including console
+// input the VMM wrote into guest memory after the full copy, and restores
+// to the same digest.
+func TestPrecopyMatchesPauseState(t *testing.T) {
+	img := loadGuest(t, "dirty")
+	vmmtest.ForEachBackend(t, func(t *testing.T, b backend.Backend) {
+		const marker = "pre-copy marker: console input written by the VMM"
+		world := newMarkerWorld(marker)
+		opt := PrecopyOptions{afterRound: func(round int) {
+			if round == 0 {
+				world.deliver.Store(true)
+				<-world.delivered // the write lands after the full copy
+			}
+		}}
+		res := transfer(t, b, img, Config{Cmdline: dirtyCmdline}, world, opt)
+		logStats(t, res.stats)
+		if res.stats.Tracking != nil {
+			t.Logf("%s cannot track dirty pages here, so the transfer was stop-and-copy: %v", b.Name(), res.stats.Tracking)
+		} else if len(res.stats.Rounds) < 2 {
+			t.Errorf("only the full copy was sent before the pause, no dirty round: %+v", res.stats.Rounds)
+		}
+		sameState(t, res.want, res.got)
+		if !bytes.Contains(fullRAM(res.got), []byte(marker)) {
+			t.Fatal("the console input the VMM wrote into guest RAM during the copy is not in the received state")
+		}
+		m, err := Restore(b, img, res.got, &scriptedWorld{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		d, err := m.StateDigest()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d != stateDigest(res.want) {
+			t.Fatal("the restored machine's digest is not the paused source's")
+		}
+	})
+}
+
+// TestPrecopyWithoutDirtyLogDiffers: the same transfer with the backend's
+// dirty log ignored misses the guest's writes after the full copy, so the
+// check above can fail.
+func TestPrecopyWithoutDirtyLogDiffers(t *testing.T) {
+	img := loadGuest(t, "dirty")
+	vmmtest.ForEachBackend(t, func(t *testing.T, b backend.Backend) {
+		res := transfer(t, b, img, Config{Cmdline: dirtyCmdline}, newMarkerWorld(""), PrecopyOptions{ignoreGuestWrites: true})
+		if res.stats.Tracking != nil {
+			t.Skipf("%s cannot track dirty pages here: %v", b.Name(), res.stats.Tracking)
+		}
+		if bytes.Equal(fullRAM(res.want), fullRAM(res.got)) {
+			t.Fatal("with the guest's writes ignored, the received RAM still equals the source's: the test cannot tell a working dirty log from none")
+		}
+	})
+}
+
+// TestPrecopyAcrossBackends: a transfer from each backend restores on each,
+// and every restored machine runs on to the same output and final state.
+func TestPrecopyAcrossBackends(t *testing.T) {
+	usable := backends.UsableBackends()
+	if len(usable) < 2 {
+		t.Skipf("needs two usable backends, this host has %s", strings.Join(backends.Usable(), ", "))
+	}
+	img := loadGuest(t, "dirty")
+	for _, from := range usable {
+		res := transfer(t, from, img, Config{Cmdline: dirtyCmdline}, newMarkerWorld(""), PrecopyOptions{})
+		sameState(t, res.want, res.got)
+		var first *outcome
+		for _, to := range usable {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			world := &scriptedWorld{input: "q"}
+			m, err := Restore(to, img, res.got, world)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r, err := m.Run(ctx)
+			cancel()
+			if err != nil || r.Status != 0 {
+				t.Fatalf("from %s on %s: status %d, %v", from.Name(), to.Name(), r.Status, err)
+			}
+			o := outcome{Console: world.console.String(), Status: r.Status, Exits: r.Exits}
+			if o.Digest, err = m.StateDigest(); err != nil {
+				t.Fatal(err)
+			}
+			m.Close()
+			if first == nil {
+				first = &o
+			} else if *first != o {
+				t.Fatalf("from %s: restored on %s ends %+v, on %s %+v", from.Name(), usable[0].Name(), *first, to.Name(), o)
+			}
+		}
+		t.Logf("from %s: every backend ends with %q after %d exits", from.Name(), first.Console, first.Exits)
+	}
+}
