@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -195,6 +196,42 @@ func TestBackendKicks(t *testing.T) {
 			}
 			if d := time.Since(start); d > 5*time.Second {
 				t.Fatalf("took %v to stop", d)
+			}
+		})
+		t.Run("created on a thread that is gone", func(t *testing.T) {
+			// New may run the vCPU (KVM's probe) on its own thread; Run
+			// then runs on another. A kick must reach the thread that runs
+			// now: it once went to the creating thread's id, and a guest
+			// computing without exits was never stopped.
+			made := make(chan *Machine, 1)
+			go func() {
+				runtime.LockOSThread() // never unlocked: the thread exits with this goroutine
+				m, err := New(b, loadGuest(t, "cpu"), long, NewLiveWorld(context.Background(), nil, io.Discard))
+				if err != nil {
+					t.Error(err)
+				}
+				made <- m
+			}()
+			m := <-made
+			if m == nil {
+				return
+			}
+			defer m.Close()
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { _, err := m.Run(ctx); done <- err }()
+			// The guest is computing once it has been scheduled a while;
+			// a kick before that is caught at entry, which proves less, but
+			// is no failure either.
+			time.Sleep(100 * time.Millisecond)
+			cancel()
+			select {
+			case err := <-done:
+				if !errors.Is(err, ErrInterrupted) {
+					t.Fatalf("got %v, want interrupted", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Fatal("a cancelled guest kept computing: the kick went to another thread")
 			}
 		})
 		t.Run("after close", func(t *testing.T) {

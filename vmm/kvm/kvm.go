@@ -180,9 +180,13 @@ func (v *vcpu) probeRIPSemantics() error {
 	}
 	// A KVM that does not let the out reach us (no I/O bitmap honoured)
 	// would loop on #GP in the stubs for ever: give it a few seconds.
+	runtime.LockOSThread()
+	v.fd.onThisThread()
 	timer := time.AfterFunc(5*time.Second, v.fd.kick)
 	e, err := v.fd.runOnce()
 	timer.Stop()
+	v.fd.tid.Store(0) // the next run's thread says who it is
+	runtime.UnlockOSThread()
 	if err != nil {
 		return err
 	}
@@ -389,6 +393,13 @@ func (v *vcpu) SetRegs(r *replay.Regs) error {
 func (v *vcpu) Do(f func()) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
+	if v.fd != nil {
+		// Kicks signal this thread while f runs: the one that created the
+		// vCPU (and ran the probe) may be another, or gone.
+		prev := v.fd.tid.Load()
+		v.fd.onThisThread()
+		defer v.fd.tid.Store(prev)
+	}
 	f()
 }
 

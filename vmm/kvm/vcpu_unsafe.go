@@ -16,7 +16,8 @@ type vcpuFD struct {
 	fd   int
 	run  *kvmRun
 	page []byte
-	// tid is the OS thread that runs the vCPU; 0 until run is first called.
+	// tid is the OS thread that runs the vCPU, which kicks signal: set by
+	// Do (and the probe) on their locked thread, else by the first run.
 	tid atomic.Int32
 	// kickPending makes a kick sticky: one that arrives while the vCPU is
 	// outside KVM_RUN is seen before the next entry.
@@ -94,12 +95,17 @@ func (v *vcpuFD) kick() {
 	}
 }
 
+// onThisThread makes kicks signal the calling thread, which must be
+// locked: the one that will issue KVM_RUN.
+func (v *vcpuFD) onThisThread() { v.tid.Store(int32(unix.Gettid())) }
+
 // runOnce enters the guest until it exits for a reason the VMM must see.
-// Must be called on the vCPU's locked OS thread. EINTR without a pending
-// kick (the Go runtime's own signals) re-enters the guest.
+// Must be called on the vCPU's locked OS thread (inside Do, which says
+// which thread that is). EINTR without a pending kick (the Go runtime's own
+// signals) re-enters the guest.
 func (v *vcpuFD) runOnce() (backend.Exit, error) {
 	if v.tid.Load() == 0 {
-		v.tid.Store(int32(unix.Gettid()))
+		v.onThisThread()
 	}
 	for {
 		v.run.immediateExit = 0
