@@ -39,6 +39,8 @@ type PrecopyOptions struct {
 	// snapshotAtPause captures a plain snapshot in the pause too.
 	afterRound      func(round int)
 	snapshotAtPause bool
+	// noDirtyLog (tests only) acts as a backend that cannot track.
+	noDirtyLog bool
 }
 
 func (o PrecopyOptions) withDefaults() PrecopyOptions {
@@ -149,7 +151,9 @@ func (p *Precopy) rounds() error {
 	pages := uint64(len(m.ram)) / pageSize
 	m.guest.mem.startTracking()
 	dl, ok := m.vcpu.(backend.DirtyLog)
-	if !ok {
+	if p.opt.noDirtyLog {
+		p.stats.Tracking = fmt.Errorf("vmm: dirty tracking turned off: %w", backend.ErrNoDirtyLog)
+	} else if !ok {
 		p.stats.Tracking = fmt.Errorf("vmm: the %s backend: %w", m.backend, backend.ErrNoDirtyLog)
 	} else if err := dl.StartDirtyLog(); err != nil {
 		p.stats.Tracking = err

@@ -242,3 +242,71 @@ func TestPrecopyAcrossBackends(t *testing.T) {
 		t.Logf("from %s: every backend ends with %q after %d exits", from.Name(), first.Console, first.Exits)
 	}
 }
+
+// TestPrecopyStopAndCopy: without dirty tracking the transfer degrades to
+// sending all of RAM in the pause, and is still exact.
+func TestPrecopyStopAndCopy(t *testing.T) {
+	img := loadGuest(t, "dirty")
+	vmmtest.ForEachBackend(t, func(t *testing.T, b backend.Backend) {
+		res := transfer(t, b, img, Config{Cmdline: dirtyCmdline}, newMarkerWorld(""), PrecopyOptions{noDirtyLog: true})
+		logStats(t, res.stats)
+		if !errors.Is(res.stats.Tracking, backend.ErrNoDirtyLog) || len(res.stats.Rounds) != 1 || res.stats.Final.Pages < 2048 {
+			t.Fatalf("want stop-and-copy (one round, the working set in the pause), got tracking %v, %d rounds, %d pages in the pause", res.stats.Tracking, len(res.stats.Rounds), res.stats.Final.Pages)
+		}
+		sameState(t, res.want, res.got)
+	})
+}
+
+// TestReceivePrecopyRefuses: a truncated or damaged stream is refused
+// with ErrPrecopyCorrupt, never applied or a panic.
+func TestReceivePrecopyRefuses(t *testing.T) {
+	m, err := New(requireBackend(t), loadGuest(t, "hello"), Config{}, &scriptedWorld{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	regs, err := m.Regs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st *State
+	m.vcpu.Do(func() { st, err = m.captureCPUState(&regs) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	w := newPrecopyWriter(&buf)
+	page := bytes.Repeat([]byte{7}, 3*pageSize)
+	if w.header(st.MemSize) != nil || w.pages(0, 100, page) != nil || w.clearAll(1) != nil || w.pages(1, 200, page) != nil || w.state(1, st) != nil || w.flush() != nil {
+		t.Fatal("writing the stream failed")
+	}
+	good := buf.Bytes()
+	got, err := ReceivePrecopy(bytes.NewReader(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got.RAM) != 1 || got.RAM[0].FirstPage != 200 || got.Pages() != 3 {
+		t.Fatalf("want pages 200-202 only (100-102 were cleared), got %d runs, %d pages", len(got.RAM), got.Pages())
+	}
+	for _, n := range []int{0, 7, 20, 23, 24, 50, recHeadSize + 24, len(good) / 2, len(good) - 1} {
+		if _, err := ReceivePrecopy(bytes.NewReader(good[:n])); !errors.Is(err, ErrPrecopyCorrupt) {
+			t.Errorf("truncated to %d bytes: %v", n, err)
+		}
+	}
+	for off := 0; off < len(good); off += 997 {
+		bad := bytes.Clone(good)
+		bad[off] ^= 0x40
+		if _, err := ReceivePrecopy(bytes.NewReader(bad)); err == nil {
+			t.Errorf("byte %d flipped: accepted", off)
+		}
+	}
+	// A record that claims pages outside RAM, with a valid CRC.
+	var out bytes.Buffer
+	w = newPrecopyWriter(&out)
+	w.header(st.MemSize)
+	w.write(recHead(recPages, 0, st.MemSize/pageSize-1, 2), make([]byte, 2*pageSize))
+	w.flush()
+	if _, err := ReceivePrecopy(&out); !errors.Is(err, ErrPrecopyCorrupt) || !strings.Contains(err.Error(), "outside") {
+		t.Errorf("pages past the end of RAM: %v", err)
+	}
+}
