@@ -278,6 +278,10 @@ func (m *Machine) run(ctx context.Context) (Result, error) {
 		regs, set = *m.resume, true
 		m.resume = nil
 	}
+	// One exit context for the whole run: the handlers are called through
+	// function values, so it escapes, and a new one per exit was a heap
+	// allocation on every exit. No handler keeps it past its exit.
+	x := new(exitContext)
 	for {
 		exit, err := m.vcpu.Run(&regs, set)
 		set = false
@@ -291,8 +295,8 @@ func (m *Machine) run(ctx context.Context) (Result, error) {
 			continue // a stale kick: not a guest-caused exit, not counted
 		}
 		m.exits++
-		x := exitContext{guestView: &m.guest, world: m.world, point: replay.ExecPoint{Exit: m.exits, Regs: regs}, regs: regs, seen: &m.seen}
-		done, status, err := m.handle(&x, exit)
+		*x = exitContext{guestView: &m.guest, world: m.world, point: replay.ExecPoint{Exit: m.exits, Regs: regs}, regs: regs, seen: &m.seen}
+		done, status, err := m.handle(x, exit)
 		if err != nil {
 			return Result{Exits: m.exits}, err
 		}
