@@ -171,6 +171,7 @@ func (v *vcpu) tracer(spec *backend.Spec, started chan<- error) {
 			unix.Kill(v.pid, unix.SIGKILL)
 			v.reap()
 		}
+		v.dl.close()
 		started <- err
 		return
 	}
