@@ -65,9 +65,11 @@ type Sender struct {
 	// st guards the state shared between the goroutines.
 	st      sync.Mutex
 	changed chan struct{} // closed and replaced when acked, replayed or err change
-	err     error         // why the Sender stopped; nil while it runs
-	lost    chan struct{} // closed when the peer is lost
-	done    chan struct{} // closed when the Sender stops, for any reason
+	// changedTaken: a waiter holds changed, so the next change must close it.
+	changedTaken bool
+	err          error         // why the Sender stopped; nil while it runs
+	lost         chan struct{} // closed when the peer is lost
+	done         chan struct{} // closed when the Sender stops, for any reason
 	// pol decides: flow control, heartbeats, loss of the backup, lag.
 	pol *senderPolicy
 
@@ -232,7 +234,7 @@ func (s *Sender) waitForRoom(size int64) error {
 			since = s.now()
 			s.flowBlocked++
 		}
-		ch := s.changed
+		ch := s.waitChangeLocked()
 		s.st.Unlock()
 		<-ch
 		s.st.Lock()
@@ -252,9 +254,23 @@ func (s *Sender) wroteLocked() {
 }
 
 // notifyLocked wakes everyone waiting on a change. Called with st held.
+// The channel is replaced only if a waiter took it (waitChangeLocked):
+// most acks find nobody waiting, and a new channel per ack was an
+// allocation per ack.
 func (s *Sender) notifyLocked() {
+	if !s.changedTaken {
+		return
+	}
 	close(s.changed)
 	s.changed = make(chan struct{})
+	s.changedTaken = false
+}
+
+// waitChangeLocked returns the channel the next change closes. Called with
+// st held.
+func (s *Sender) waitChangeLocked() <-chan struct{} {
+	s.changedTaken = true
+	return s.changed
 }
 
 // stop ends the Sender with err; the first call wins. Closing the
@@ -565,7 +581,7 @@ func (s *Sender) Acks() <-chan uint64 { return s.ackCh }
 func (s *Sender) WaitAcked(ctx context.Context, seq uint64) error {
 	for {
 		s.st.Lock()
-		acked, err, ch := s.pol.acked, s.err, s.changed
+		acked, err, ch := s.pol.acked, s.err, s.waitChangeLocked()
 		s.st.Unlock()
 		switch {
 		case acked >= seq:
@@ -613,7 +629,7 @@ func (s *Sender) WaitLag(ctx context.Context, maxLag time.Duration) error {
 	}()
 	for {
 		s.st.Lock()
-		lag, err, ch := s.lagLocked(), s.err, s.changed
+		lag, err, ch := s.lagLocked(), s.err, s.waitChangeLocked()
 		if lag.Time > maxLag && err == nil && since < 0 {
 			since = s.now()
 			s.lagWaits++

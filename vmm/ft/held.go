@@ -34,7 +34,8 @@ type holdingWorld struct {
 	mu       sync.Mutex // serialises Rule, release order and the sinks
 	rule     *outputrule.Rule
 	solo     bool          // no backup any more: outputs leave at once
-	ackCh    chan struct{} // closed and replaced at every ack, to wake a full Hold
+	ackCh    chan struct{} // closed and replaced at an ack if taken (wakeLocked)
+	ackTaken bool          // a waiter holds ackCh
 	sendErr  error
 	lastHeld uint64
 	delays   []time.Duration // when recording: every release's delay
@@ -77,7 +78,7 @@ func (h *holdingWorld) HoldOutput(_ replay.ExecPoint, seq uint64, kind replay.Ou
 			h.mu.Unlock()
 			return h.flush()
 		}
-		wake := h.ackCh
+		wake := h.waitAckLocked()
 		h.mu.Unlock()
 		if !errors.Is(err, outputrule.ErrFull) {
 			return err
@@ -98,8 +99,24 @@ func (h *holdingWorld) Ack(seq uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.releaseLocked(h.rule.Ack(seq, h.now()))
+	h.wakeLocked()
+}
+
+// waitAckLocked returns a channel closed at the next ack or go-solo.
+func (h *holdingWorld) waitAckLocked() <-chan struct{} {
+	h.ackTaken = true
+	return h.ackCh
+}
+
+// wakeLocked wakes the waiters of waitAckLocked. Most acks find none, and
+// then no new channel is made (one per ack was an allocation per ack).
+func (h *holdingWorld) wakeLocked() {
+	if !h.ackTaken {
+		return
+	}
 	close(h.ackCh)
 	h.ackCh = make(chan struct{})
+	h.ackTaken = false
 }
 
 // goSolo releases everything held and lets later outputs leave at once: the
@@ -109,8 +126,7 @@ func (h *holdingWorld) goSolo() {
 	defer h.mu.Unlock()
 	h.solo = true
 	h.releaseLocked(h.rule.Ack(^uint64(0), h.now()))
-	close(h.ackCh)
-	h.ackCh = make(chan struct{})
+	h.wakeLocked()
 }
 
 // pending reports whether every held output has left and, if not, a
@@ -119,7 +135,7 @@ func (h *holdingWorld) pending() (bool, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n, _ := h.rule.Held()
-	return n == 0, h.ackCh
+	return n == 0, h.waitAckLocked()
 }
 
 func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
