@@ -2,6 +2,7 @@ package logchannel
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -49,6 +50,11 @@ type Sender struct {
 	// wmu serialises writes on conn: log messages and heartbeats.
 	wmu sync.Mutex
 	hdr [headerLen]byte // scratch, under wmu
+	// Under wmu, reused by writeFrameLocked: the frame's parts for writev,
+	// or one buffer for TLS.
+	vecParts [3][]byte
+	vec      net.Buffers
+	wbuf     []byte
 
 	pending chan struct{} // cap 1: there is something for the flusher
 	wakeHB  chan struct{} // cap 1: there is a heartbeat to echo, or a release to report
@@ -210,8 +216,7 @@ func (s *Sender) sendLog(p []byte) (int, error) {
 	}
 	states := s.takeStates()
 	s.wmu.Lock()
-	bufs := net.Buffers{states, appendHeader(s.hdr[:0], msgLog, len(p)), p}
-	_, err := bufs.WriteTo(s.conn)
+	err := s.writeFrameLocked(states, p)
 	s.wroteLocked()
 	s.wmu.Unlock()
 	if err != nil {
@@ -221,6 +226,27 @@ func (s *Sender) sendLog(p []byte) (int, error) {
 	s.sentSeq = s.curSeq
 	s.logBytes.Add(uint64(size))
 	return len(p), nil
+}
+
+// writeFrameLocked writes the waiting state messages and the log frame p
+// in one go, allocating nothing: in clear with one writev; over TLS as one
+// record (a vector would become one record per part) from a reused buffer.
+// Called with wmu held.
+func (s *Sender) writeFrameLocked(states, p []byte) error {
+	hdr := appendHeader(s.hdr[:0], msgLog, len(p))
+	if _, isTLS := s.conn.(*tls.Conn); isTLS {
+		s.wbuf = append(append(append(s.wbuf[:0], states...), hdr...), p...)
+		_, err := s.conn.Write(s.wbuf)
+		if cap(s.wbuf) > 4<<20 {
+			s.wbuf = nil // do not keep an outsized frame's buffer for ever
+		}
+		return err
+	}
+	s.vecParts = [3][]byte{states, hdr, p}
+	s.vec = s.vecParts[:]
+	_, err := s.vec.WriteTo(s.conn) // consumes s.vec; vecParts is reused next time
+	s.vecParts = [3][]byte{}
+	return err
 }
 
 // waitForRoom blocks until a message of size bytes fits under MaxUnacked
