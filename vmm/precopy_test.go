@@ -156,7 +156,9 @@ func TestPrecopyMatchesPauseState(t *testing.T) {
 	vmmtest.ForEachBackend(t, func(t *testing.T, b backend.Backend) {
 		const marker = "pre-copy marker: console input written by the VMM"
 		world := newMarkerWorld(marker)
-		opt := PrecopyOptions{afterRound: func(round int) {
+		// StopPages 16: the guest writes 2048 pages between two rounds
+		// unless it is starved, so at least one dirty round is sent.
+		opt := PrecopyOptions{StopPages: 16, afterRound: func(round int) {
 			if round == 0 {
 				world.deliver.Store(true)
 				<-world.delivered // the write lands after the full copy
