@@ -89,6 +89,12 @@ func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.
 // log's. A divergence is a
 // *replay.DivergenceError; a damaged log is an error naming where.
 func Replay(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
+	return replayFrom(ctx, pick, img, nil, src, wrap)
+}
+
+// replayFrom is Replay, from the snapshot st on if st is not nil
+// (ReplayFromSnapshot).
+func replayFrom(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, st *vmm.State, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
 	start, src, err := replay.PeekStart(src)
 	if err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
@@ -97,9 +103,19 @@ func Replay(ctx context.Context, pick func() (backend.Backend, error), img *vmm.
 	if err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
 	}
+	if st != nil {
+		if err := snapshotFitsLog(st, img, cfg, start); err != nil {
+			return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+	}
 	rep := replay.NewReplayer(src)
 	if _, err := rep.VerifyStart(vmm.StartInfo(img, cfg, "")); err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if st != nil {
+		if err := rep.ResumeAt(st.Log); err != nil {
+			return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+		}
 	}
 	b, err := pick()
 	if err != nil {
@@ -109,7 +125,12 @@ func Replay(ctx context.Context, pick func() (backend.Backend, error), img *vmm.
 	if wrap != nil {
 		world = wrap(rep)
 	}
-	end, err := RunOn(ctx, b, img, cfg, world)
+	var end End
+	if st != nil {
+		end, err = RunFromSnapshot(ctx, b, img, st, world)
+	} else {
+		end, err = RunOn(ctx, b, img, cfg, world)
+	}
 	end.Summary = rep.Summary()
 	if err != nil {
 		return end, err

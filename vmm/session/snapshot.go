@@ -108,42 +108,20 @@ func RunFromSnapshot(ctx context.Context, b backend.Backend, img *vmm.Image, st 
 // configuration or recording, or was not taken while recording, is
 // ErrRefused.
 func ReplayFromSnapshot(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, st *vmm.State, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
-	start, src, err := replay.PeekStart(src)
-	if err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
-	}
-	cfg, err := vmm.ParseConfigText(start.Config)
-	if err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
-	}
+	return replayFrom(ctx, pick, img, st, src, wrap)
+}
+
+// snapshotFitsLog says why st cannot start a replay of the log whose
+// start entry is start (with configuration cfg), or nil.
+func snapshotFitsLog(st *vmm.State, img *vmm.Image, cfg vmm.Config, start replay.StartInfo) error {
 	if err := st.CheckFor(img, cfg); err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+		return err
 	}
 	if st.Log.Seq == 0 {
-		return End{}, fmt.Errorf("%w: the snapshot was not taken while recording, so it has no place in a log", ErrRefused)
+		return errors.New("the snapshot was not taken while recording, so it has no place in a log")
 	}
 	if st.LogVMID != start.VMID {
-		return End{}, fmt.Errorf("%w: the snapshot is of a recording of VM %q, the log of VM %q", ErrRefused, st.LogVMID, start.VMID)
+		return fmt.Errorf("the snapshot is of a recording of VM %q, the log of VM %q", st.LogVMID, start.VMID)
 	}
-	rep := replay.NewReplayer(src)
-	if _, err := rep.VerifyStart(vmm.StartInfo(img, cfg, "")); err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
-	}
-	if err := rep.ResumeAt(st.Log); err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
-	}
-	b, err := pick()
-	if err != nil {
-		return End{}, fmt.Errorf("%w: %w", ErrSetup, err)
-	}
-	var world replay.World = rep
-	if wrap != nil {
-		world = wrap(rep)
-	}
-	end, err := RunFromSnapshot(ctx, b, img, st, world)
-	end.Summary = rep.Summary()
-	if err != nil {
-		return end, err
-	}
-	return end, rep.Finish(end.Digest)
+	return nil
 }
