@@ -67,3 +67,27 @@ func (r *Replayer) ResumeAt(pos Position) error {
 	r.verified = pos.Last.Exit
 	return nil
 }
+
+// JoinAt starts a replay whose source begins right after pos: a backup
+// that joins a running primary receives the VM's state at pos and then the
+// log from entry pos.Seq+1, with no start entry and no prefix to skip. It
+// stands in for VerifyStart (the pairing's handshake compared the image and
+// configuration) and ResumeAt: the next entry must be pos.Seq+1, and the
+// next Checkpoint covers the points since the last one before pos.
+func (r *Replayer) JoinAt(pos Position) error {
+	if r.err != nil {
+		return r.err
+	}
+	if r.state != stateNew {
+		return errors.New("replay: replayer: JoinAt must come first, instead of VerifyStart")
+	}
+	if pos.Seq == 0 {
+		return r.fail(fmt.Errorf("replay: a join position must follow at least the start entry (seq 0 given): %w", ErrPosition))
+	}
+	r.state = stateRunning
+	r.lastSeq = pos.Seq
+	r.hash = PointHash{sum: pos.Hash}
+	r.last = pos.Last
+	r.verified = pos.Last.Exit
+	return nil
+}

@@ -94,3 +94,63 @@ func TestResumeAt(t *testing.T) {
 		t.Fatal("ResumeAt before VerifyStart was accepted")
 	}
 }
+
+// TestJoinAt: a joining backup's replayer gets only the entries after the
+// position (no start entry, no prefix) and checks them as a full replay
+// does, the end included; a source that does not start right after the
+// position is corrupt; a wrong hash diverges at the next checkpoint.
+func TestJoinAt(t *testing.T) {
+	log, pos := recordWithPosition(t, 100, 45)
+	after := func() []Entry {
+		var es []Entry
+		for _, e := range log {
+			if e.Seq > pos.Seq {
+				es = append(es, e)
+			}
+		}
+		return es
+	}
+	rp := NewReplayer(&memSink{entries: after()})
+	if err := rp.JoinAt(pos); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(46); i <= 100; i++ {
+		if v, err := rp.TSC(at(i)); err != nil || v != i*100 {
+			t.Fatalf("joined replay at exit %d: %d, %v", i, v, err)
+		}
+	}
+	if err := rp.Finish([32]byte{}); err != nil {
+		t.Fatal(err)
+	}
+
+	bad := pos
+	bad.Hash ^= 1
+	rp = NewReplayer(&memSink{entries: after()})
+	if err := rp.JoinAt(bad); err != nil {
+		t.Fatal(err)
+	}
+	var div *DivergenceError
+	if _, err := rp.TSC(at(46)); !errors.As(err, &div) || div.Mismatch != MismatchRegsHash {
+		t.Fatalf("joined with a wrong hash: %v", err)
+	}
+
+	// The source starts one entry late: a gap in the log.
+	rp = NewReplayer(&memSink{entries: after()[1:]})
+	if err := rp.JoinAt(pos); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rp.TSC(at(46)); !errors.Is(err, ErrCorrupt) {
+		t.Fatalf("a source with a gap after the position: %v", err)
+	}
+
+	rp = NewReplayer(&memSink{entries: log})
+	if _, err := rp.VerifyStart(StartInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := rp.JoinAt(pos); err == nil {
+		t.Fatal("JoinAt after VerifyStart was accepted")
+	}
+	if err := NewReplayer(&memSink{}).JoinAt(Position{}); !errors.Is(err, ErrPosition) {
+		t.Fatalf("a join at seq 0: %v", err)
+	}
+}

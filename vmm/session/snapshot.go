@@ -125,3 +125,37 @@ func snapshotFitsLog(st *vmm.State, img *vmm.Image, cfg vmm.Config, start replay
 	}
 	return nil
 }
+
+// ReplayJoined replays, on a VM restored to st, a log source that begins
+// right after st's position: what a backup that joins a running primary
+// has, the VM's state at a moment of the recording and then the log from
+// the entry after it, with no start entry and no prefix. The configuration
+// is st's (the pairing's handshake compared the image and configuration
+// digests); the replay is checked as Replay checks it, final digest
+// included.
+func ReplayJoined(ctx context.Context, b backend.Backend, img *vmm.Image, st *vmm.State, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
+	cfg, err := st.MachineConfig(img)
+	if err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if err := st.CheckFor(img, cfg); err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if st.Log.Seq == 0 {
+		return End{}, fmt.Errorf("%w: the state was not taken while recording, so no log can follow it", ErrRefused)
+	}
+	rep := replay.NewReplayer(src)
+	if err := rep.JoinAt(st.Log); err != nil {
+		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	var world replay.World = rep
+	if wrap != nil {
+		world = wrap(rep)
+	}
+	end, err := RunFromSnapshot(ctx, b, img, st, world)
+	end.Summary = rep.Summary()
+	if err != nil {
+		return end, err
+	}
+	return end, rep.Finish(end.Digest)
+}

@@ -307,3 +307,72 @@ func TestSnapshotAfterTheEnd(t *testing.T) {
 		t.Fatalf("the log of that recording does not replay: %v", err)
 	}
 }
+
+// entriesAfter is a source of log's entries after seq, as a joining
+// backup receives them.
+func entriesAfter(t *testing.T, log []byte, seq uint64) replay.Source {
+	t.Helper()
+	dec := replay.NewDecoder(bytes.NewReader(log))
+	var buf bytes.Buffer
+	enc := replay.NewEncoderSize(&buf, 512)
+	for {
+		e, err := dec.Next()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if e.Seq > seq {
+			if err := enc.Append(e); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := enc.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	return replay.NewDecoder(&buf)
+}
+
+// TestReplayJoined: a backup that joins mid-run gets the state at a moment
+// and the log from the entry after it, nothing before. On every pair of
+// usable backends (the state taken on one, the join on another too), the
+// joined replay ends exactly as the full replay; a log that misses its
+// first entry after the state is refused as damaged.
+func TestReplayJoined(t *testing.T) {
+	bs := backends.UsableBackends()
+	for _, from := range bs {
+		for _, to := range bs {
+			t.Run(from.Name()+"-to-"+to.Name(), func(t *testing.T) {
+				for _, c := range snapshotCases {
+					rec := recordWithSnapshot(t, from, c.guest, c.input, c.cfg, c.at)
+					full, err := replayOn(t, to, c.guest, rec.log)
+					sameRun(t, rec.recording, full, err)
+					ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+					img := loadGuest(t, c.guest)
+					end, err := ReplayJoined(ctx, to, img, rec.state, entriesAfter(t, rec.log, rec.state.Log.Seq), nil)
+					cancel()
+					if err != nil {
+						t.Fatalf("%s: joined replay: %v", c.guest, err)
+					}
+					if end.Digest != full.digest || end.Regs != full.regs || end.Result.Status != full.status {
+						t.Fatalf("%s: the joined replay ends differently from the full replay: digest %x vs %x", c.guest, end.Digest, full.digest)
+					}
+					if end.Summary.Entries >= full.summary.Entries {
+						t.Fatalf("%s: the joined replay read %d entries, the full one %d", c.guest, end.Summary.Entries, full.summary.Entries)
+					}
+				}
+			})
+		}
+	}
+	// A gap right after the state: the first entry is missing.
+	b := bs[0]
+	rec := recordWithSnapshot(t, b, "cpu", "", snapshotCases[0].cfg, snapshotCases[0].at)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	_, err := ReplayJoined(ctx, b, loadGuest(t, "cpu"), rec.state, entriesAfter(t, rec.log, rec.state.Log.Seq+1), nil)
+	if !errors.Is(err, replay.ErrCorrupt) {
+		t.Fatalf("a joined log with a gap: %v", err)
+	}
+}
