@@ -32,6 +32,11 @@ type PrecopyOptions struct {
 	// StopPages: the pause is asked for once a round finds at most this
 	// many dirty pages (0: 256, 1 MiB).
 	StopPages int
+	// AtPause, if set, is called on the vCPU thread in the final pause,
+	// with the state about to be sent: the place to note where a recording
+	// stands (State.Log) and to make what the guest does next go to the
+	// receiver. An error ends the transfer.
+	AtPause func(st *State) error
 	// ignoreGuestWrites (tests only) drops the backend's dirty log, to
 	// show that a transfer without it ends in the wrong state.
 	ignoreGuestWrites bool
@@ -240,6 +245,9 @@ func (p *Precopy) finalPause(m *Machine, regs *replay.Regs) {
 	f.runs, f.err = p.pausePages(m)
 	if f.err == nil {
 		f.state, f.err = m.captureCPUState(regs)
+	}
+	if f.err == nil && p.opt.AtPause != nil {
+		f.err = p.opt.AtPause(f.state)
 	}
 	f.pause = time.Since(t)
 	if f.err == nil && p.opt.snapshotAtPause {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"time"
 
@@ -20,18 +21,31 @@ type SnapshotPlan struct {
 	// Path is the file the snapshot is written to (never half-written);
 	// the guest runs on while it is written.
 	Path string
+	// Transfer, if set, gets a live transfer of the running guest (a
+	// pre-copy stream, vmm.ReceivePrecopy) started with the run; its state
+	// carries the recorder's position at the pause, so the log after it
+	// replays on the state it gives (ReplayJoined).
+	Transfer        io.Writer
+	TransferOptions vmm.PrecopyOptions
+	// TransferAtExit starts the transfer after that exit instead of with
+	// the run (not together with AtExit).
+	TransferAtExit uint64
 }
 
 // SnapshotTaken says how a recording's snapshot went and what it cost.
 type SnapshotTaken struct {
 	// Err says why no snapshot was written (the guest stopped before
 	// the exit, the file could not be written); nil when one was.
-	Err   error
-	Exit  uint64
-	Path  string
-	Pause time.Duration // how long the guest was stopped for the capture
-	Bytes int64         // size of the file
-	Pages int           // pages of RAM in it (the rest are zero)
+	Err error
+	// Transfer and TransferErr: how the live transfer went, if one was
+	// asked for.
+	Transfer    vmm.PrecopyStats
+	TransferErr error
+	Exit        uint64
+	Path        string
+	Pause       time.Duration // how long the guest was stopped for the capture
+	Bytes       int64         // size of the file
+	Pages       int           // pages of RAM in it (the rest are zero)
 }
 
 // RecordSnapshot is RecordWith, taking the snapshot plan asks for: the
@@ -67,8 +81,42 @@ func RecordSnapshot(ctx context.Context, b backend.Backend, img *vmm.Image, cfg 
 			return nil
 		})
 	}
+	transfer := make(chan *vmm.Precopy, 1)
+	if plan.Transfer != nil {
+		opt := plan.TransferOptions
+		opt.AtPause = func(st *vmm.State) error {
+			st.Log, st.LogVMID = rec.Position(), vmID
+			rec.CheckpointNext()
+			return nil
+		}
+		start := func() error {
+			p, err := m.StartPrecopy(plan.Transfer, opt)
+			if err == nil {
+				transfer <- p
+			}
+			return err
+		}
+		switch {
+		case plan.TransferAtExit > 0 && plan.AtExit > 0:
+			return End{}, taken, errors.New("session: a snapshot and a transfer at an exit at once")
+		case plan.TransferAtExit > 0:
+			m.CaptureAfter(plan.TransferAtExit, func(*vmm.State) error { return start() })
+		default:
+			if err := start(); err != nil {
+				return End{}, taken, err
+			}
+		}
+	}
 	end, err := Run(ctx, m)
 	end.Summary = rec.Summary()
+	if plan.Transfer != nil {
+		select {
+		case p := <-transfer:
+			taken.Transfer, taken.TransferErr = p.Wait()
+		default:
+			taken.TransferErr = fmt.Errorf("session: the guest stopped after %d exits, before exit %d: no transfer", end.Result.Exits, plan.TransferAtExit)
+		}
+	}
 	switch {
 	case captured:
 		taken.Err = <-written

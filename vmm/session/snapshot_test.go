@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -375,4 +376,67 @@ func TestReplayJoined(t *testing.T) {
 	if !errors.Is(err, replay.ErrCorrupt) {
 		t.Fatalf("a joined log with a gap: %v", err)
 	}
+}
+
+// syncBuffer is a bytes.Buffer for one writing goroutine and a reader that
+// waits for it to be done.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+// TestLiveTransferThenJoin: the whole of a joining backup's start, without
+// the network. A recording sends its running guest away with pre-copy (the
+// guest writes its memory all along), the state at the transfer's pause
+// carries the recorder's position, and a VM restored from the received
+// stream replays the log after that position to the same end as a full
+// replay, on every usable backend.
+func TestLiveTransferThenJoin(t *testing.T) {
+	cfg := Config{Cmdline: "pages=512 every=64 passes=2000"}
+	vmmtest.ForEachBackend(t, func(t *testing.T, b backend.Backend) {
+		img := loadGuest(t, "dirty")
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		var log, console bytes.Buffer
+		enc := replay.NewEncoder(&log)
+		rec := replay.NewRecorder(vmm.NewLiveWorld(ctx, strings.NewReader(""), &console), enc, replay.RecorderConfig{})
+		var stream syncBuffer
+		// Started mid-run, while the guest rewrites its 512 pages.
+		end, taken, err := RecordSnapshot(ctx, b, img, cfg, "test", rec, SnapshotPlan{Transfer: &stream, TransferAtExit: 2000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := enc.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		if taken.TransferErr != nil {
+			t.Fatalf("the transfer: %v", taken.TransferErr)
+		}
+		st, err := vmm.ReceivePrecopy(&stream.b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Log.Seq == 0 || st.Exits != taken.Transfer.Exit || st.Exits <= 2000 || st.Exits >= end.Result.Exits {
+			t.Fatalf("the state is at exit %d (log seq %d), the transfer paused at %d, the guest made %d exits: not a mid-run state with a position",
+				st.Exits, st.Log.Seq, taken.Transfer.Exit, end.Result.Exits)
+		}
+		t.Logf("%s: %d rounds, %d bytes, paused %v at exit %d of %d", b.Name(), len(taken.Transfer.Rounds), taken.Transfer.Bytes(), taken.Transfer.Pause, st.Exits, end.Result.Exits)
+		for _, to := range backends.UsableBackends() {
+			jctx, jcancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			joined, err := ReplayJoined(jctx, to, img, st, entriesAfter(t, log.Bytes(), st.Log.Seq), nil)
+			jcancel()
+			if err != nil {
+				t.Fatalf("joined replay on %s: %v", to.Name(), err)
+			}
+			if joined.Digest != end.Digest || joined.Regs != end.Regs || joined.Result.Status != end.Result.Status {
+				t.Fatalf("joined replay on %s ends differently from the recording: digest %x vs %x", to.Name(), joined.Digest, end.Digest)
+			}
+		}
+	})
 }
