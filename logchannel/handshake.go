@@ -35,6 +35,16 @@ type Hello struct {
 	// ConfigDigest is the digest of the VM's configuration
 	// (replay.StartInfo.ConfigDigest).
 	ConfigDigest [32]byte
+	// Join makes the pairing a joining one: the guest already runs on the
+	// primary, which first sends the backup its state (Sender.Transfer,
+	// Receiver.Transfer) and then the log from the entry after the one
+	// the state was taken at (Receiver.JoinAtSeq). Without Join the backup
+	// replays the log from the guest's first instruction. Both sides must
+	// say the same: a backup started to join has no guest to replay from
+	// the start, and one started fresh has not asked for a state; a
+	// mismatch is refused in the handshake, so each side knows what the
+	// session holds before it starts.
+	Join bool
 }
 
 // role is the part a side plays: Dial is the primary's, Accept the
@@ -100,10 +110,12 @@ func (h *Hello) check() error {
 	return nil
 }
 
-// helloFields are the facts of a hello message of version 2:
+// helloFields are the facts of a hello message of version 3:
 //
 //	role u8 | heartbeat interval u32 LE (microseconds) | generation u64 LE |
-//	image [32] | config digest [32] | vm id length u8 | vm id
+//	image [32] | config digest [32] | flags u8 | vm id length u8 | vm id
+//
+// flags: bit 0 is Join; the other bits are zero.
 //
 // The message's body is these, then the session binding (binding length
 // u8, binding), then the CRC.
@@ -113,7 +125,11 @@ func appendHelloFields(b []byte, h *Hello, side role, heartbeat time.Duration) [
 	b = binary.LittleEndian.AppendUint64(b, h.Generation)
 	b = append(b, h.ImageSHA256[:]...)
 	b = append(b, h.ConfigDigest[:]...)
-	b = append(b, byte(len(h.VMID)))
+	var flags byte
+	if h.Join {
+		flags |= helloFlagJoin
+	}
+	b = append(b, flags, byte(len(h.VMID)))
 	return append(b, h.VMID...)
 }
 
@@ -125,7 +141,11 @@ type peerHello struct {
 	binding   []byte
 }
 
-const helloFixedLen = 1 + 4 + 8 + 32 + 32 + 1
+const (
+	helloFixedLen        = 1 + 4 + 8 + 32 + 32 + 1 + 1
+	helloFlagJoin   byte = 1
+	helloKnownFlags      = helloFlagJoin
+)
 
 // appendBinding appends a hello's session binding (helloBinding).
 func appendBinding(b, binding []byte) []byte {
@@ -149,6 +169,10 @@ func parseHelloFields(f []byte) (peerHello, bool) {
 	p.Generation = binary.LittleEndian.Uint64(f[5:])
 	copy(p.ImageSHA256[:], f[13:45])
 	copy(p.ConfigDigest[:], f[45:77])
+	if f[77]&^helloKnownFlags != 0 {
+		return p, false
+	}
+	p.Join = f[77]&helloFlagJoin != 0
 	p.VMID = string(f[helloFixedLen:])
 	return p, true
 }
@@ -202,10 +226,20 @@ func mismatch(own *Hello, ownRole role, cfg *Config, p *peerHello) string {
 	if p.ConfigDigest != own.ConfigDigest {
 		diffs = append(diffs, fmt.Sprintf("peer has config digest %s but this side has %s", shortHex(p.ConfigDigest), shortHex(own.ConfigDigest)))
 	}
+	if p.Join != own.Join {
+		diffs = append(diffs, fmt.Sprintf("peer %s but this side %s", joinWords(p.Join), joinWords(own.Join)))
+	}
 	if cfg.FailoverTimeout < 2*p.heartbeat {
 		diffs = append(diffs, fmt.Sprintf("peer sends heartbeats every %v but this side's failover timeout is %v, less than twice that", p.heartbeat, cfg.FailoverTimeout))
 	}
 	return strings.Join(diffs, "; ")
+}
+
+func joinWords(join bool) string {
+	if join {
+		return "starts the backup from a state transfer (a joining pairing)"
+	}
+	return "starts the backup from the guest's first instruction"
 }
 
 // notFTVM builds the error for a peer whose first bytes are not the
@@ -460,7 +494,7 @@ func Dial(ctx context.Context, addr string, hello Hello, cfg Config) (*Sender, e
 		conn.Close()
 		return nil, err
 	}
-	s, err := newSender(session, mr, cfg)
+	s, err := newSender(session, mr, cfg, hello.Join)
 	if err != nil {
 		session.Close()
 		return nil, err
@@ -527,7 +561,7 @@ func (l *Listener) Accept(ctx context.Context, expect Hello, cfg Config) (*Recei
 		}
 		return nil, &ConnError{err}
 	}
-	return newReceiver(session, mr, cfg), nil
+	return newReceiver(session, mr, cfg, expect.Join), nil
 }
 
 // ConnError is an Accept that failed because of the one connection it

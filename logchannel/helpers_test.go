@@ -94,6 +94,12 @@ func listen(t *testing.T) *Listener {
 // end of the test.
 func connect(t *testing.T, ln *Listener, addr string, sc, rc Config) (*Sender, *Receiver) {
 	t.Helper()
+	return connectAs(t, ln, addr, testHello, sc, rc)
+}
+
+// connectAs is connect with hello on both sides.
+func connectAs(t *testing.T, ln *Listener, addr string, hello Hello, sc, rc Config) (*Sender, *Receiver) {
+	t.Helper()
 	ctx := testContext(t, 10*time.Second)
 	type accepted struct {
 		r   *Receiver
@@ -101,10 +107,10 @@ func connect(t *testing.T, ln *Listener, addr string, sc, rc Config) (*Sender, *
 	}
 	ch := make(chan accepted, 1)
 	go func() {
-		r, err := ln.Accept(ctx, testHello, rc)
+		r, err := ln.Accept(ctx, hello, rc)
 		ch <- accepted{r, err}
 	}()
-	s, err := Dial(ctx, addr, testHello, sc)
+	s, err := Dial(ctx, addr, hello, sc)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
@@ -451,6 +457,10 @@ func rawHandshake(t *testing.T, conn net.Conn, side role, cfg Config) *rawPeer {
 }
 
 func tryRawHandshake(conn net.Conn, side role, cfg Config) (*rawPeer, error) {
+	return tryRawHandshakeAs(conn, testHello, side, cfg)
+}
+
+func tryRawHandshakeAs(conn net.Conn, hello Hello, side role, cfg Config) (*rawPeer, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
 		return nil, err
@@ -461,7 +471,7 @@ func tryRawHandshake(conn net.Conn, side role, cfg Config) (*rawPeer, error) {
 			return nil, err
 		}
 	}
-	mr, err := handshake(conn, &testHello, side, &cfg)
+	mr, err := handshake(conn, &hello, side, &cfg)
 	if err != nil {
 		return nil, err
 	}
@@ -500,6 +510,12 @@ func rawBackup(t *testing.T) (addr string, peer <-chan *rawPeer) {
 // the Receiver.
 func rawPrimary(t *testing.T, rc Config) (*rawPeer, *Receiver) {
 	t.Helper()
+	return rawPrimaryAs(t, testHello, rc)
+}
+
+// rawPrimaryAs is rawPrimary with hello on both sides.
+func rawPrimaryAs(t *testing.T, hello Hello, rc Config) (*rawPeer, *Receiver) {
+	t.Helper()
 	ln := listen(t)
 	ctx := testContext(t, 10*time.Second)
 	type accepted struct {
@@ -508,7 +524,7 @@ func rawPrimary(t *testing.T, rc Config) (*rawPeer, *Receiver) {
 	}
 	ch := make(chan accepted, 1)
 	go func() {
-		r, err := ln.Accept(ctx, testHello, rc)
+		r, err := ln.Accept(ctx, hello, rc)
 		ch <- accepted{r, err}
 	}()
 	conn, err := net.Dial("tcp", ln.Addr().String())
@@ -516,7 +532,10 @@ func rawPrimary(t *testing.T, rc Config) (*rawPeer, *Receiver) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	p := rawHandshake(t, conn, rolePrimary, rc)
+	p, err := tryRawHandshakeAs(conn, hello, rolePrimary, rc)
+	if err != nil {
+		t.Fatalf("raw primary handshake: %v", err)
+	}
 	a := <-ch
 	if a.err != nil {
 		t.Fatalf("accept: %v", a.err)

@@ -74,6 +74,12 @@ type Receiver struct {
 	hbSent     atomic.Uint64
 	hbReceived atomic.Uint64
 
+	// transfer is the state transfer of a joining pairing (Hello.Join),
+	// nil in another; joinAt the seq it ended at.
+	transfer      *transferIn
+	joinAt        atomic.Uint64
+	transferBytes atomic.Uint64
+
 	wake     chan struct{} // cap 1: the writer has something to send
 	done     chan struct{}
 	doneOnce sync.Once
@@ -90,7 +96,7 @@ func entryMem(e *replay.Entry) int64 {
 	return entryOverhead + int64(len(e.Data)+len(e.Start.VMID)+len(e.Start.Config))
 }
 
-func newReceiver(conn net.Conn, mr *msgReader, cfg Config) *Receiver {
+func newReceiver(conn net.Conn, mr *msgReader, cfg Config, join bool) *Receiver {
 	r := &Receiver{
 		conn:  conn,
 		peer:  "the primary at " + conn.RemoteAddr().String(),
@@ -102,6 +108,10 @@ func newReceiver(conn net.Conn, mr *msgReader, cfg Config) *Receiver {
 	}
 	r.arrived.L = &r.mu
 	r.room.L = &r.mu
+	if join {
+		// MaxQueued bounds the transfer's bytes waiting for Read too.
+		r.transfer = &transferIn{r: r, chunks: make(chan []byte, max(1, cfg.MaxQueued/MaxTransferChunk))}
+	}
 	r.lastHeard.Store(r.now())
 	r.wg.Add(3)
 	go r.readLoop()
@@ -234,6 +244,7 @@ func (r *Receiver) Stats() Stats {
 		LastExit:           r.lastExt,
 		Frames:             r.frames,
 		LogBytes:           r.logBytes.Load(),
+		TransferBytes:      r.transferBytes.Load(),
 		Acks:               r.acksSent.Load(),
 		AckedSeq:           r.ackedSeq.Load(),
 		PrimaryReleased:    r.primaryReleased.Load(),
@@ -334,6 +345,13 @@ func (r *Receiver) readLoop() {
 			r.fail(cause)
 			return
 		}
+		if !ls.started {
+			ls.started = true
+			if r.transfer != nil && e.Seq != r.JoinAtSeq()+1 {
+				r.fail(fmt.Errorf("bad log from %s: its first entry has seq %d, but the state transfer ended at seq %d: %w", r.peer, e.Seq, r.JoinAtSeq(), ErrProtocol))
+				return
+			}
+		}
 		ls.batch = append(ls.batch, e)
 		ls.batchMem += entryMem(&e)
 		ls.frames = ls.dec.Frames()
@@ -431,6 +449,7 @@ type logStream struct {
 	batch    []replay.Entry // decoded, not yet queued
 	batchMem int64
 	frames   uint64 // frames decoded, up to the last entry in batch
+	started  bool   // an entry was decoded
 }
 
 func (ls *logStream) Read(p []byte) (int, error) {
@@ -477,12 +496,32 @@ func (ls *logStream) Read(p []byte) (int, error) {
 func (ls *logStream) nextMessage() error {
 	r := ls.r
 	for {
-		t, size, err := r.mr.readHeader(msgLog, msgHeartbeat, msgEcho, msgReleased, msgState)
+		t, size, err := r.mr.readHeader(msgLog, msgHeartbeat, msgEcho, msgReleased, msgState, msgTransfer, msgTransferEnd)
 		if err != nil {
 			return readFailed(r.peer, err)
 		}
 		now := r.now()
 		r.lastHeard.Store(now)
+		if t == msgTransfer || t == msgTransferEnd {
+			tr := r.transfer
+			switch {
+			case tr == nil:
+				err = r.mr.protocolError("%v message in a pairing that did not announce a join", t)
+			case tr.ended:
+				err = r.mr.protocolError("%v message after the end of the state transfer", t)
+			case t == msgTransfer:
+				err = tr.readTransfer(size)
+			default:
+				err = tr.readTransferEnd(size)
+			}
+			if err != nil {
+				return readFailed(r.peer, err)
+			}
+			continue
+		}
+		if t == msgLog && r.transfer != nil && !r.transfer.ended {
+			return readFailed(r.peer, r.mr.protocolError("log message before the end of the state transfer"))
+		}
 		if t == msgLog {
 			ls.remaining = size
 			r.logBytes.Add(uint64(headerLen + size))

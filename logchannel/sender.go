@@ -84,6 +84,21 @@ type Sender struct {
 
 	ackCh chan uint64
 	wg    sync.WaitGroup
+
+	// The state transfer of a joining pairing (Hello.Join).
+	join     bool
+	transfer *TransferWriter
+	// transferred is closed once the end of the transfer is sent: log
+	// messages wait for it.
+	transferred chan struct{}
+	// joinMu guards the seq the log resumes after, once Finish named it,
+	// and the first seq appended, which must be the one after it.
+	joinMu    sync.Mutex
+	joinAt    uint64
+	joinKnown bool
+	firstSeq  uint64
+	// transferBytes are the transfer's stream bytes sent, for Stats.
+	transferBytes atomic.Uint64
 }
 
 var _ replay.Sink = (*Sender)(nil)
@@ -95,7 +110,7 @@ type senderWriter struct{ s *Sender }
 
 func (w senderWriter) Write(p []byte) (int, error) { return w.s.sendLog(p) }
 
-func newSender(conn net.Conn, mr *msgReader, cfg Config) (*Sender, error) {
+func newSender(conn net.Conn, mr *msgReader, cfg Config, join bool) (*Sender, error) {
 	s := &Sender{
 		conn:    conn,
 		peer:    "the backup at " + conn.RemoteAddr().String(),
@@ -108,6 +123,11 @@ func newSender(conn net.Conn, mr *msgReader, cfg Config) (*Sender, error) {
 		lost:    make(chan struct{}),
 		done:    make(chan struct{}),
 		ackCh:   make(chan uint64, 1),
+		join:    join,
+	}
+	if join {
+		s.transfer = &TransferWriter{s: s}
+		s.transferred = make(chan struct{})
 	}
 	s.enc = replay.NewEncoderSize(senderWriter{s}, cfg.FrameSize)
 	s.pol = newSenderPolicy(senderLimits{
@@ -117,12 +137,15 @@ func newSender(conn net.Conn, mr *msgReader, cfg Config) (*Sender, error) {
 		failoverTimeout:   cfg.FailoverTimeout,
 	}, s.peer, s.now())
 	// The stream header goes first, so the backup checks the log format
-	// before any entry arrives.
-	s.mu.Lock()
-	err := s.enc.Flush()
-	s.mu.Unlock()
-	if err != nil {
-		return nil, s.failed(err)
+	// before any entry arrives. In a joining pairing the state transfer
+	// goes first, and the header with the first frame after it.
+	if !join {
+		s.mu.Lock()
+		err := s.enc.Flush()
+		s.mu.Unlock()
+		if err != nil {
+			return nil, s.failed(err)
+		}
 	}
 	s.wg.Add(4)
 	go s.readLoop()
@@ -152,6 +175,13 @@ func (s *Sender) Append(e replay.Entry) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	first := false
+	if s.join {
+		var err error
+		if first, err = s.checkJoinSeq(e.Seq); err != nil {
+			return err
+		}
+	}
 	wasEmpty := s.enc.Buffered() == 0
 	prevSeq, prevExit := s.curSeq, s.curExit
 	s.curSeq = e.Seq
@@ -160,6 +190,11 @@ func (s *Sender) Append(e replay.Entry) error {
 		if errors.Is(err, replay.ErrInvalidEntry) {
 			// Refused before anything was written.
 			s.curSeq, s.curExit = prevSeq, prevExit
+			if first {
+				s.joinMu.Lock()
+				s.firstSeq = 0
+				s.joinMu.Unlock()
+			}
 			return fmt.Errorf("logchannel: %w", err)
 		}
 		return s.failed(err)
@@ -203,6 +238,13 @@ func (s *Sender) failed(err error) error {
 // sendLog sends the bytes of one encoder Write as a log message. Called
 // with mu held.
 func (s *Sender) sendLog(p []byte) (int, error) {
+	if s.join {
+		select {
+		case <-s.transferred:
+		case <-s.done:
+			return 0, s.Err()
+		}
+	}
 	size := int64(headerLen + len(p))
 	if s.curSeq > s.sentSeq {
 		if err := s.waitForRoom(size); err != nil {
@@ -704,6 +746,7 @@ func (s *Sender) Stats() Stats {
 		LagWaitTime:     s.lagWaitDur,
 	}
 	s.pol.fillStats(&st, st.LastExit, s.now())
+	st.TransferBytes = s.transferBytes.Load()
 	return st
 }
 

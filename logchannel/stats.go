@@ -51,6 +51,10 @@ type Stats struct {
 	// LogBytes are the bytes of log messages sent / received, message
 	// headers included: the logging bandwidth.
 	LogBytes uint64
+	// TransferBytes are the state transfer's stream bytes sent / received
+	// (a joining pairing; messages' headers and CRCs not counted). They
+	// are not in LogBytes.
+	TransferBytes uint64
 	// Acks are ack messages received / sent.
 	Acks uint64
 	// AckedSeq is the highest Seq acknowledged.

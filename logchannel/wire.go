@@ -21,8 +21,9 @@ const (
 	// The preamble and the message header (type, length) keep their layout
 	// in every version, so that two versions can always tell each other
 	// why they refuse.
-	// Version 2 added the hello's session binding.
-	ProtocolVersion uint16 = 2
+	// Version 2 added the hello's session binding; version 3 the hello's
+	// flags (a joining pairing) and the state transfer's messages.
+	ProtocolVersion uint16 = 3
 
 	// MaxMessageLen bounds the body of a message: one log frame of at most
 	// replay.MaxFrameLen bytes plus its lengths, CRC and the stream header
@@ -61,6 +62,12 @@ const (
 	// not in the log but that the guest observes, such as which client a
 	// NAT port stands for: a key and its latest value (SetState).
 	msgState msgType = 'S'
+	// msgTransfer, primary -> backup, in a joining pairing only and before
+	// any log message: the next bytes of the state transfer stream.
+	msgTransfer msgType = 'T'
+	// msgTransferEnd, primary -> backup: the transfer is whole (its length
+	// and CRC) and the log goes on after the seq it names.
+	msgTransferEnd msgType = 'J'
 )
 
 func (t msgType) String() string {
@@ -81,6 +88,10 @@ func (t msgType) String() string {
 		return "released"
 	case msgState:
 		return "state"
+	case msgTransfer:
+		return "transfer"
+	case msgTransferEnd:
+		return "transfer-end"
 	}
 	return fmt.Sprintf("type %#02x %s", byte(t), strconv.QuoteRune(rune(t)))
 }
@@ -97,6 +108,13 @@ const (
 	MaxStateValue = 1024
 	MaxStates     = 1 << 16
 	maxStateLen   = 1 + MaxStateKey + MaxStateValue + crcLen
+	// MaxTransferChunk bounds the stream bytes of one transfer message: a
+	// chunk is what the backup must hold before it can check the CRC, and
+	// heartbeats and state wait behind it on the primary.
+	MaxTransferChunk = 256 << 10
+	transferLen      = MaxTransferChunk + crcLen
+	// transferEndLen: stream length u64, stream CRC-32C u32, join seq u64.
+	transferEndLen = 8 + 4 + 8 + crcLen
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
