@@ -2,7 +2,9 @@ package logchannel
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"hash/crc32"
 	"io"
 	"math/rand/v2"
 	"strings"
@@ -260,3 +262,199 @@ func TestTransferMisuse(t *testing.T) {
 		}
 	})
 }
+
+// TestTransferCut: a connection cut in the middle of the transfer is an
+// error on both sides, never an early io.EOF.
+func TestTransferCut(t *testing.T) {
+	ln := listen(t)
+	p := newProxy(t, ln.Addr().String())
+	s, r := connectAs(t, ln, p.addr(), joinHello, fastConfig(), fastConfig())
+	sent := make(chan error, 1)
+	go func() {
+		piece := randomBytes(1<<20, 3)
+		for range 256 {
+			if _, err := s.Transfer().Write(piece); err != nil {
+				sent <- err
+				return
+			}
+		}
+		sent <- errors.New("256 MiB written without an error")
+	}()
+	read := 0
+	buf := make([]byte, 64<<10)
+	for read < 2<<20 {
+		n, err := r.Transfer().Read(buf)
+		if err != nil {
+			t.Fatalf("reading the transfer before the cut: %v", err)
+		}
+		read += n
+	}
+	p.cut()
+	var err error
+	for err == nil {
+		var n int
+		n, err = r.Transfer().Read(buf)
+		read += n
+	}
+	t.Logf("backup: %d bytes, then %v", read, err)
+	if err == io.EOF || !errors.Is(err, ErrPeerLost) {
+		t.Fatalf("a cut transfer ended with %v on the backup, want ErrPeerLost", err)
+	}
+	select {
+	case err := <-sent:
+		t.Logf("primary: %v", err)
+		if !errors.Is(err, ErrPeerLost) {
+			t.Fatalf("a cut transfer ended with %v on the primary, want ErrPeerLost", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the primary's Write did not fail within 5s of the cut")
+	}
+	if err := s.Transfer().Finish(0); !errors.Is(err, ErrPeerLost) {
+		t.Fatalf("Finish after the cut: %v, want ErrPeerLost", err)
+	}
+}
+
+// TestTransferProtocolViolations: a primary that sends a transfer where
+// none belongs, the log before the transfer's end, or an end that does
+// not match the bytes, loses its backup, which keeps what was good.
+func TestTransferProtocolViolations(t *testing.T) {
+	const joinAt = 40
+	es := joinEntries(20, joinAt)
+	chunk := randomBytes(5000, 4)
+	transferMsg := func(b []byte) []byte { return appendControl(nil, msgTransfer, b) }
+	endMsg := func(length uint64, crc uint32, seq uint64) []byte {
+		var f [transferEndLen - crcLen]byte
+		putUint64(f[0:], length)
+		putUint32(f[8:], crc)
+		putUint64(f[12:], seq)
+		return appendControl(nil, msgTransferEnd, f[:])
+	}
+	goodEnd := endMsg(uint64(len(chunk)), crc32c(chunk), joinAt)
+	logMsgs := func(t *testing.T, es []replay.Entry) []byte {
+		var b []byte
+		for _, c := range encodeLog(t, es, 5) {
+			b = append(append(b, appendHeader(nil, msgLog, len(c))...), c...)
+		}
+		return b
+	}
+	tests := []struct {
+		name      string
+		join      bool
+		send      func(t *testing.T) []byte
+		wantState []byte // the transfer's bytes the backup gets
+		wantEOF   bool   // the transfer ended well
+		entries   int    // the good entries the backup keeps
+		want      string
+	}{
+		{
+			name: "transfer without a join",
+			send: func(*testing.T) []byte { return transferMsg(chunk) },
+			want: "transfer message in a pairing that did not announce a join",
+		},
+		{
+			name: "transfer after a log frame, without a join",
+			send: func(t *testing.T) []byte {
+				return append(logMsgs(t, testEntries(10)), transferMsg(chunk)...)
+			},
+			entries: 10,
+			want:    "transfer message in a pairing that did not announce a join",
+		},
+		{
+			name: "log before the end of the transfer",
+			join: true,
+			send: func(t *testing.T) []byte {
+				return append(transferMsg(chunk), logMsgs(t, es)...)
+			},
+			wantState: chunk,
+			want:      "log message before the end of the state transfer",
+		},
+		{
+			name: "transfer after a log frame",
+			join: true,
+			send: func(t *testing.T) []byte {
+				b := append(transferMsg(chunk), goodEnd...)
+				b = append(b, logMsgs(t, es)...)
+				return append(b, transferMsg(chunk)...)
+			},
+			wantState: chunk, wantEOF: true,
+			entries: len(es),
+			want:    "transfer message after the end of the state transfer",
+		},
+		{
+			name: "end shorter than the transfer",
+			join: true,
+			send: func(*testing.T) []byte {
+				return append(transferMsg(chunk), endMsg(uint64(len(chunk)-1), crc32c(chunk[1:]), joinAt)...)
+			},
+			wantState: chunk,
+			want:      "the state transfer ends with 4999 bytes",
+		},
+		{
+			name: "end with another CRC",
+			join: true,
+			send: func(*testing.T) []byte {
+				return append(transferMsg(chunk), endMsg(uint64(len(chunk)), crc32c(chunk)^1, joinAt)...)
+			},
+			wantState: chunk,
+			want:      "but 5000 bytes of CRC",
+		},
+		{
+			name: "chunk over the limit",
+			join: true,
+			send: func(*testing.T) []byte {
+				return transferMsg(make([]byte, MaxTransferChunk+1))
+			},
+			want: "transfer message of 262149 bytes, expected at most 262148",
+		},
+		{
+			name: "first entry not after the join point",
+			join: true,
+			send: func(t *testing.T) []byte {
+				b := append(transferMsg(chunk), goodEnd...)
+				return append(b, logMsgs(t, joinEntries(20, joinAt+1))...)
+			},
+			wantState: chunk, wantEOF: true,
+			want: "its first entry has seq 42, but the state transfer ended at seq 40",
+		},
+	}
+	for _, tt := range tests {
+		t.Run(strings.ReplaceAll(tt.name, " ", "_"), func(t *testing.T) {
+			hello := testHello
+			hello.Join = tt.join
+			p, r := rawPrimaryAs(t, hello, fastConfig())
+			var got <-chan transferResult
+			if tt.join {
+				got = readTransfer(r)
+			}
+			if _, err := p.conn.Write(tt.send(t)); err != nil {
+				// The backup may hang up before the end of a bad message.
+				t.Logf("raw primary: %v", err)
+			}
+			entries, err := drain(t, r, 5*time.Second)
+			t.Logf("%d entries, then %v", len(entries), err)
+			if !errors.Is(err, ErrPeerLost) || !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("Next: %v; want ErrPeerLost, ErrProtocol and %q", err, tt.want)
+			}
+			if len(entries) != tt.entries {
+				t.Fatalf("the backup kept %d entries, want %d", len(entries), tt.entries)
+			}
+			if !tt.join {
+				return
+			}
+			res := waitTransfer(t, got, 5*time.Second)
+			if !bytes.Equal(res.state, tt.wantState) {
+				t.Fatalf("the transfer gave %d bytes, want the %d sent", len(res.state), len(tt.wantState))
+			}
+			if tt.wantEOF != (res.err == nil) {
+				t.Fatalf("the transfer ended with %v (want a clean end: %v)", res.err, tt.wantEOF)
+			}
+			if res.err != nil && !errors.Is(res.err, ErrPeerLost) {
+				t.Fatalf("the transfer ended with %v, want ErrPeerLost", res.err)
+			}
+		})
+	}
+}
+
+func putUint64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }
+func putUint32(b []byte, v uint32) { binary.LittleEndian.PutUint32(b, v) }
+func crc32c(b []byte) uint32       { return crc32.Checksum(b, castagnoli) }
