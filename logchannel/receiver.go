@@ -1,6 +1,7 @@
 package logchannel
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -78,7 +79,8 @@ type Receiver struct {
 	// nil in another; joinAt the seq it ended at.
 	transfer      *transferIn
 	joinAt        atomic.Uint64
-	transferBytes atomic.Uint64
+	transferBytes atomic.Uint64 // received
+	transferTaken atomic.Uint64 // returned by Transfer's Read
 
 	wake     chan struct{} // cap 1: the writer has something to send
 	done     chan struct{}
@@ -572,7 +574,8 @@ func (r *Receiver) writeLoop() {
 	progress := time.NewTimer(time.Hour)
 	progress.Stop()
 	var sentSeq, sentExit uint64
-	lastAck, lastSend := int64(-1<<62), r.now()
+	var sentReceived, sentTaken uint64 // transfer progress reported
+	lastAck, lastSend, lastTransferReport := int64(-1<<62), r.now(), int64(-1<<62)
 	buf := make([]byte, 0, 64)
 	for {
 		select {
@@ -603,6 +606,16 @@ func (r *Receiver) writeLoop() {
 			exit = r.replayedExit.Load()
 			buf = appendAck(buf, seq, exit)
 			sentSeq, sentExit, lastAck = seq, exit, now
+		}
+		if r.transfer != nil && time.Duration(now-lastTransferReport) >= r.cfg.tick() {
+			received, taken := r.transferBytes.Load(), r.transferTaken.Load()
+			if received > sentReceived || taken > sentTaken {
+				var f [16]byte
+				binary.LittleEndian.PutUint64(f[0:], received)
+				binary.LittleEndian.PutUint64(f[8:], taken)
+				buf = appendControl(buf, msgTransferProgress, f[:])
+				sentReceived, sentTaken, lastTransferReport = received, taken, now
+			}
 		}
 		if len(buf) == 0 && time.Duration(now-lastSend) >= r.cfg.HeartbeatInterval {
 			buf = appendStamp(buf, msgHeartbeat, now)

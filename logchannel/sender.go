@@ -366,14 +366,20 @@ func (s *Sender) lose(cause error) { s.stop(peerLost(cause), true) }
 func (s *Sender) readLoop() {
 	defer s.wg.Done()
 	for {
-		t, size, err := s.mr.readHeader(msgAck, msgHeartbeat, msgEcho)
+		t, size, err := s.mr.readHeader(msgAck, msgHeartbeat, msgEcho, msgTransferProgress)
 		if err != nil {
 			s.lose(readFailed(s.peer, err))
 			return
 		}
-		want := ackLen
-		if t != msgAck {
-			want = heartbeatLen
+		want := heartbeatLen
+		switch {
+		case t == msgAck:
+			want = ackLen
+		case t == msgTransferProgress && !s.join:
+			s.lose(readFailed(s.peer, s.mr.protocolError("%v message in a pairing without a join", t)))
+			return
+		case t == msgTransferProgress:
+			want = transferProgressLen
 		}
 		f, err := s.mr.readControl(t, size, want, true)
 		if err != nil {
@@ -398,6 +404,10 @@ func (s *Sender) readLoop() {
 		case msgEcho:
 			s.st.Lock()
 			s.pol.echo(parseStamp(f), now)
+			s.st.Unlock()
+		case msgTransferProgress:
+			s.st.Lock()
+			s.pol.transferProgress(leUint64(f[0:]), leUint64(f[8:]), now)
 			s.st.Unlock()
 		}
 	}

@@ -29,6 +29,9 @@ type senderPolicy struct {
 	// later replayed exit (replayedAtProgress); see stalled.
 	lastProgress       time.Duration
 	replayedAtProgress uint64
+	// The backup's progress through the state transfer of a joining
+	// pairing: bytes received and taken (transferProgress).
+	transferReceived, transferTaken uint64
 
 	echoStamp    int64 // the stamp of the backup's last heartbeat, to echo
 	echoWanted   bool
@@ -141,6 +144,19 @@ func (p *senderPolicy) ack(seq, exit uint64, at time.Duration) (grew bool, err e
 	return grew, nil
 }
 
+// transferProgress takes the backup's report that it has received and
+// taken so many bytes of the state transfer, at at. While they grow the
+// backup is working: log frames sent after the transfer wait behind its
+// tail and cannot be acked yet, which stalled must not count.
+func (p *senderPolicy) transferProgress(received, taken uint64, at time.Duration) {
+	p.lastHeard = at
+	if received > p.transferReceived || taken > p.transferTaken {
+		p.transferReceived = max(p.transferReceived, received)
+		p.transferTaken = max(p.transferTaken, taken)
+		p.lastProgress = at
+	}
+}
+
 // heartbeat takes the backup's heartbeat, stamped stamp, received at at:
 // an echo is due.
 func (p *senderPolicy) heartbeat(stamp int64, at time.Duration) {
@@ -234,6 +250,8 @@ func (p *senderPolicy) fillStats(st *Stats, latest uint64, at time.Duration) {
 	st.AckedSeq = p.acked
 	st.ReplayedExit = p.replayed
 	st.HeartbeatsSent = p.hbSent
+	st.TransferReceived = p.transferReceived
+	st.TransferTaken = p.transferTaken
 	st.HeartbeatsReceived = p.hbReceived
 	st.RTT = p.rtt.last
 	st.RTTAvg = p.rtt.avg()

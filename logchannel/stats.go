@@ -55,6 +55,12 @@ type Stats struct {
 	// (a joining pairing; messages' headers and CRCs not counted). They
 	// are not in LogBytes.
 	TransferBytes uint64
+	// TransferReceived (sender) are the transfer bytes the backup reported
+	// received: the transfer's progress at the far end.
+	TransferReceived uint64
+	// TransferTaken (sender) are the transfer bytes the backup reported
+	// taken from its Receiver (Transfer's Read): how far its restore is.
+	TransferTaken uint64
 	// Acks are ack messages received / sent.
 	Acks uint64
 	// AckedSeq is the highest Seq acknowledged.

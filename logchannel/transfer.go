@@ -250,6 +250,7 @@ func (t *transferIn) Read(p []byte) (int, error) {
 	n := copy(p, t.cur)
 	t.cur = t.cur[n:]
 	t.delivered += uint64(n)
+	t.r.transferTaken.Store(t.delivered)
 	return n, nil
 }
 
@@ -263,13 +264,17 @@ func (t *transferIn) readTransfer(size int) error {
 		return r.mr.protocolError("%v message of %d bytes, expected at most %d", msgTransfer, size, transferLen)
 	}
 	body := make([]byte, size)
+	streamLen := size - crcLen
 	for got := 0; got < size; {
 		n, err := r.mr.r.Read(body[got:min(size, got+32<<10)])
-		got += n
-		r.mr.off += int64(n)
 		if n > 0 {
+			// Counted as they come, for the progress reports: on a slow
+			// link a chunk may take longer than the failover timeout.
+			r.transferBytes.Add(uint64(min(got+n, streamLen) - min(got, streamLen)))
 			r.lastHeard.Store(r.now())
 		}
+		got += n
+		r.mr.off += int64(n)
 		if err != nil && got < size {
 			if errors.Is(err, io.EOF) {
 				err = io.ErrUnexpectedEOF
@@ -284,7 +289,6 @@ func (t *transferIn) readTransfer(size int) error {
 	}
 	t.length += uint64(len(chunk))
 	t.crc = crc32.Update(t.crc, castagnoli, chunk)
-	r.transferBytes.Add(uint64(len(chunk)))
 	select {
 	case t.chunks <- chunk:
 		return nil

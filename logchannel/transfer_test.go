@@ -7,6 +7,7 @@ import (
 	"hash/crc32"
 	"io"
 	"math/rand/v2"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -458,3 +459,208 @@ func TestTransferProtocolViolations(t *testing.T) {
 func putUint64(b []byte, v uint64) { binary.LittleEndian.PutUint64(b, v) }
 func putUint32(b []byte, v uint32) { binary.LittleEndian.PutUint32(b, v) }
 func crc32c(b []byte) uint32       { return crc32.Checksum(b, castagnoli) }
+
+// slowConfig detects a silent peer within 250 ms: a transfer that lasts
+// many times that must show the peers are alive all along.
+func slowConfig() Config {
+	c := fastConfig()
+	c.HeartbeatInterval, c.FailoverTimeout = 20*time.Millisecond, 250*time.Millisecond
+	return c
+}
+
+// finishJoin ends a transfer at joinAt and checks that entries after it
+// arrive and are acknowledged, and that neither side lost the other.
+func finishJoin(t *testing.T, s *Sender, r *Receiver, joinAt uint64) {
+	t.Helper()
+	if err := s.Transfer().Finish(joinAt); err != nil {
+		t.Fatalf("finish: %v", err)
+	}
+	es := joinEntries(50, joinAt)
+	if err := appendAll(s, es, 10); err != nil {
+		t.Fatal(err)
+	}
+	for i := range es {
+		e, err := r.Next()
+		if err != nil {
+			t.Fatalf("entry %d after the transfer: %v", i, err)
+		}
+		if !e.Equal(&es[i]) {
+			t.Fatalf("entry %d: received %v, sent %v", i, e, es[i])
+		}
+	}
+	if err := s.WaitAcked(testContext(t, 5*time.Second), es[len(es)-1].Seq); err != nil {
+		t.Fatalf("ack after the transfer: %v", err)
+	}
+	if err := s.Err(); err != nil {
+		t.Fatalf("primary: %v", err)
+	}
+	if err := r.Err(); err != nil {
+		t.Fatalf("backup: %v", err)
+	}
+}
+
+// TestSlowTransferReader: a backup that takes the state slowly (as a
+// restore that writes guest memory might) holds the primary back through
+// TCP, and both sides keep exchanging heartbeats: nobody is declared lost
+// over a transfer that lasts many failover timeouts.
+func TestSlowTransferReader(t *testing.T) {
+	cfg := slowConfig()
+	cfg.MaxQueued = MaxTransferChunk // the backup holds one chunk
+	s, r := pairAs(t, joinHello, cfg, cfg)
+	state := randomBytes(3<<20, 5)
+	sent := make(chan error, 1)
+	go func() { sent <- sendTransfer(s.Transfer(), state) }()
+
+	start := time.Now()
+	// The primary must hear from the backup throughout: a heartbeat, or a
+	// report of its progress through the transfer, in every half failover
+	// timeout.
+	signs := func() uint64 {
+		st := s.Stats()
+		return st.HeartbeatsReceived + st.TransferReceived + st.TransferTaken
+	}
+	quiet := make(chan time.Duration, 1)
+	stopWatch := make(chan struct{})
+	go func() {
+		var longest time.Duration
+		last, since := signs(), time.Now()
+		for {
+			select {
+			case <-stopWatch:
+				quiet <- longest
+				return
+			case <-time.After(5 * time.Millisecond):
+			}
+			if now := signs(); now != last {
+				last, since = now, time.Now()
+			}
+			longest = max(longest, time.Since(since))
+		}
+	}()
+	var got []byte
+	buf := make([]byte, 16<<10)
+	for len(got) < len(state) {
+		n, err := r.Transfer().Read(buf)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", len(got), err)
+		}
+		got = append(got, buf[:n]...)
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	close(stopWatch)
+	longestQuiet := <-quiet
+	if err := <-sent; err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	t.Logf("%d bytes in %v; the backup was silent for %v at most", len(got), elapsed.Round(time.Millisecond), longestQuiet.Round(time.Millisecond))
+	if elapsed < 3*cfg.FailoverTimeout {
+		t.Fatalf("the transfer took %v, not the 3 failover timeouts (%v) the test needs", elapsed, 3*cfg.FailoverTimeout)
+	}
+	if !bytes.Equal(got, state) {
+		t.Fatal("the state arrived changed")
+	}
+	if longestQuiet > cfg.FailoverTimeout/2 {
+		t.Fatalf("the primary heard nothing from the backup for %v during the transfer", longestQuiet)
+	}
+	finishJoin(t, s, r, 77)
+	res := waitTransfer(t, readTransfer(r), time.Second)
+	if res.err != nil || len(res.state) != 0 {
+		t.Fatalf("after the end, the transfer gave %d bytes and %v; want io.EOF", len(res.state), res.err)
+	}
+}
+
+// TestSlowTransferLink: over a link so slow that one transfer message
+// takes longer than the failover timeout to arrive, the backup does not
+// take the primary for dead while its bytes flow.
+func TestSlowTransferLink(t *testing.T) {
+	cfg := slowConfig()
+	ln := listen(t)
+	const perTick = 8 << 10 // per 10 ms: 800 KB/s, a full chunk in 320 ms
+	addr := throttle(t, ln.Addr().String(), perTick, 10*time.Millisecond)
+	s, r := connectAs(t, ln, addr, joinHello, cfg, cfg)
+	state := randomBytes(3*MaxTransferChunk/2*2, 6)
+	sent := make(chan error, 1)
+	start := time.Now()
+	go func() {
+		_, err := s.Transfer().Write(state) // whole chunks
+		sent <- err
+	}()
+	res := readTransfer(r)
+	if err := <-sent; err != nil {
+		t.Fatalf("transfer: %v", err)
+	}
+	if err := s.Err(); err != nil {
+		t.Fatalf("primary after the transfer's writes: %v", err)
+	}
+	finishJoin(t, s, r, 1234)
+	got := waitTransfer(t, res, 10*time.Second)
+	elapsed := time.Since(start)
+	t.Logf("%d bytes in %v", len(got.state), elapsed.Round(time.Millisecond))
+	if got.err != nil || !bytes.Equal(got.state, state) {
+		t.Fatalf("the transfer gave %d bytes (equal: %v) and %v", len(got.state), bytes.Equal(got.state, state), got.err)
+	}
+	if elapsed < 3*cfg.FailoverTimeout {
+		t.Fatalf("the transfer took %v, not the 3 failover timeouts (%v) the test needs", elapsed, 3*cfg.FailoverTimeout)
+	}
+}
+
+// throttle forwards one connection to target, the dialer's direction at
+// perTick bytes per tick and the other at full speed, and returns its
+// address.
+func throttle(t *testing.T, target string, perTick int, tick time.Duration) string {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		down, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", target)
+		if err != nil {
+			down.Close()
+			return
+		}
+		t.Cleanup(func() { down.Close(); up.Close() })
+		go io.Copy(down, up)
+		buf := make([]byte, perTick)
+		next := time.Now()
+		for {
+			n, err := down.Read(buf)
+			if n > 0 {
+				if _, werr := up.Write(buf[:n]); werr != nil {
+					return
+				}
+				next = next.Add(tick * time.Duration(n) / time.Duration(perTick))
+				time.Sleep(time.Until(next))
+			}
+			if err != nil {
+				up.Close()
+				return
+			}
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// TestTransferProgressWithoutJoin: a backup that reports progress through
+// a transfer the pairing does not have is dropped.
+func TestTransferProgressWithoutJoin(t *testing.T) {
+	addr, peers := rawBackup(t)
+	s, err := Dial(testContext(t, 10*time.Second), addr, testHello, fastConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	p := <-peers
+	if _, err := p.conn.Write(appendControl(nil, msgTransferProgress, make([]byte, 16))); err != nil {
+		t.Fatal(err)
+	}
+	waitClosed(t, s.PeerLost(), 5*time.Second, "the primary to drop the backup")
+	if err := s.Err(); !errors.Is(err, ErrProtocol) || !strings.Contains(err.Error(), "transfer-progress message in a pairing without a join") {
+		t.Fatalf("primary: %v", err)
+	}
+}

@@ -68,6 +68,10 @@ const (
 	// msgTransferEnd, primary -> backup: the transfer is whole (its length
 	// and CRC) and the log goes on after the seq it names.
 	msgTransferEnd msgType = 'J'
+	// msgTransferProgress, backup -> primary: the transfer bytes received
+	// and taken so far. A backup working through a long transfer is not
+	// stalled, although the log frames behind it wait for their acks.
+	msgTransferProgress msgType = 'G'
 )
 
 func (t msgType) String() string {
@@ -92,6 +96,8 @@ func (t msgType) String() string {
 		return "transfer"
 	case msgTransferEnd:
 		return "transfer-end"
+	case msgTransferProgress:
+		return "transfer-progress"
 	}
 	return fmt.Sprintf("type %#02x %s", byte(t), strconv.QuoteRune(rune(t)))
 }
@@ -115,6 +121,8 @@ const (
 	transferLen      = MaxTransferChunk + crcLen
 	// transferEndLen: stream length u64, stream CRC-32C u32, join seq u64.
 	transferEndLen = 8 + 4 + 8 + crcLen
+	// transferProgressLen: bytes received u64, bytes taken u64.
+	transferProgressLen = 8 + 8 + crcLen
 )
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
