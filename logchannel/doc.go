@@ -35,6 +35,32 @@
 // primary turns that into a lag in exits and in time (Sender.Lag) and
 // throttles its vCPU with Sender.WaitLag when the lag grows.
 //
+// # Joining a running primary
+//
+// A pairing is fresh (the backup replays from the guest's first
+// instruction) or joining (Hello.Join: the guest already runs, as after
+// a failover left the primary unprotected). Both sides' Hellos must say
+// the same, so a backup is started to join or to start fresh, and each
+// side knows before the session starts which it is.
+//
+// In a joining pairing the primary first streams the guest's state to
+// the backup (Sender.Transfer: Write, then Finish(seq)) while the guest
+// runs on, and the backup reads it (Receiver.Transfer) to restore its
+// VM. Finish names the Seq of the last entry the state includes; the log
+// resumes at the next one (Receiver.JoinAtSeq), and its first entry must
+// be that one on both sides. Entries the primary appends meanwhile wait
+// in the open frame, and once a frame is due Append and Flush wait for
+// Finish: nothing of the log overtakes the state it continues. The
+// transfer is flow-controlled like the log (Write blocks on TCP; the
+// backup holds at most MaxQueued of its bytes that Read has not taken),
+// but its bytes are not log: MaxUnacked and acks do not count them.
+// A transfer cut short is an error on both sides, never an early
+// io.EOF: the end carries the stream's length and CRC, which the backup
+// checks before Read returns io.EOF. Every piece of a transfer message
+// that arrives is a sign of life, and the backup reports the bytes it
+// has received and taken, which the primary counts as progress, so a
+// long transfer on a slow link or into a slow restore is not a lost peer.
+//
 // # Security
 //
 // The channel runs over mutual TLS 1.3 unless Config.InsecureNoTLS says to
@@ -47,7 +73,7 @@
 // good only in the session it was sent in. Everything below runs inside
 // the TLS session.
 //
-// # Wire protocol, version 2
+// # Wire protocol, version 3
 //
 // Both directions start with a preamble, then messages:
 //
@@ -68,15 +94,16 @@
 //
 //	'H' hello    role u8 (1 primary, 2 backup), heartbeat interval u32 LE
 //	             (microseconds), generation u64 LE, guest image SHA-256
-//	             [32], config digest [32], VM id length u8, VM id,
+//	             [32], config digest [32], flags u8 (bit 0: Join, the
+//	             others zero), VM id length u8, VM id,
 //	             binding length u8 (32 with TLS, 0 in clear), binding: the
 //	             TLS exporter "EXPORTER-ftvm-logchannel-hello" with the
 //	             fields before it as context
 //	'V' verdict  accept u8 (1, or 0 to refuse), reason length u16 LE,
 //	             reason (UTF-8, at most 1024 bytes)
 //
-// A side refuses if the peer's protocol version, VM id, generation, image
-// or config digest differ from its own, if the peer has the same role, or if the
+// A side refuses if the peer's protocol version, VM id, generation, image,
+// config digest or Join differ from its own, if the peer has the same role, or if the
 // peer's heartbeat interval is more than half this side's failover
 // timeout. Both sides then fail with a *RefusedError naming each
 // difference ("peer runs guest image 3cc6... but this side runs
@@ -90,17 +117,30 @@
 //	               stream header comes first, right after the handshake.
 //	'P' heartbeat  the sender's timestamp int64 LE (ns on its own clock)
 //	'E' echo       the timestamp of the peer's heartbeat, sent back at once
+//	'R' released   seq uint64 LE: every output of the entries up to it left
+//	'S' state      key length u8, key, value (SetState)
+//	'T' transfer   joining pairing only, before any log message: the next
+//	               bytes of the state transfer, 1 to MaxTransferChunk
+//	               (256 KiB)
+//	'J' transfer end  the stream's length uint64 LE, its CRC-32C uint32
+//	               LE, and the seq uint64 LE the log resumes after; sent
+//	               once, before the log's stream header
 //
 // Backup to primary: 'P' and 'E' the same, and
 //
 //	'A' ack        seq uint64 LE: every entry up to it is received;
 //	               replayed exit uint64 LE: the backup's replay progress
+//	'G' transfer progress  joining pairing only: transfer bytes received
+//	               uint64 LE and taken by Read uint64 LE, sent when they
+//	               grow, at most every heartbeat tick
 //
 // The backup acks when it has decoded every frame of the log messages it
 // has read, so one ack may cover several frames that arrived together. An
 // ack that only reports progress goes at most every millisecond. A
 // message of a type the receiving side does not expect, over the length
-// limit, of the wrong size or with a bad CRC, and a log frame that does not
-// decode, end the session: the side that sees it closes the connection and
+// limit, of the wrong size or with a bad CRC, a log frame that does not
+// decode, a transfer message in a pairing without a join or after the
+// transfer's end, a log message before it, and an end whose length or
+// CRC differ from the bytes that came, end the session: the side that sees it closes the connection and
 // reports its peer lost, naming what was wrong.
 package logchannel
