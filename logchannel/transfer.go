@@ -10,6 +10,7 @@ import (
 	"hash/crc32"
 	"io"
 	"sync"
+	"sync/atomic"
 )
 
 // ErrNotJoining is returned by the transfer's methods in a pairing whose
@@ -30,12 +31,14 @@ var ErrNotJoining = errors.New("logchannel: not a joining pairing: it has no sta
 type TransferWriter struct {
 	s *Sender
 
-	mu       sync.Mutex
-	length   uint64 // stream bytes sent
-	crc      uint32 // CRC-32C of the stream bytes sent
-	buf      []byte // the message being written
-	finished bool
-	err      error // the transfer's own failure, or nil
+	mu     sync.Mutex
+	length uint64 // stream bytes sent
+	crc    uint32 // CRC-32C of the stream bytes sent
+	buf    []byte // the message being written
+	err    error  // ErrNotJoining, or nil
+	// finished: the end is sent. Atomic so that Close need not wait for
+	// a Write that TCP holds back.
+	finished atomic.Bool
 }
 
 var _ io.WriteCloser = (*TransferWriter)(nil)
@@ -56,7 +59,7 @@ func (w *TransferWriter) usableLocked() error {
 	switch {
 	case w.err != nil:
 		return w.err
-	case w.finished:
+	case w.finished.Load():
 		return errors.New("logchannel: the state transfer has ended (Finish)")
 	}
 	return w.s.Err()
@@ -116,7 +119,7 @@ func (w *TransferWriter) Finish(joinAtSeq uint64) error {
 	if err := s.writeTransfer(appendControl(w.buf[:0], msgTransferEnd, f[:])); err != nil {
 		return err
 	}
-	w.finished = true
+	w.finished.Store(true)
 	w.buf = nil
 	close(s.transferred)
 	return nil
@@ -125,15 +128,13 @@ func (w *TransferWriter) Finish(joinAtSeq uint64) error {
 // Close abandons a transfer that has not been finished: the Sender stops
 // (its methods return an error saying so) and the backup sees its primary
 // lost, since a joining backup without the whole state has nothing to
-// replay. After Finish, Close does nothing.
+// replay. It may be called while a Write waits for TCP, from another
+// goroutine: the Write then fails. After Finish, Close does nothing.
 func (w *TransferWriter) Close() error {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if w.finished || w.err != nil {
+	if w.err != nil || w.finished.Load() {
 		return nil
 	}
-	w.err = fmt.Errorf("logchannel: the state transfer to %s was abandoned after %d bytes", w.s.peer, w.length)
-	w.s.stop(w.err, false)
+	w.s.stop(fmt.Errorf("logchannel: the state transfer to %s was abandoned after %d bytes", w.s.peer, w.s.transferBytes.Load()), false)
 	return nil
 }
 

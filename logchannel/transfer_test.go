@@ -664,3 +664,35 @@ func TestTransferProgressWithoutJoin(t *testing.T) {
 		t.Fatalf("primary: %v", err)
 	}
 }
+
+// TestTransferCloseUnblocksWrite: a Write that TCP holds back (the backup
+// does not read) fails once the transfer is abandoned from another
+// goroutine.
+func TestTransferCloseUnblocksWrite(t *testing.T) {
+	cfg := fastConfig()
+	cfg.MaxQueued = MaxTransferChunk
+	s, r := pairAs(t, joinHello, cfg, cfg)
+	wrote := make(chan error, 1)
+	go func() {
+		_, err := s.Transfer().Write(make([]byte, 64<<20))
+		wrote <- err
+	}()
+	waitFor(t, 5*time.Second, "the backup to hold all it may", func() bool { return r.Stats().TransferBytes >= 2*MaxTransferChunk })
+	select {
+	case err := <-wrote:
+		t.Fatalf("a 64 MiB Write returned %v while the backup reads nothing", err)
+	case <-time.After(50 * time.Millisecond):
+	}
+	s.Transfer().Close()
+	select {
+	case err := <-wrote:
+		if err == nil || !strings.Contains(err.Error(), "abandoned") {
+			t.Fatalf("Write after Close: %v, want the abandonment", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close did not end a Write blocked on TCP")
+	}
+	if _, err := drain(t, r, 5*time.Second); !errors.Is(err, ErrPeerLost) {
+		t.Fatalf("backup: %v, want ErrPeerLost", err)
+	}
+}
