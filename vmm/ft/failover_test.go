@@ -28,7 +28,8 @@ func TestPartition(t *testing.T) {
 	cfg := vmm.Config{Cmdline: "rounds=4000 work=100000"} // seconds on any backend: the freeze lands mid-run
 	for trial := 0; trial < 4; trial++ {
 		var proxy *netproxy.Proxy
-		r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond},
+		r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond,
+			HandshakeTimeout: time.Minute}, // TLS under emulation (CI's QEMU) took over the default 5 s
 			func(a string) string {
 				var err error
 				if proxy, err = netproxy.New(a); err != nil {
