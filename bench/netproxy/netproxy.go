@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // Proxy relays connections to a target until Freeze; from then on it
@@ -19,6 +20,9 @@ type Proxy struct {
 	once   sync.Once
 	mu     sync.Mutex
 	conns  []net.Conn
+	// forward counts the bytes relayed from the dialing side to the
+	// target; freezeAt, if not 0, freezes the relay once it reaches it.
+	forward, freezeAt atomic.Int64
 }
 
 // New starts a proxy on 127.0.0.1 relaying to target.
@@ -37,6 +41,16 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Freeze cuts the relay silently. It may be called more than once.
 func (p *Proxy) Freeze() { p.once.Do(func() { close(p.frozen) }) }
+
+// FreezeAfter freezes the relay once n bytes have gone from the dialing
+// side to the target: a cut that lands after a handshake, however long the
+// handshake takes (TLS under emulation takes seconds).
+func (p *Proxy) FreezeAfter(n int64) {
+	p.freezeAt.Store(n)
+	if p.forward.Load() >= n {
+		p.Freeze()
+	}
+}
 
 // Close stops the proxy and closes every connection.
 func (p *Proxy) Close() {
@@ -62,12 +76,12 @@ func (p *Proxy) accept() {
 		p.mu.Lock()
 		p.conns = append(p.conns, c, t)
 		p.mu.Unlock()
-		go p.pipe(t, c)
-		go p.pipe(c, t)
+		go p.pipe(t, c, &p.forward)
+		go p.pipe(c, t, nil)
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn) {
+func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Int64) {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
@@ -79,6 +93,11 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 		}
 		if n > 0 {
 			dst.Write(buf[:n])
+			if count != nil {
+				if total, at := count.Add(int64(n)), p.freezeAt.Load(); at > 0 && total >= at {
+					p.Freeze()
+				}
+			}
 		}
 		if err != nil {
 			return

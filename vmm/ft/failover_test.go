@@ -29,13 +29,16 @@ func TestPartition(t *testing.T) {
 	for trial := 0; trial < 4; trial++ {
 		var proxy *netproxy.Proxy
 		r := runPair(t, img, cfg, "", logchannel.Config{FailoverTimeout: 300 * time.Millisecond, HeartbeatInterval: 30 * time.Millisecond,
-			HandshakeTimeout: time.Minute}, // TLS under emulation (CI's QEMU) took over the default 5 s
+			HandshakeTimeout: time.Minute}, // TLS under emulation (CI's QEMU) is slow
 			func(a string) string {
 				var err error
 				if proxy, err = netproxy.New(a); err != nil {
 					t.Fatal(err)
 				}
-				time.AfterFunc(time.Duration(200+100*trial)*time.Millisecond, proxy.Freeze)
+				// Past the handshakes (a few KiB with TLS) and into the log,
+				// a little further each trial; counted in bytes, not time,
+				// so that a slow handshake (emulation) is never cut.
+				proxy.FreezeAfter(int64(8<<10 + 2<<10*trial))
 				return proxy.Addr()
 			}, nil)
 		proxy.Close()
