@@ -217,7 +217,12 @@ func mismatch(own *Hello, ownRole role, cfg *Config, p *peerHello) string {
 	if p.VMID != own.VMID {
 		diffs = append(diffs, fmt.Sprintf("peer protects VM %q but this side VM %q", p.VMID, own.VMID))
 	}
-	if p.Generation != own.Generation {
+	switch {
+	case own.Join && ownRole == roleBackup && p.Generation == 0,
+		own.Join && ownRole == rolePrimary && own.Generation == 0 && p.Generation != 0:
+		// A running primary that a backup joins adopts the epoch the
+		// backup took for the new pairing (AcceptJoin).
+	case p.Generation != own.Generation:
 		diffs = append(diffs, fmt.Sprintf("peer is of generation %d but this side of generation %d", p.Generation, own.Generation))
 	}
 	if p.ImageSHA256 != own.ImageSHA256 {
@@ -348,6 +353,9 @@ func handshake(conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, e
 			return nil, &AuthError{Peer: peer, Reason: "the peer's hello is not bound to this TLS session"}
 		}
 		reason = mismatch(own, side, cfg, &p)
+		if reason == "" && own.Join && side == rolePrimary && own.Generation == 0 {
+			own.Generation = p.Generation
+		}
 	}
 
 	_, werr := conn.Write(appendControl(nil, msgVerdict, appendVerdictFields(nil, reason)))
@@ -539,6 +547,93 @@ func (l *Listener) Accept(ctx context.Context, expect Hello, cfg Config) (*Recei
 	if err := expect.check(); err != nil {
 		return nil, err
 	}
+	conn, err := l.accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	session, mr, err := runHandshake(ctx, conn, &expect, roleBackup, &cfg)
+	if err != nil {
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, &ConnError{err}
+	}
+	return newReceiver(session, mr, cfg, expect.Join), nil
+}
+
+// DialJoin connects a new backup to a running primary listening for
+// joins at addr (Listener.AcceptJoin), runs the handshake as the backup
+// and returns the Receiver of the joining pairing: the state transfer
+// (Receiver.Transfer), then the log. hello must say Join and carry the
+// epoch the backup took for the new pairing; the primary adopts it. The
+// connection runs the other way from Dial's, nothing else differs: the
+// TLS roles, the handshake and the session are a primary's and a
+// backup's as always.
+func DialJoin(ctx context.Context, addr string, hello Hello, cfg Config) (*Receiver, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if err := hello.check(); err != nil {
+		return nil, err
+	}
+	if !hello.Join || hello.Generation == 0 {
+		return nil, errors.New("logchannel: DialJoin needs a Hello with Join and the new pairing's generation")
+	}
+	var d net.Dialer
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("logchannel: dialing the primary at %s: %w", addr, err)
+	}
+	session, mr, err := runHandshake(ctx, conn, &hello, roleBackup, &cfg)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return newReceiver(session, mr, cfg, true), nil
+}
+
+// AcceptJoin waits for a backup that joins the running primary (DialJoin),
+// runs the handshake as the primary and returns the Sender of the joining
+// pairing, whose Generation is the epoch the backup took: expect must say
+// Join and leave Generation 0. The caller checks that epoch with the
+// arbiter before it sends anything. Failures are as Accept's: a
+// *ConnError leaves the Listener open for the next one.
+func (l *Listener) AcceptJoin(ctx context.Context, expect Hello, cfg Config) (*Sender, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	if !expect.Join || expect.Generation != 0 {
+		return nil, errors.New("logchannel: AcceptJoin needs a Hello with Join and generation 0 (it adopts the backup's)")
+	}
+	if err := expect.check(); err != nil {
+		return nil, err
+	}
+	conn, err := l.accept(ctx)
+	if err != nil {
+		return nil, err
+	}
+	session, mr, err := runHandshake(ctx, conn, &expect, rolePrimary, &cfg)
+	if err != nil {
+		conn.Close()
+		if ctx.Err() != nil {
+			return nil, err
+		}
+		return nil, &ConnError{err}
+	}
+	s, err := newSender(session, mr, cfg, true)
+	if err != nil {
+		session.Close()
+		return nil, &ConnError{err}
+	}
+	s.generation = expect.Generation
+	return s, nil
+}
+
+// accept takes the next TCP connection, or fails when ctx ends.
+func (l *Listener) accept(ctx context.Context) (net.Conn, error) {
 	l.ln.SetDeadline(time.Time{})
 	stop := interruptOnCancel(ctx, l.ln.SetDeadline)
 	conn, err := l.ln.Accept()
@@ -553,15 +648,7 @@ func (l *Listener) Accept(ctx context.Context, expect Hello, cfg Config) (*Recei
 	if err != nil {
 		return nil, fmt.Errorf("logchannel: accepting on %s: %w", l.Addr(), err)
 	}
-	session, mr, err := runHandshake(ctx, conn, &expect, roleBackup, &cfg)
-	if err != nil {
-		conn.Close()
-		if ctx.Err() != nil {
-			return nil, err
-		}
-		return nil, &ConnError{err}
-	}
-	return newReceiver(session, mr, cfg, expect.Join), nil
+	return conn, nil
 }
 
 // ConnError is an Accept that failed because of the one connection it

@@ -696,3 +696,88 @@ func TestTransferCloseUnblocksWrite(t *testing.T) {
 		t.Fatalf("backup: %v, want ErrPeerLost", err)
 	}
 }
+
+// TestBackupDialsToJoin: a new backup dials a running primary that
+// listens for joins; the primary adopts the epoch the backup took, and
+// the pairing is a primary's and a backup's as with Dial and Accept:
+// state, then log, then acks. A backup that does not join, or joins
+// without an epoch, is refused, and the primary goes on listening.
+func TestBackupDialsToJoin(t *testing.T) {
+	ln := listen(t)
+	ctx := testContext(t, 20*time.Second)
+	primaryHello := joinHello
+	primaryHello.Generation = 0
+	type accepted struct {
+		s   *Sender
+		err error
+	}
+	acceptOne := func() <-chan accepted {
+		ch := make(chan accepted, 1)
+		go func() {
+			s, err := ln.AcceptJoin(ctx, primaryHello, fastConfig())
+			ch <- accepted{s, err}
+		}()
+		return ch
+	}
+
+	// A backup started fresh (no Join) is refused by the handshake.
+	ch := acceptOne()
+	fresh := testHello
+	fresh.Generation = 7
+	if s, err := Dial(ctx, ln.Addr().String(), fresh, fastConfig()); err == nil {
+		s.Close()
+		t.Fatal("a fresh primary's Dial to a join listener was accepted")
+	}
+	if a := <-ch; a.err == nil || !errors.As(a.err, new(*ConnError)) {
+		t.Fatalf("AcceptJoin of a fresh peer: %v, want a ConnError (keep listening)", a.err)
+	}
+	// A joining backup without an epoch is refused before it connects.
+	noEpoch := joinHello
+	noEpoch.Generation = 0
+	if r, err := DialJoin(ctx, ln.Addr().String(), noEpoch, fastConfig()); err == nil {
+		r.Close()
+		t.Fatal("DialJoin without a generation was allowed")
+	}
+
+	ch = acceptOne()
+	bh := joinHello
+	bh.Generation = 7
+	r, err := DialJoin(ctx, ln.Addr().String(), bh, fastConfig())
+	if err != nil {
+		t.Fatalf("DialJoin: %v", err)
+	}
+	defer r.Close()
+	a := <-ch
+	if a.err != nil {
+		t.Fatalf("AcceptJoin: %v", a.err)
+	}
+	s := a.s
+	defer s.Close()
+	if s.Generation() != 7 {
+		t.Fatalf("the primary's pairing has generation %d, want the backup's 7", s.Generation())
+	}
+	got := readTransfer(r)
+	state := randomBytes(300<<10, 3)
+	if err := sendTransfer(s.Transfer(), state); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Transfer().Finish(40); err != nil {
+		t.Fatal(err)
+	}
+	es := joinEntries(50, 40)
+	if err := appendAll(s, es, 5); err != nil {
+		t.Fatal(err)
+	}
+	if res := waitTransfer(t, got, 10*time.Second); res.err != nil || !bytes.Equal(res.state, state) {
+		t.Fatalf("transfer: %d bytes, %v", len(res.state), res.err)
+	}
+	for i := range es {
+		e, err := r.Next()
+		if err != nil || !e.Equal(&es[i]) {
+			t.Fatalf("entry %d: %v %v", i, e, err)
+		}
+	}
+	if err := s.WaitAcked(ctx, es[len(es)-1].Seq); err != nil {
+		t.Fatal(err)
+	}
+}
