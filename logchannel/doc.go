@@ -123,8 +123,11 @@
 //	               bytes of the state transfer, 1 to MaxTransferChunk
 //	               (256 KiB)
 //	'J' transfer end  the stream's length uint64 LE, its CRC-32C uint32
-//	               LE, and the seq uint64 LE the log resumes after; sent
-//	               once, before the log's stream header
+//	               LE, the seq uint64 LE the log resumes after, and the
+//	               pairing's generation uint64 LE (0: the hellos'; a
+//	               running primary that a backup dialed gives the epoch it
+//	               took, DialJoin); sent once, before the log's stream
+//	               header
 //
 // Backup to primary: 'P' and 'E' the same, and
 //

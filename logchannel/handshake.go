@@ -217,12 +217,7 @@ func mismatch(own *Hello, ownRole role, cfg *Config, p *peerHello) string {
 	if p.VMID != own.VMID {
 		diffs = append(diffs, fmt.Sprintf("peer protects VM %q but this side VM %q", p.VMID, own.VMID))
 	}
-	switch {
-	case own.Join && ownRole == roleBackup && p.Generation == 0,
-		own.Join && ownRole == rolePrimary && own.Generation == 0 && p.Generation != 0:
-		// A running primary that a backup joins adopts the epoch the
-		// backup took for the new pairing (AcceptJoin).
-	case p.Generation != own.Generation:
+	if p.Generation != own.Generation {
 		diffs = append(diffs, fmt.Sprintf("peer is of generation %d but this side of generation %d", p.Generation, own.Generation))
 	}
 	if p.ImageSHA256 != own.ImageSHA256 {
@@ -353,9 +348,6 @@ func handshake(conn net.Conn, own *Hello, side role, cfg *Config) (*msgReader, e
 			return nil, &AuthError{Peer: peer, Reason: "the peer's hello is not bound to this TLS session"}
 		}
 		reason = mismatch(own, side, cfg, &p)
-		if reason == "" && own.Join && side == rolePrimary && own.Generation == 0 {
-			own.Generation = p.Generation
-		}
 	}
 
 	_, werr := conn.Write(appendControl(nil, msgVerdict, appendVerdictFields(nil, reason)))
@@ -565,9 +557,10 @@ func (l *Listener) Accept(ctx context.Context, expect Hello, cfg Config) (*Recei
 // DialJoin connects a new backup to a running primary listening for
 // joins at addr (Listener.AcceptJoin), runs the handshake as the backup
 // and returns the Receiver of the joining pairing: the state transfer
-// (Receiver.Transfer), then the log. hello must say Join and carry the
-// epoch the backup took for the new pairing; the primary adopts it. The
-// connection runs the other way from Dial's, nothing else differs: the
+// (Receiver.Transfer), then the log. hello must say Join and leave
+// Generation 0: the primary takes the new pairing's epoch once it has
+// authenticated the backup and knows it will take it, and sends it with
+// the end of the transfer (Receiver.JoinGeneration). The connection runs the other way from Dial's, nothing else differs: the
 // TLS roles, the handshake and the session are a primary's and a
 // backup's as always.
 func DialJoin(ctx context.Context, addr string, hello Hello, cfg Config) (*Receiver, error) {
@@ -578,8 +571,8 @@ func DialJoin(ctx context.Context, addr string, hello Hello, cfg Config) (*Recei
 	if err := hello.check(); err != nil {
 		return nil, err
 	}
-	if !hello.Join || hello.Generation == 0 {
-		return nil, errors.New("logchannel: DialJoin needs a Hello with Join and the new pairing's generation")
+	if !hello.Join || hello.Generation != 0 {
+		return nil, errors.New("logchannel: DialJoin needs a Hello with Join and generation 0 (the primary gives the pairing's epoch with the transfer)")
 	}
 	var d net.Dialer
 	conn, err := d.DialContext(ctx, "tcp", addr)
@@ -596,9 +589,8 @@ func DialJoin(ctx context.Context, addr string, hello Hello, cfg Config) (*Recei
 
 // AcceptJoin waits for a backup that joins the running primary (DialJoin),
 // runs the handshake as the primary and returns the Sender of the joining
-// pairing, whose Generation is the epoch the backup took: expect must say
-// Join and leave Generation 0. The caller checks that epoch with the
-// arbiter before it sends anything. Failures are as Accept's: a
+// pairing: expect must say Join and leave Generation 0. The caller takes
+// the new pairing's epoch and ends the transfer with it (FinishAt). Failures are as Accept's: a
 // *ConnError leaves the Listener open for the next one.
 func (l *Listener) AcceptJoin(ctx context.Context, expect Hello, cfg Config) (*Sender, error) {
 	cfg, err := cfg.withDefaults()
@@ -606,7 +598,7 @@ func (l *Listener) AcceptJoin(ctx context.Context, expect Hello, cfg Config) (*S
 		return nil, err
 	}
 	if !expect.Join || expect.Generation != 0 {
-		return nil, errors.New("logchannel: AcceptJoin needs a Hello with Join and generation 0 (it adopts the backup's)")
+		return nil, errors.New("logchannel: AcceptJoin needs a Hello with Join and generation 0 (the epoch goes with the transfer)")
 	}
 	if err := expect.check(); err != nil {
 		return nil, err
@@ -628,7 +620,6 @@ func (l *Listener) AcceptJoin(ctx context.Context, expect Hello, cfg Config) (*S
 		session.Close()
 		return nil, &ConnError{err}
 	}
-	s.generation = expect.Generation
 	return s, nil
 }
 

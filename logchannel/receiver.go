@@ -79,6 +79,7 @@ type Receiver struct {
 	// nil in another; joinAt the seq it ended at.
 	transfer      *transferIn
 	joinAt        atomic.Uint64
+	joinGen       atomic.Uint64 // the generation FinishAt gave
 	transferBytes atomic.Uint64 // received
 	transferTaken atomic.Uint64 // returned by Transfer's Read
 

@@ -99,14 +99,7 @@ type Sender struct {
 	firstSeq  uint64
 	// transferBytes are the transfer's stream bytes sent, for Stats.
 	transferBytes atomic.Uint64
-	// generation is the pairing's epoch as the handshake settled it
-	// (AcceptJoin adopts the backup's); 0 from Dial, whose caller knows.
-	generation uint64
 }
-
-// Generation returns the epoch a joining backup took for the pairing
-// (AcceptJoin), or 0 for a Sender from Dial.
-func (s *Sender) Generation() uint64 { return s.generation }
 
 var _ replay.Sink = (*Sender)(nil)
 

@@ -96,7 +96,12 @@ func (w *TransferWriter) Write(p []byte) (int, error) {
 // first entry appended to the Sender must have Seq joinAtSeq+1, or Finish
 // (if it was appended before) or Append (if after) refuses it. Once the
 // end is sent, waiting log frames go out.
-func (w *TransferWriter) Finish(joinAtSeq uint64) error {
+func (w *TransferWriter) Finish(joinAtSeq uint64) error { return w.FinishAt(joinAtSeq, 0) }
+
+// FinishAt is Finish that also gives the backup the generation of the
+// pairing (Receiver.JoinGeneration): the epoch a running primary took for
+// the backup that joined it (AcceptJoin), whose hellos said 0.
+func (w *TransferWriter) FinishAt(joinAtSeq, generation uint64) error {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if err := w.usableLocked(); err != nil {
@@ -116,6 +121,7 @@ func (w *TransferWriter) Finish(joinAtSeq uint64) error {
 	binary.LittleEndian.PutUint64(f[0:], w.length)
 	binary.LittleEndian.PutUint32(f[8:], w.crc)
 	binary.LittleEndian.PutUint64(f[12:], joinAtSeq)
+	binary.LittleEndian.PutUint64(f[20:], generation)
 	if err := s.writeTransfer(appendControl(w.buf[:0], msgTransferEnd, f[:])); err != nil {
 		return err
 	}
@@ -219,6 +225,11 @@ func (e errReader) Read([]byte) (int, error) { return 0, e.err }
 // returned io.EOF; 0 before, and in a pairing without a join.
 func (r *Receiver) JoinAtSeq() uint64 { return r.joinAt.Load() }
 
+// JoinGeneration returns the generation the primary gave with the end of
+// the transfer (FinishAt): the new pairing's epoch when the backup dialed
+// a running primary (DialJoin); 0 before the end or if none was given.
+func (r *Receiver) JoinGeneration() uint64 { return r.joinGen.Load() }
+
 // Joining says the pairing is a joining one (Hello.Join).
 func (r *Receiver) Joining() bool { return r.transfer != nil }
 
@@ -318,12 +329,13 @@ func (t *transferIn) readTransferEnd(size int) error {
 	if err != nil {
 		return err
 	}
-	length, crc, seq := leUint64(f[0:]), binary.LittleEndian.Uint32(f[8:]), leUint64(f[12:])
+	length, crc, seq, gen := leUint64(f[0:]), binary.LittleEndian.Uint32(f[8:]), leUint64(f[12:]), leUint64(f[20:])
 	if length != t.length || crc != t.crc {
 		return r.mr.protocolError("the state transfer ends with %d bytes of CRC %#08x, but %d bytes of CRC %#08x arrived", length, crc, t.length, t.crc)
 	}
 	t.ended = true
 	r.joinAt.Store(seq)
+	r.joinGen.Store(gen)
 	close(t.chunks)
 	return nil
 }

@@ -698,10 +698,10 @@ func TestTransferCloseUnblocksWrite(t *testing.T) {
 }
 
 // TestBackupDialsToJoin: a new backup dials a running primary that
-// listens for joins; the primary adopts the epoch the backup took, and
-// the pairing is a primary's and a backup's as with Dial and Accept:
-// state, then log, then acks. A backup that does not join, or joins
-// without an epoch, is refused, and the primary goes on listening.
+// listens for joins, and the pairing is a primary's and a backup's as
+// with Dial and Accept: state, the new epoch with its end, then log, then
+// acks. A peer that does not join is refused, and the primary goes on
+// listening.
 func TestBackupDialsToJoin(t *testing.T) {
 	ln := listen(t)
 	ctx := testContext(t, 20*time.Second)
@@ -731,18 +731,17 @@ func TestBackupDialsToJoin(t *testing.T) {
 	if a := <-ch; a.err == nil || !errors.As(a.err, new(*ConnError)) {
 		t.Fatalf("AcceptJoin of a fresh peer: %v, want a ConnError (keep listening)", a.err)
 	}
-	// A joining backup without an epoch is refused before it connects.
-	noEpoch := joinHello
-	noEpoch.Generation = 0
-	if r, err := DialJoin(ctx, ln.Addr().String(), noEpoch, fastConfig()); err == nil {
+	// A joining backup that names an epoch itself is refused before it
+	// connects: the primary gives it.
+	withEpoch := joinHello
+	withEpoch.Generation = 7
+	if r, err := DialJoin(ctx, ln.Addr().String(), withEpoch, fastConfig()); err == nil {
 		r.Close()
-		t.Fatal("DialJoin without a generation was allowed")
+		t.Fatal("DialJoin with a generation of its own was allowed")
 	}
 
 	ch = acceptOne()
-	bh := joinHello
-	bh.Generation = 7
-	r, err := DialJoin(ctx, ln.Addr().String(), bh, fastConfig())
+	r, err := DialJoin(ctx, ln.Addr().String(), joinHello, fastConfig())
 	if err != nil {
 		t.Fatalf("DialJoin: %v", err)
 	}
@@ -753,15 +752,12 @@ func TestBackupDialsToJoin(t *testing.T) {
 	}
 	s := a.s
 	defer s.Close()
-	if s.Generation() != 7 {
-		t.Fatalf("the primary's pairing has generation %d, want the backup's 7", s.Generation())
-	}
 	got := readTransfer(r)
 	state := randomBytes(300<<10, 3)
 	if err := sendTransfer(s.Transfer(), state); err != nil {
 		t.Fatal(err)
 	}
-	if err := s.Transfer().Finish(40); err != nil {
+	if err := s.Transfer().FinishAt(40, 9); err != nil {
 		t.Fatal(err)
 	}
 	es := joinEntries(50, 40)
@@ -770,6 +766,9 @@ func TestBackupDialsToJoin(t *testing.T) {
 	}
 	if res := waitTransfer(t, got, 10*time.Second); res.err != nil || !bytes.Equal(res.state, state) {
 		t.Fatalf("transfer: %d bytes, %v", len(res.state), res.err)
+	}
+	if r.JoinAtSeq() != 40 || r.JoinGeneration() != 9 {
+		t.Fatalf("the transfer ended at seq %d generation %d, want 40 and 9", r.JoinAtSeq(), r.JoinGeneration())
 	}
 	for i := range es {
 		e, err := r.Next()

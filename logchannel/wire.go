@@ -119,8 +119,9 @@ const (
 	// heartbeats and state wait behind it on the primary.
 	MaxTransferChunk = 256 << 10
 	transferLen      = MaxTransferChunk + crcLen
-	// transferEndLen: stream length u64, stream CRC-32C u32, join seq u64.
-	transferEndLen = 8 + 4 + 8 + crcLen
+	// transferEndLen: stream length u64, stream CRC-32C u32, join seq u64,
+	// the pairing's generation u64 (0: the handshake's).
+	transferEndLen = 8 + 4 + 8 + 8 + crcLen
 	// transferProgressLen: bytes received u64, bytes taken u64.
 	transferProgressLen = 8 + 8 + crcLen
 )
