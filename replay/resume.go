@@ -91,3 +91,36 @@ func (r *Replayer) JoinAt(pos Position) error {
 	r.verified = pos.Last.Exit
 	return nil
 }
+
+// ContinueAt starts a recording that continues a log at pos instead of
+// with a Start entry: the next entry gets Seq pos.Seq+1, the point hash
+// goes on from pos.Hash, and the next point must come after pos.Last. A
+// backup that went live continues the log it replayed this way, so that a
+// backup that joins it later replays entries numbered on from the ones
+// before. Call it instead of Start, before the first World call.
+func (r *Recorder) ContinueAt(pos Position) error {
+	if r.err != nil {
+		return r.err
+	}
+	if r.state != stateNew {
+		return errors.New("replay: recorder: ContinueAt must come first, instead of Start")
+	}
+	if pos.Seq == 0 {
+		return r.fail(fmt.Errorf("replay: a recording must continue after at least the start entry (seq 0 given): %w", ErrPosition))
+	}
+	r.state = stateRunning
+	r.seq = pos.Seq
+	r.hash = PointHash{sum: pos.Hash}
+	r.last = pos.Last
+	r.unchecked = true
+	return nil
+}
+
+// FreshPosition is the position after entry seq and point last with no
+// points hashed since: where a recording continues when the points before
+// it were checked already (a backup's replay that went live at the exit
+// after last).
+func FreshPosition(seq uint64, last ExecPoint) Position {
+	h := NewPointHash()
+	return Position{Seq: seq, Hash: h.Sum(), Last: last}
+}

@@ -154,3 +154,69 @@ func TestJoinAt(t *testing.T) {
 		t.Fatalf("a join at seq 0: %v", err)
 	}
 }
+
+// TestContinueAt: a recording that continues a log at a position (a
+// backup gone live) numbers its entries on from it, and a replay joined at
+// a later position of that recording replays it; ContinueAt after Start,
+// or at seq 0, is refused.
+func TestContinueAt(t *testing.T) {
+	sink := &memSink{}
+	live := &scriptedWorld{}
+	r := NewRecorder(live, sink, RecorderConfig{CheckpointEvery: 10})
+	if err := r.ContinueAt(FreshPosition(500, at(40))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.TSC(at(40)); err == nil {
+		t.Fatal("a point at the continued position's own exit was recorded")
+	}
+	r = NewRecorder(live, sink, RecorderConfig{CheckpointEvery: 10})
+	if err := r.ContinueAt(FreshPosition(500, at(40))); err != nil {
+		t.Fatal(err)
+	}
+	var pos Position
+	for i := uint64(41); i <= 90; i++ {
+		live.value = i * 7
+		if _, err := r.TSC(at(i)); err != nil {
+			t.Fatal(err)
+		}
+		if i == 60 {
+			pos = r.Position()
+			r.CheckpointNext()
+		}
+	}
+	if err := r.Finish([32]byte{}); err != nil {
+		t.Fatal(err)
+	}
+	if first := sink.entries[0].Seq; first != 501 {
+		t.Fatalf("the continued recording's first entry has seq %d, want 501", first)
+	}
+	var after []Entry
+	for _, e := range sink.entries {
+		if e.Seq > pos.Seq {
+			after = append(after, e)
+		}
+	}
+	rp := NewReplayer(&memSink{entries: after})
+	if err := rp.JoinAt(pos); err != nil {
+		t.Fatal(err)
+	}
+	for i := uint64(61); i <= 90; i++ {
+		if v, err := rp.TSC(at(i)); err != nil || v != i*7 {
+			t.Fatalf("joined replay at exit %d: %d, %v", i, v, err)
+		}
+	}
+	if err := rp.Finish([32]byte{}); err != nil {
+		t.Fatal(err)
+	}
+
+	started := NewRecorder(live, &memSink{}, RecorderConfig{})
+	if err := started.Start(StartInfo{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := started.ContinueAt(Position{Seq: 3}); err == nil {
+		t.Fatal("ContinueAt after Start was accepted")
+	}
+	if err := NewRecorder(live, &memSink{}, RecorderConfig{}).ContinueAt(Position{}); !errors.Is(err, ErrPosition) {
+		t.Fatalf("ContinueAt seq 0: %v", err)
+	}
+}
