@@ -362,6 +362,14 @@ func (s *Sender) stop(err error, lost bool) {
 
 func (s *Sender) lose(cause error) { s.stop(peerLost(cause), true) }
 
+// Lose ends the session as if the backup were lost, for cause: PeerLost
+// closes and Err wraps ErrPeerLost. A primary whose joining backup failed
+// after the log switched to it decides on it as on any lost backup.
+func (s *Sender) Lose(cause error) { s.lose(cause) }
+
+// Peer returns the backup's address.
+func (s *Sender) Peer() string { return s.conn.RemoteAddr().String() }
+
 // readLoop reads what the backup sends: acks, heartbeats, echoes.
 func (s *Sender) readLoop() {
 	defer s.wg.Done()

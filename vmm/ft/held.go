@@ -129,6 +129,20 @@ func (h *holdingWorld) goSolo() {
 	h.wakeLocked()
 }
 
+// protectAgain makes outputs wait for a backup again: one that joined with
+// the state after entry seq, whose acks (and only those) release every
+// later output. Nothing is held when it is called: a side alone released
+// everything at once.
+func (h *holdingWorld) protectAgain(seq uint64, reportReleased func(uint64)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.solo = false
+	h.rule = outputrule.New(maxHeldBytes)
+	h.rule.Ack(seq, h.now())
+	h.reportReleased = reportReleased
+	h.m.held(h.rule.Held())
+}
+
 // pending reports whether every held output has left and, if not, a
 // channel closed at the next ack or when the primary goes solo.
 func (h *holdingWorld) pending() (bool, <-chan struct{}) {
@@ -238,6 +252,15 @@ func (g *gatedSink) afterFailure() (bool, error) {
 		g.deciding()
 	}
 	return g.gate()
+}
+
+// rejoin makes inner, a backup that joined, the sink again. Called on the
+// vCPU thread between two exits, so no Append or Flush runs meanwhile.
+func (g *gatedSink) rejoin(inner replay.Sink) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.inner, g.state, g.err = inner, sinkLive, nil
+	g.decided = make(chan struct{})
 }
 
 // deciding starts a decision: the sink blocks until solo or halt.

@@ -3,7 +3,6 @@ package ft
 import (
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"time"
 
@@ -92,6 +91,9 @@ type PrimaryOptions struct {
 	// lag typically under 100 ms and throttles past about a second; a
 	// failover replays the lag before going live, so it bounds go-live time).
 	MaxLag time.Duration
+	// JoinListener, if set, takes backups that join the running guest
+	// once its backup is lost and it carries on alone (ftvm backup --join).
+	JoinListener *logchannel.Listener
 	// OnDone, if set, gets the primary's figures when RunPrimary returns
 	// (for benchmarks): the channel's statistics and every output's delay.
 	OnDone func(PrimaryStats)
@@ -123,116 +125,40 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	defer sender.Close()
 	o.logf("primary: connected to the backup at %s %s; recording on the %s backend", o.BackupAddr, o.channelSecurity(), o.Backend.Name())
 	o.Metrics.SetRole("primary")
-	o.Metrics.channelMetrics(sender.Stats)
 
 	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
 	if o.Net != nil {
 		live.AttachNet(o.Net)
-		defer shareNAT(o.Net, sender)()
 	}
-	sink := newGatedSink(sender)
-	hw := newHoldingWorld(ctx, live, o.send, sink.Flush, o.Metrics)
-	hw.reportReleased = sender.Released
+	p := newProtection(ctx, cancel, &o.Common, live, sender, o.MaxLag)
+	defer p.close()
 	if o.OnDone != nil {
-		hw.record = true
+		p.hw.record = true
 		began := time.Now()
 		defer func() {
-			hw.mu.Lock()
-			delays := append([]time.Duration(nil), hw.delays...)
-			hw.mu.Unlock()
+			p.hw.mu.Lock()
+			delays := append([]time.Duration(nil), p.hw.delays...)
+			p.hw.mu.Unlock()
 			o.OnDone(PrimaryStats{Channel: sender.Stats(), OutputDelays: delays, Elapsed: time.Since(began)})
 		}()
 	}
-	go func() {
-		for {
-			select {
-			case seq := <-sender.Acks():
-				hw.Ack(seq)
-			case <-sender.PeerLost():
-				return
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
-	maxLag := o.MaxLag
-	if maxLag == 0 {
-		maxLag = logchannel.DefaultMaxLag
+	if o.JoinListener != nil {
+		go p.serveJoins(o.JoinListener)
 	}
-	rec := replay.NewRecorder(hw, &throttledSink{gatedSink: sink, sender: sender, ctx: ctx, maxLag: maxLag}, replay.RecorderConfig{})
 
-	// The watcher runs until RunPrimary returns: a backup lost while the
-	// last outputs drain must be decided on like any other.
-	halted := make(chan error, 1)
-	runDone := make(chan struct{})
-	defer close(runDone)
-	go func() {
-		select {
-		case <-sender.PeerLost():
-		case <-runDone:
-			return
-		}
-		sink.deciding()
-		cause := sender.Err()
-		o.logf("primary: lost the backup (%v); asking the arbiter before releasing any more output", cause)
-		o.Metrics.SetRole("deciding")
-		_, err := arbitrate(ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: o.Generation,
-			Claimant: o.Claimant, Reason: fmt.Sprintf("primary lost its backup: %v", cause)}, o.logf)
-		if err != nil && ctx.Err() != nil {
-			// Interrupted while deciding (Ctrl-C, or the caller stopped the
-			// run): nothing was decided, and the run ends as interrupted,
-			// not as a halt. The sink must still let go of a vCPU (or the
-			// final flush) waiting on the decision, refusing.
-			sink.decide(sinkHalted, fmt.Errorf("%w while asking the arbiter: %v", vmm.ErrInterrupted, err))
-			return
-		}
-		if err != nil {
-			o.logf("primary: %v", err)
-			o.Metrics.SetRole("halted")
-			sink.decide(sinkHalted, err)
-			halted <- err
-			cancel() // stop a vCPU that is computing without exits
-			return
-		}
-		o.logf("primary: won the arbiter at %s: carrying on alone, outputs released without a backup", time.Now().Format(time.RFC3339Nano))
-		o.Metrics.SetRole("solo")
-		hw.goSolo()
-		sink.decide(sinkSolo, nil)
-	}()
-
-	end, err := session.RecordWith(ctx, o.Backend, o.Image, o.Config, o.VMID, rec)
+	end, _, err := session.RecordSnapshot(ctx, o.Backend, o.Image, o.Config, o.VMID, p.rec,
+		session.SnapshotPlan{Started: func(m *vmm.Machine) { p.machine.Store(m) }})
 	res := end.Result
-	select {
-	case err := <-halted:
-		return res, err
-	default:
-	}
-	if err == nil {
-		err = sink.Flush()
+	if herr := p.haltedErr(); herr != nil {
+		return res, herr
 	}
 	if err != nil {
 		return res, err
 	}
 	// The guest has stopped; its last outputs leave when acknowledged.
-	for {
-		drained, changed := hw.pending()
-		if drained {
-			break
-		}
-		select {
-		case err := <-halted:
-			return res, err
-		case <-ctx.Done():
-			return res, vmm.ErrInterrupted
-		case <-changed:
-		}
+	if err := p.drain(); err != nil {
+		return res, err
 	}
-	if hw.sendErr != nil {
-		return res, hw.sendErr
-	}
-	// Tell the backup that every output left: it waits for this before it
-	// lets the connection go (a lost backup's watcher decides as before).
-	_ = sender.FlushReports()
 	return res, end.Err()
 }
 
@@ -256,7 +182,7 @@ func dialBackup(ctx context.Context, o PrimaryOptions) (*logchannel.Sender, erro
 // backup's replay lags more than maxLag behind.
 type throttledSink struct {
 	*gatedSink
-	sender *logchannel.Sender
+	lag    func(ctx context.Context, maxLag time.Duration) error // the backup's Sender.WaitLag
 	ctx    context.Context
 	maxLag time.Duration
 	n      int
@@ -264,7 +190,7 @@ type throttledSink struct {
 
 func (t *throttledSink) Append(e replay.Entry) error {
 	if t.n++; t.n%256 == 0 {
-		if err := t.sender.WaitLag(t.ctx, t.maxLag); err != nil && t.ctx.Err() != nil {
+		if err := t.lag(t.ctx, t.maxLag); err != nil && t.ctx.Err() != nil {
 			return vmm.ErrInterrupted
 		}
 	}

@@ -30,6 +30,9 @@ type SnapshotPlan struct {
 	// TransferAtExit starts the transfer after that exit instead of with
 	// the run (not together with AtExit).
 	TransferAtExit uint64
+	// Started, if set, is given the machine once it is created, before
+	// the guest runs: for transfers the caller starts itself.
+	Started func(*vmm.Machine)
 }
 
 // SnapshotTaken says how a recording's snapshot went and what it cost.
@@ -63,6 +66,9 @@ func RecordSnapshot(ctx context.Context, b backend.Backend, img *vmm.Image, cfg 
 		return End{}, taken, fmt.Errorf("%w: %w", ErrSetup, err)
 	}
 	defer m.Close()
+	if plan.Started != nil {
+		plan.Started(m)
+	}
 	captured := false
 	written := make(chan error, 1)
 	if plan.AtExit > 0 {

@@ -1,0 +1,318 @@
+package ft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/replay"
+	"github.com/ftvm/ftvm/splitbrain"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// protection is the live side of a protected VM: the recording of the guest
+// into whichever backup it has (none while it runs alone), the Output Rule
+// over that backup's acks, and the decision when the backup is lost. The
+// first primary starts it with the backup it dialed; a backup that went
+// live starts it alone, recording on from the log it replayed. Either way,
+// a new backup can join it (serveJoins): the guest's state goes over by
+// live transfer (vmm.Machine.StartPrecopy) and, at the transfer's pause,
+// the log and the Output Rule switch to the new backup in a new epoch.
+type protection struct {
+	o      *Common
+	ctx    context.Context
+	cancel context.CancelFunc // stops the run (a halt)
+
+	rec  *replay.Recorder
+	sink *gatedSink
+	hw   *holdingWorld
+	thr  *throttledSink
+
+	machine atomic.Pointer[vmm.Machine]
+	gen     atomic.Uint64 // the epoch claims are made in
+
+	mu      sync.Mutex
+	sender  *logchannel.Sender // the current backup's channel; nil while alone
+	stopNAT func()
+	since   time.Time // protected since, or alone since
+	halted  chan error
+
+	// joins counts the backups that joined.
+	joins atomic.Int64
+}
+
+// newProtection builds the recording side over live. sender is the backup
+// the primary dialed, or nil for a side that starts alone (a backup gone
+// live), whose holding world then releases at once.
+func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, live *vmm.LiveWorld, sender *logchannel.Sender, maxLag time.Duration) *protection {
+	p := &protection{o: o, ctx: ctx, cancel: cancel, halted: make(chan error, 1), stopNAT: func() {}, since: time.Now()}
+	p.gen.Store(o.Generation)
+	var inner replay.Sink = discardSink{}
+	if sender != nil {
+		inner = sender
+	}
+	p.sink = newGatedSink(inner)
+	p.hw = newHoldingWorld(ctx, live, o.send, p.sink.Flush, o.Metrics)
+	if maxLag == 0 {
+		maxLag = logchannel.DefaultMaxLag
+	}
+	p.thr = &throttledSink{gatedSink: p.sink, ctx: ctx, maxLag: maxLag}
+	p.rec = replay.NewRecorder(p.hw, p.thr, replay.RecorderConfig{})
+	p.thr.lag = func(context.Context, time.Duration) error { return nil }
+	o.Metrics.channelMetrics(func() logchannel.Stats {
+		if s := p.current(); s != nil {
+			return s.Stats()
+		}
+		return logchannel.Stats{}
+	})
+	if sender == nil {
+		p.hw.goSolo()
+		p.sink.decide(sinkSolo, nil)
+		return p
+	}
+	p.hw.reportReleased = sender.Released
+	p.attach(sender)
+	return p
+}
+
+// discardSink takes entries while nothing records them (before the first
+// join of a side that starts alone; the gated sink drops them anyway).
+type discardSink struct{}
+
+func (discardSink) Append(replay.Entry) error { return nil }
+func (discardSink) Flush() error              { return nil }
+
+// attach makes sender the backup: acks release outputs, its loss is
+// decided on, and the NAT mappings go to it.
+func (p *protection) attach(sender *logchannel.Sender) {
+	p.mu.Lock()
+	p.sender = sender
+	p.since = time.Now()
+	p.stopNAT()
+	p.stopNAT = func() {}
+	if p.o.Net != nil {
+		p.stopNAT = shareNAT(p.o.Net, sender)
+	}
+	p.mu.Unlock()
+	p.thr.lag = sender.WaitLag
+	go p.pumpAcks(sender)
+	go p.watch(sender)
+}
+
+// current returns the backup's channel, nil while alone.
+func (p *protection) current() *logchannel.Sender {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sender
+}
+
+func (p *protection) pumpAcks(s *logchannel.Sender) {
+	for {
+		select {
+		case seq := <-s.Acks():
+			p.hw.Ack(seq)
+		case <-s.PeerLost():
+			return
+		case <-p.ctx.Done():
+			return
+		}
+	}
+}
+
+// watch decides, when the backup behind s is lost, whether this side
+// carries on alone (it won the arbiter in the pairing's epoch) or halts.
+// Until then the sink holds the vCPU: nothing more is logged or output.
+func (p *protection) watch(s *logchannel.Sender) {
+	select {
+	case <-s.PeerLost():
+	case <-p.ctx.Done():
+		return
+	}
+	p.sink.deciding()
+	cause := s.Err()
+	o := p.o
+	gen := p.gen.Load()
+	o.logf("primary: lost the backup (%v); asking the arbiter (epoch %d) before releasing any more output", cause, gen)
+	o.Metrics.SetRole("deciding")
+	_, err := arbitrate(p.ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: gen,
+		Claimant: o.Claimant, Reason: fmt.Sprintf("primary lost its backup: %v", cause)}, o.logf)
+	if err != nil && p.ctx.Err() != nil {
+		// Interrupted while deciding (Ctrl-C, or the caller stopped the
+		// run): nothing was decided, and the run ends as interrupted,
+		// not as a halt. The sink must still let go of a vCPU (or the
+		// final flush) waiting on the decision, refusing.
+		p.sink.decide(sinkHalted, fmt.Errorf("%w while asking the arbiter: %v", vmm.ErrInterrupted, err))
+		return
+	}
+	if err != nil {
+		o.logf("primary: %v", err)
+		o.Metrics.SetRole("halted")
+		p.sink.decide(sinkHalted, err)
+		p.halted <- err
+		p.cancel() // stop a vCPU that is computing without exits
+		return
+	}
+	p.mu.Lock()
+	if p.sender == s {
+		p.sender = nil
+		p.since = time.Now()
+		p.stopNAT()
+		p.stopNAT = func() {}
+	}
+	p.mu.Unlock()
+	o.logf("primary: won the arbiter at %s: carrying on alone, outputs released without a backup; a new backup may join", time.Now().Format(time.RFC3339Nano))
+	o.Metrics.SetRole("solo")
+	p.hw.goSolo()
+	p.sink.decide(sinkSolo, nil)
+}
+
+// serveJoins takes backups that join this side while it runs alone, one
+// at a time, until ctx ends or the listener fails. A connection that fails
+// the handshake is counted and the listener goes on; one that arrives
+// while a backup protects the VM is turned away without touching the
+// arbiter (taking an epoch for it would fence the backup that is there).
+func (p *protection) serveJoins(ln *logchannel.Listener) {
+	o := p.o
+	hello := o.hello()
+	hello.Generation, hello.Join = 0, true
+	for {
+		s, err := ln.AcceptJoin(p.ctx, hello, o.Channel)
+		if err != nil {
+			var conn *logchannel.ConnError
+			if p.ctx.Err() != nil || !errors.As(err, &conn) {
+				if p.ctx.Err() == nil {
+					o.logf("primary: no longer taking joining backups: %v", err)
+				}
+				return
+			}
+			o.Metrics.refusedConnection(errors.Is(err, logchannel.ErrUnauthenticated))
+			o.logf("primary: refused a joining connection (%v)", err)
+			continue
+		}
+		if p.current() != nil {
+			o.logf("primary: turned away a backup that wants to join from %s: a backup protects the VM already", s.Peer())
+			s.Close()
+			continue
+		}
+		if err := p.join(s); err != nil {
+			o.logf("primary: the backup joining from %s did not make it (%v); still running alone", s.Peer(), err)
+		}
+	}
+}
+
+// join transfers the running guest to the backup behind s and makes it
+// this side's backup. The guest runs on while its RAM is copied; at the
+// final pause (on the vCPU thread, between two exits) the recording's
+// position goes into the state, and the log, the Output Rule and the
+// claims switch to the new backup and its epoch: every entry after the
+// pause goes to it, and every output after the pause waits for its ack.
+func (p *protection) join(s *logchannel.Sender) error {
+	o := p.o
+	m := p.machine.Load()
+	if m == nil {
+		s.Close()
+		return errors.New("the guest is not running")
+	}
+	gen, err := TakeEpoch(p.ctx, o.Arbiter, o.VMID, o.Claimant)
+	if err != nil {
+		s.Close()
+		return err
+	}
+	o.logf("primary: a backup joins from %s %s; epoch %d; copying the running guest's state", s.Peer(), o.channelSecurity(), gen)
+	o.Metrics.SetRole("transferring")
+	tw := s.Transfer()
+	var joinSeq uint64
+	switched := false
+	pc, err := m.StartPrecopy(tw, vmm.PrecopyOptions{AtPause: func(st *vmm.State) error {
+		st.Log, st.LogVMID = p.rec.Position(), o.VMID
+		p.rec.CheckpointNext()
+		joinSeq = st.Log.Seq
+		p.gen.Store(gen)
+		p.hw.protectAgain(joinSeq, s.Released)
+		p.sink.rejoin(s)
+		p.attach(s)
+		switched = true
+		return nil
+	}})
+	if err != nil {
+		s.Close()
+		o.Metrics.SetRole("solo")
+		return err
+	}
+	stats, err := pc.Wait()
+	if err == nil {
+		err = tw.FinishAt(joinSeq, gen)
+	}
+	if err != nil {
+		tw.Close()
+		if !switched {
+			s.Close()
+			o.Metrics.SetRole("solo")
+			return err
+		}
+		// Switched, so the vCPU logs to s: its loss is decided on as any
+		// backup's (watch), in the new epoch.
+		s.Lose(err)
+		return err
+	}
+	p.joins.Add(1)
+	o.Metrics.SetRole("primary")
+	o.logf("primary: PROTECTED again at %s: the backup from %s joined at log seq %d, epoch %d (%d MiB sent in %d rounds, %v in all; the guest paused %v)",
+		time.Now().Format(time.RFC3339Nano), s.Peer(), joinSeq, gen, stats.Bytes()>>20, len(stats.Rounds), stats.Total.Round(time.Millisecond), stats.Pause.Round(time.Microsecond))
+	return nil
+}
+
+// close stops sharing the NAT and closes the channel of a backup that
+// joined (the caller closes the one it dialed).
+func (p *protection) close() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.stopNAT()
+	if p.sender != nil && p.joins.Load() > 0 {
+		p.sender.Close()
+	}
+}
+
+// drain, once the guest stopped and the log's end entry is logged, waits
+// with a backup for its acks of the last outputs and tells it they left.
+func (p *protection) drain() error {
+	if err := p.sink.Flush(); err != nil {
+		return err
+	}
+	for {
+		drained, changed := p.hw.pending()
+		if drained {
+			break
+		}
+		select {
+		case err := <-p.halted:
+			p.halted <- err
+			return err
+		case <-p.ctx.Done():
+			return vmm.ErrInterrupted
+		case <-changed:
+		}
+	}
+	if p.hw.sendErr != nil {
+		return p.hw.sendErr
+	}
+	if s := p.current(); s != nil {
+		_ = s.FlushReports()
+	}
+	return nil
+}
+
+// haltedErr returns the halt's error if the arbiter halted this side.
+func (p *protection) haltedErr() error {
+	select {
+	case err := <-p.halted:
+		p.halted <- err
+		return err
+	default:
+		return nil
+	}
+}
