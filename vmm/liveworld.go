@@ -38,6 +38,8 @@ type LiveWorld struct {
 
 	net      vnet.Backend // nil: no network
 	netReady bool         // a Pending token was taken and frames may remain
+
+	nudge chan struct{} // Nudge: the next blocking wait returns
 }
 
 // AttachNet connects the world to a network backend: received frames
@@ -51,7 +53,7 @@ const maxPendingInput = 1 << 20
 // NewLiveWorld makes a live world reading console input from in (nil: no
 // input, at end at once) and writing console output to out. ctx ends waits.
 func NewLiveWorld(ctx context.Context, in io.Reader, out io.Writer) *LiveWorld {
-	w := &LiveWorld{ctx: ctx, out: out, start: time.Now(), changed: make(chan struct{})}
+	w := &LiveWorld{ctx: ctx, out: out, start: time.Now(), changed: make(chan struct{}), nudge: make(chan struct{}, 1)}
 	if in == nil {
 		w.eof = true
 	} else {
@@ -199,9 +201,22 @@ func (w *LiveWorld) Wait(_ replay.ExecPoint, timeoutNS uint64) (replay.WaitResul
 			w.netReady = true
 		case <-timer:
 			return replay.WaitTimeout, nil
+		case <-w.nudge:
+			return replay.WaitTimeout, nil
 		case <-w.ctx.Done():
 			return 0, ErrInterrupted
 		}
+	}
+}
+
+// Nudge makes a wait in progress, or the next one that would block,
+// return at once as if its timeout had expired (the ABI allows a wait to
+// end early): the VMM needs an exit from a guest idle in a wait, for a
+// live transfer's pause. The answer is logged like any other.
+func (w *LiveWorld) Nudge() {
+	select {
+	case w.nudge <- struct{}{}:
+	default:
 	}
 }
 

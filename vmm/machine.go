@@ -147,6 +147,10 @@ type Machine struct {
 	precopy atomic.Pointer[Precopy]
 }
 
+// SetWorld sets the world that answers the guest, for a machine created
+// with a nil one; call it before Run.
+func (m *Machine) SetWorld(w replay.World) { m.world = w }
+
 // New creates a VM on backend b, loads img into it and prepares the vCPU
 // at the entry point. The world answers every non-deterministic question
 // of the run.

@@ -37,6 +37,10 @@ type PrecopyOptions struct {
 	// stands (State.Log) and to make what the guest does next go to the
 	// receiver. An error ends the transfer.
 	AtPause func(st *State) error
+	// Nudge, if set, is called with the request for the pause: the world
+	// makes a wait in progress return (LiveWorld.Nudge), since a guest
+	// idle in a wait without timeout makes no exit to pause at.
+	Nudge func()
 	// ignoreGuestWrites (tests only) drops the backend's dirty log, to
 	// show that a transfer without it ends in the wrong state.
 	ignoreGuestWrites bool
@@ -186,8 +190,7 @@ func (p *Precopy) rounds() error {
 	}
 	if p.stats.Tracking != nil {
 		p.fullCopy = true
-		p.pauseWanted.Store(true)
-		m.Kick()
+		p.askPause()
 		return nil
 	}
 	dirty := make([]uint64, (pages+63)/64)
@@ -217,9 +220,17 @@ func (p *Precopy) rounds() error {
 			p.opt.afterRound(round)
 		}
 	}
-	p.pauseWanted.Store(true)
-	m.Kick() // a guest that exits rarely still reaches an exit soon
+	p.askPause()
 	return nil
+}
+
+// askPause asks the vCPU for the final pause at its next exit.
+func (p *Precopy) askPause() {
+	p.pauseWanted.Store(true)
+	p.m.Kick() // a guest that exits rarely still reaches an exit soon
+	if p.opt.Nudge != nil {
+		p.opt.Nudge() // and one idle in a wait returns from it
+	}
 }
 
 // collect sets in dirty the pages the guest and the VMM wrote since the
