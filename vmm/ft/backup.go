@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"syscall"
 	"time"
 
@@ -19,6 +20,16 @@ type BackupOptions struct {
 	Common
 	// Listener takes the primary's connection.
 	Listener *logchannel.Listener
+	// Join, if set, is the address of a running primary to join (its
+	// JoinListener) instead of waiting on Listener: the backup gets the
+	// running guest's state and the pairing's epoch from it, then the log.
+	Join string
+	// JoinListener, if set, takes new backups that join this side once it
+	// went live: the guest is protected again after a failover.
+	JoinListener *logchannel.Listener
+	// MaxLag is PrimaryOptions.MaxLag, for when this side went live and a
+	// backup joined it.
+	MaxLag time.Duration
 }
 
 // BackupOutcome says how a backup's run ended.
@@ -48,6 +59,11 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	if err := o.prepare(); err != nil {
 		return out, err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	if o.Join != "" {
+		return o.runJoined(ctx, cancel)
+	}
 	recv, err := o.accept(ctx)
 	if err != nil {
 		return out, err
@@ -58,29 +74,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	o.Metrics.receiverMetrics(recv.Stats)
 
 	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
-	goLive := func(cause error) error {
-		o.Metrics.SetRole("deciding")
-		_, err := arbitrate(ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: o.Generation,
-			Claimant: o.Claimant, Reason: fmt.Sprintf("backup lost the primary: %v", cause)}, o.logf)
-		if err != nil {
-			o.Metrics.SetRole("halted")
-			return err
-		}
-		if o.Net != nil {
-			if err := bindRetrying(ctx, o.Net.Bind, o.logf); err != nil {
-				return fmt.Errorf("ft: going live: binding the guest's network: %w", err)
-			}
-			if restored, skipped, _ := restoreNAT(o.Net, recv.State()); restored+skipped > 0 {
-				o.logf("backup: restored %d NAT mappings from the primary (%d skipped: malformed or outside the table)", restored, skipped)
-			}
-			if err := o.Net.Announce(); err != nil {
-				o.logf("backup: announcing the guest's address: %v", err)
-			}
-			live.AttachNet(o.Net)
-		}
-		o.Metrics.SetRole("live")
-		return nil
-	}
+	goLive := o.goLiveFunc(ctx, recv, live)
 
 	start, src, err := replay.PeekStart(recv)
 	if errors.Is(err, logchannel.ErrPeerLost) {
@@ -111,7 +105,26 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	if _, err := rep.VerifyStart(vmm.StartInfo(o.Image, o.Config, o.VMID)); err != nil {
 		return out, err
 	}
+	m, err := vmm.New(o.Backend, o.Image, o.Config, nil)
+	if err != nil {
+		return out, fmt.Errorf("%w: %w", session.ErrSetup, err)
+	}
+	defer m.Close()
+	return o.replayThenTakeOver(ctx, cancel, recv, rep, m, live, goLive, 0, 0, 0)
+}
+
+// replayThenTakeOver runs the backup's replay of rep on m (created with a
+// nil world, which it sets) until the guest ends, the replay diverges, or
+// the primary is lost and this side goes live, recording from then on so
+// that a new backup can join it. lastTSC and lastClock are the time the
+// guest saw before the replay starts and baseExit the exits it made (a
+// joined backup's state).
+func (o *BackupOptions) replayThenTakeOver(ctx context.Context, cancel context.CancelFunc, recv *logchannel.Receiver, rep *replay.Replayer,
+	m *vmm.Machine, live *vmm.LiveWorld, goLive func(error) error, baseExit, lastTSC, lastClock uint64) (BackupOutcome, error) {
+	var out BackupOutcome
+	var prot *protection
 	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed,
+		lastTSC: lastTSC, lastClock: lastClock,
 		primaryReleased: recv.PrimaryReleased,
 		onRelease: func(n, bytes int) {
 			o.logf("backup: released %d outputs (%d bytes) that the primary had not reported released", n, bytes)
@@ -121,12 +134,32 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		if err := goLive(cause); err != nil {
 			return err
 		}
-		out.WentLive, out.LiveAt = true, rep.Summary().Exits
+		out.WentLive, out.LiveAt = true, baseExit+rep.Summary().Exits
 		o.logf("backup: LIVE since %s (won the arbiter; the guest continues from exit %d)", time.Now().Format(time.RFC3339Nano), out.LiveAt)
 		return nil
 	}
-	end, err := session.RunOn(ctx, o.Backend, o.Image, o.Config, fw)
+	fw.becomeLive = func(p replay.ExecPoint) (replay.World, error) {
+		prot = newProtection(ctx, cancel, &o.Common, live, nil, o.MaxLag)
+		if err := prot.rec.ContinueAt(replay.FreshPosition(rep.LastSeq(), replay.ExecPoint{Exit: p.Exit - 1})); err != nil {
+			return nil, err
+		}
+		prot.machine.Store(m)
+		if o.JoinListener != nil {
+			go prot.serveJoins(o.JoinListener)
+			o.logf("backup: a new backup may join this side at %s (ftvm backup --join)", o.JoinListener.Addr())
+		}
+		return prot.rec, nil
+	}
+	m.SetWorld(fw)
+	end, err := session.Run(ctx, m)
 	out.Result, out.Summary = end.Result, rep.Summary()
+	out.Summary.Exits += baseExit
+	if prot != nil {
+		defer prot.close()
+		if herr := prot.haltedErr(); herr != nil {
+			return out, herr
+		}
+	}
 	var div *replay.DivergenceError
 	if errors.As(err, &div) {
 		o.Metrics.SetRole("diverged")
@@ -136,6 +169,15 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		return out, err
 	}
 	if out.WentLive {
+		if prot != nil && err == nil {
+			// A backup that joined verifies the rest of the run.
+			if err := prot.rec.Finish(end.Digest); err != nil {
+				return out, err
+			}
+			if err := prot.drain(); err != nil {
+				return out, err
+			}
+		}
 		return out, end.Err()
 	}
 	finishErr := rep.Finish(end.Digest)
@@ -173,6 +215,92 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 		return out, err
 	}
 	return out, end.Err()
+}
+
+// goLiveFunc returns what a backup does when its primary is lost: ask the
+// arbiter in the pairing's epoch, then take the guest's network identity
+// with the NAT mappings the primary sent.
+func (o *BackupOptions) goLiveFunc(ctx context.Context, recv *logchannel.Receiver, live *vmm.LiveWorld) func(error) error {
+	return func(cause error) error {
+		o.Metrics.SetRole("deciding")
+		_, err := arbitrate(ctx, o.Arbiter, splitbrain.Claim{VMID: o.VMID, Generation: o.Generation,
+			Claimant: o.Claimant, Reason: fmt.Sprintf("backup lost the primary: %v", cause)}, o.logf)
+		if err != nil {
+			o.Metrics.SetRole("halted")
+			return err
+		}
+		if o.Net != nil {
+			if err := bindRetrying(ctx, o.Net.Bind, o.logf); err != nil {
+				return fmt.Errorf("ft: going live: binding the guest's network: %w", err)
+			}
+			if restored, skipped, _ := restoreNAT(o.Net, recv.State()); restored+skipped > 0 {
+				o.logf("backup: restored %d NAT mappings from the primary (%d skipped: malformed or outside the table)", restored, skipped)
+			}
+			if err := o.Net.Announce(); err != nil {
+				o.logf("backup: announcing the guest's address: %v", err)
+			}
+			live.AttachNet(o.Net)
+		}
+		o.Metrics.SetRole("live")
+		return nil
+	}
+}
+
+// runJoined joins the running primary at o.Join: it receives the guest's
+// state by live transfer and the pairing's epoch, then replays the log
+// from the transfer's pause on, as any backup does, and goes live in the
+// same way if the primary is lost. A primary lost before the transfer
+// ended leaves this side nothing to take over: it stops with an error and
+// never asks the arbiter.
+func (o *BackupOptions) runJoined(ctx context.Context, cancel context.CancelFunc) (BackupOutcome, error) {
+	var out BackupOutcome
+	hello := o.hello()
+	hello.Generation, hello.Join = 0, true
+	recv, err := logchannel.DialJoin(ctx, o.Join, hello, o.Channel)
+	if err != nil {
+		return out, err
+	}
+	defer recv.Close()
+	o.logf("backup: joining the running primary at %s %s; receiving the guest's state", o.Join, o.channelSecurity())
+	o.Metrics.SetRole("joining")
+	o.Metrics.receiverMetrics(recv.Stats)
+	began := time.Now()
+	tr := recv.Transfer()
+	st, err := vmm.ReceivePrecopy(tr)
+	if err == nil {
+		// The end of the transfer carries the epoch: read up to it.
+		var n int64
+		if n, err = io.Copy(io.Discard, tr); err == nil && n > 0 {
+			err = fmt.Errorf("%d bytes after the state", n)
+		}
+	}
+	if err != nil {
+		return out, fmt.Errorf("ft: joining the primary at %s: the state transfer failed, so this side has nothing to take over: %w", o.Join, err)
+	}
+	gen := recv.JoinGeneration()
+	switch {
+	case gen == 0:
+		return out, fmt.Errorf("ft: joining the primary at %s: it gave no epoch for the pairing", o.Join)
+	case st.Log.Seq == 0 || st.Log.Seq != recv.JoinAtSeq() || st.LogVMID != o.VMID:
+		return out, fmt.Errorf("ft: joining the primary at %s: its state is at log seq %d of VM %q, the transfer ended at seq %d of VM %q",
+			o.Join, st.Log.Seq, st.LogVMID, recv.JoinAtSeq(), o.VMID)
+	}
+	o.Generation = gen
+	rep := replay.NewReplayer(recv)
+	if err := rep.JoinAt(st.Log); err != nil {
+		return out, err
+	}
+	m, err := vmm.Restore(o.Backend, o.Image, st, nil)
+	if err != nil {
+		return out, fmt.Errorf("ft: joining the primary at %s: %w", o.Join, err)
+	}
+	defer m.Close()
+	o.logf("backup: joined at log seq %d (exit %d) in epoch %d, %v after connecting (%s of state); replaying on the %s backend",
+		st.Log.Seq, st.Exits, gen, time.Since(began).Round(time.Millisecond), sizeText(recv.Stats().TransferBytes), o.Backend.Name())
+	o.Metrics.SetRole("backup")
+	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
+	tsc, clock := st.SeenTime()
+	return o.replayThenTakeOver(ctx, cancel, recv, rep, m, live, o.goLiveFunc(ctx, recv, live), st.Exits, tsc, clock)
 }
 
 // accept waits for the primary. A connection that fails the handshake (a

@@ -14,11 +14,16 @@ import (
 // answered by the live world, whose clocks continue from the log's last
 // values. A divergence is never turned into going live.
 type failoverWorld struct {
-	rep      *replay.Replayer
-	live     *vmm.LiveWorld
-	lost     error                   // the channel's "peer lost" sentinel
-	goLive   func(cause error) error // arbiter + network takeover; nil error: go live
-	progress func(exit uint64)       // tells the channel how far the replay got
+	rep  *replay.Replayer
+	live *vmm.LiveWorld
+	// becomeLive, if set, is asked at go-live, at the point p the log ran
+	// out at, for the world that answers from then on (a recording, so
+	// that a new backup can join); nil: live answers.
+	becomeLive func(p replay.ExecPoint) (replay.World, error)
+	after      replay.World            // what answers once live
+	lost       error                   // the channel's "peer lost" sentinel
+	goLive     func(cause error) error // arbiter + network takeover; nil error: go live
+	progress   func(exit uint64)       // tells the channel how far the replay got
 	// primaryReleased is the Seq up to which the primary said every
 	// output left it; final once the channel ended. Nil: assume all did.
 	primaryReleased func() uint64
@@ -66,6 +71,14 @@ func (f *failoverWorld) next(p replay.ExecPoint, err error) (bool, error) {
 		return false, err
 	}
 	f.live.ContinueFrom(f.lastTSC, f.lastClock)
+	f.after = f.live
+	if f.becomeLive != nil {
+		w, err := f.becomeLive(p)
+		if err != nil {
+			return false, err
+		}
+		f.after = w
+	}
 	f.isLive = true
 	if err := f.releaseUnreleased(p); err != nil {
 		return false, err
@@ -146,7 +159,7 @@ func (f *failoverWorld) TSC(p replay.ExecPoint) (uint64, error) {
 			return v, err
 		}
 	}
-	return f.live.TSC(p)
+	return f.after.TSC(p)
 }
 
 func (f *failoverWorld) Random(p replay.ExecPoint, k replay.RandKind) (uint64, error) {
@@ -156,7 +169,7 @@ func (f *failoverWorld) Random(p replay.ExecPoint, k replay.RandKind) (uint64, e
 			return v, err
 		}
 	}
-	return f.live.Random(p, k)
+	return f.after.Random(p, k)
 }
 
 func (f *failoverWorld) Clock(p replay.ExecPoint, c replay.ClockID) (uint64, error) {
@@ -169,7 +182,7 @@ func (f *failoverWorld) Clock(p replay.ExecPoint, c replay.ClockID) (uint64, err
 			return v, err
 		}
 	}
-	return f.live.Clock(p, c)
+	return f.after.Clock(p, c)
 }
 
 func (f *failoverWorld) ConsoleRead(p replay.ExecPoint, buf []byte) (int, bool, error) {
@@ -179,7 +192,7 @@ func (f *failoverWorld) ConsoleRead(p replay.ExecPoint, buf []byte) (int, bool, 
 			return n, eof, err
 		}
 	}
-	return f.live.ConsoleRead(p, buf)
+	return f.after.ConsoleRead(p, buf)
 }
 
 func (f *failoverWorld) Wait(p replay.ExecPoint, timeoutNS uint64) (replay.WaitResult, error) {
@@ -189,7 +202,7 @@ func (f *failoverWorld) Wait(p replay.ExecPoint, timeoutNS uint64) (replay.WaitR
 			return r, err
 		}
 	}
-	return f.live.Wait(p, timeoutNS)
+	return f.after.Wait(p, timeoutNS)
 }
 
 func (f *failoverWorld) NetReceive(p replay.ExecPoint, frames [][]byte, lens []int) (int, error) {
@@ -199,7 +212,7 @@ func (f *failoverWorld) NetReceive(p replay.ExecPoint, frames [][]byte, lens []i
 			return n, err
 		}
 	}
-	return f.live.NetReceive(p, frames, lens)
+	return f.after.NetReceive(p, frames, lens)
 }
 
 func (f *failoverWorld) Output(p replay.ExecPoint, kind replay.OutputKind, data []byte) error {
@@ -212,7 +225,7 @@ func (f *failoverWorld) Output(p replay.ExecPoint, kind replay.OutputKind, data 
 			return err
 		}
 	}
-	return f.live.Output(p, kind, data)
+	return f.after.Output(p, kind, data)
 }
 
 func (f *failoverWorld) PowerOff(p replay.ExecPoint, status int) error {
@@ -222,5 +235,5 @@ func (f *failoverWorld) PowerOff(p replay.ExecPoint, status int) error {
 			return err
 		}
 	}
-	return f.live.PowerOff(p, status)
+	return f.after.PowerOff(p, status)
 }

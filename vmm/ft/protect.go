@@ -227,7 +227,7 @@ func (p *protection) join(s *logchannel.Sender) error {
 	tw := s.Transfer()
 	var joinSeq uint64
 	switched := false
-	pc, err := m.StartPrecopy(tw, vmm.PrecopyOptions{AtPause: func(st *vmm.State) error {
+	pc, err := m.StartPrecopy(tw, vmm.PrecopyOptions{Nudge: p.hw.LiveWorld.Nudge, AtPause: func(st *vmm.State) error {
 		st.Log, st.LogVMID = p.rec.Position(), o.VMID
 		p.rec.CheckpointNext()
 		joinSeq = st.Log.Seq
@@ -261,8 +261,8 @@ func (p *protection) join(s *logchannel.Sender) error {
 	}
 	p.joins.Add(1)
 	o.Metrics.SetRole("primary")
-	o.logf("primary: PROTECTED again at %s: the backup from %s joined at log seq %d, epoch %d (%d MiB sent in %d rounds, %v in all; the guest paused %v)",
-		time.Now().Format(time.RFC3339Nano), s.Peer(), joinSeq, gen, stats.Bytes()>>20, len(stats.Rounds), stats.Total.Round(time.Millisecond), stats.Pause.Round(time.Microsecond))
+	o.logf("primary: PROTECTED again at %s: the backup from %s joined at log seq %d, epoch %d (%s sent in %d rounds, %v in all; the guest paused %v)",
+		time.Now().Format(time.RFC3339Nano), s.Peer(), joinSeq, gen, sizeText(stats.Bytes()), len(stats.Rounds), stats.Total.Round(time.Millisecond), stats.Pause.Round(time.Microsecond))
 	return nil
 }
 
@@ -315,4 +315,17 @@ func (p *protection) haltedErr() error {
 	default:
 		return nil
 	}
+}
+
+// sizeText prints a byte count for a person.
+func sizeText(n uint64) string {
+	switch {
+	case n >= 10<<20:
+		return fmt.Sprintf("%d MiB", n>>20)
+	case n >= 1<<20:
+		return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20))
+	case n >= 1<<10:
+		return fmt.Sprintf("%d KiB", n>>10)
+	}
+	return fmt.Sprintf("%d bytes", n)
 }

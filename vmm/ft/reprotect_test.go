@@ -1,0 +1,139 @@
+package ft
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/logchannel"
+)
+
+// chainMember is one side of a VM protected again and again: a primary, a
+// backup, or a backup that joined a live side.
+type chainMember struct {
+	name   string
+	stdin  *io.PipeWriter
+	out    syncBuffer // released console output
+	log    syncBuffer // what it reported
+	joinLn *logchannel.Listener
+	kill   context.CancelFunc
+	done   chan error
+	backup BackupOutcome
+}
+
+func (m *chainMember) waitFor(t *testing.T, what string, in func() string) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Minute)
+	for !strings.Contains(in(), what) {
+		select {
+		case err := <-m.done:
+			m.done <- err
+			t.Fatalf("%s ended (%v) before %q; it reported:\n%s", m.name, err, what, m.log.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: no %q within 2 minutes; it reported:\n%s", m.name, what, m.log.String())
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// TestFailoverAfterFailover: the primary dies; its backup goes live and,
+// alone, takes a new backup that joins it by live transfer; that one goes
+// live when the live side dies, and so on. Every line typed is echoed by
+// whichever side is live, only once its backup acknowledged it, and the
+// guest's own line count at the end proves that one guest ran through all
+// of it. The last backup verifies the rest of the run.
+func TestFailoverAfterFailover(t *testing.T) {
+	const failovers = 3
+	b := requireBackend(t)
+	img := loadImage(t, "echo")
+	ln, arb, ctx := pairSetup(t)
+	pch, bch := channels(t, "test", logchannel.Config{FailoverTimeout: 2 * time.Second, HandshakeTimeout: time.Minute})
+	newMember := func(name string) *chainMember {
+		jl, err := logchannel.Listen("127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { jl.Close() })
+		m := &chainMember{name: name, joinLn: jl, done: make(chan error, 1)}
+		return m
+	}
+	common := func(m *chainMember, in io.Reader, ch logchannel.Config) Common {
+		return Common{Backend: b, Image: img, VMID: "test", Generation: 1, Arbiter: arb, Claimant: m.name,
+			Stdin: in, Stdout: &m.out, Channel: ch, Logf: func(f string, a ...any) {
+				t.Logf(m.name+": "+f, a...)
+				fmt.Fprintf(&m.log, f+"\n", a...)
+			}}
+	}
+	startBackup := func(m *chainMember, join string) {
+		in, w := io.Pipe()
+		m.stdin = w
+		mctx, kill := context.WithCancel(ctx)
+		m.kill = kill
+		o := BackupOptions{Common: common(m, in, bch), Listener: ln, Join: join, JoinListener: m.joinLn}
+		go func() {
+			out, err := RunBackup(mctx, o)
+			m.backup = out
+			m.done <- err
+		}()
+	}
+
+	primary := newMember("primary")
+	in, w := io.Pipe()
+	primary.stdin = w
+	pctx, kill := context.WithCancel(ctx)
+	primary.kill = kill
+	backup := newMember("backup-1")
+	startBackup(backup, "")
+	go func() {
+		_, err := RunPrimary(pctx, PrimaryOptions{Common: common(primary, in, pch), BackupAddr: ln.Addr().String(), JoinListener: primary.joinLn})
+		primary.done <- err
+	}()
+
+	live, lines := primary, 0
+	typeLine := func() {
+		lines++
+		line := fmt.Sprintf("line %d", lines)
+		if _, err := io.WriteString(live.stdin, line+"\n"); err != nil {
+			t.Fatal(err)
+		}
+		// Echoed only once the backup has acknowledged it.
+		live.waitFor(t, "echo: "+strings.ToUpper(line)+"\n", live.out.String)
+	}
+	typeLine()
+	for i := 1; i <= failovers; i++ {
+		live.kill()
+		if err := <-live.done; err == nil {
+			t.Fatalf("%s, killed, reported success", live.name)
+		}
+		backup.waitFor(t, "LIVE since", backup.log.String)
+		live = backup
+		typeLine() // alone: released at once
+		backup = newMember(fmt.Sprintf("backup-%d", i+1))
+		startBackup(backup, live.joinLn.Addr().String())
+		live.waitFor(t, "PROTECTED again", live.log.String)
+		typeLine()
+		typeLine()
+	}
+	live.stdin.Close()
+	if err := <-live.done; err != nil {
+		t.Fatalf("%s, live at the end: %v\n%s", live.name, err, live.log.String())
+	}
+	if err := <-backup.done; err != nil || !backup.backup.Verified {
+		t.Fatalf("%s, the last backup: %v, %+v\n%s", backup.name, err, backup.backup, backup.log.String())
+	}
+	if want := fmt.Sprintf("echo: %d lines\n", lines); !strings.HasSuffix(live.out.String(), want) {
+		t.Fatalf("the guest ended with %q, want %q: it lost lines across the failovers", live.out.String(), want)
+	}
+	epoch, err := arb.Epoch(ctx, "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if epoch.Epoch != 1+failovers {
+		t.Fatalf("the VM ended in epoch %d, want %d (one new epoch per joined backup)", epoch.Epoch, 1+failovers)
+	}
+}
