@@ -34,6 +34,9 @@ type Workload struct {
 	// OpTimeout bounds one call, retries included (default 20 s).
 	OpTimeout time.Duration
 	Seed      int64
+	// Stop, if set, ends the workload early when closed: the clients
+	// finish the call they are in and start no other.
+	Stop <-chan struct{}
 }
 
 // Outcome is what a Workload saw.
@@ -64,7 +67,7 @@ func (w Workload) Run(ctx context.Context, addr string) (Outcome, error) {
 			defer wg.Done()
 			defer c.Close()
 			rng := rand.New(rand.NewSource(w.Seed + int64(i)))
-			for n := 0; time.Now().Before(stop) && ctx.Err() == nil; n++ {
+			for n := 0; time.Now().Before(stop) && ctx.Err() == nil && !stopped(w.Stop); n++ {
 				call := Call{Client: i, Key: fmt.Sprintf("k%d", rng.Intn(w.Keys))}
 				switch p := rng.Intn(10); {
 				case p < 3:
@@ -98,6 +101,16 @@ func (w Workload) Run(ctx context.Context, addr string) (Outcome, error) {
 	wg.Wait()
 	out.MaxGap = maxGap(out.Calls)
 	return out, nil
+}
+
+// stopped says whether stop is closed (never, if nil).
+func stopped(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return true
+	default:
+		return false
+	}
 }
 
 // maxGap is the longest stretch with no call completing, measured from

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -23,7 +24,13 @@ func (f *ftFlags) openArbiter(role, claimant string) (splitbrain.Arbiter, uint64
 	ctx, cancel := interruptContext()
 	defer cancel()
 	var gen uint64
-	if role == "backup" && f.generation == 0 {
+	if role == "joiner" {
+		// The running primary it joins takes the epoch and gives it.
+		if f.generation != 0 {
+			return nil, 0, errors.New("--generation: a backup that joins gets the pairing's epoch from the primary")
+		}
+		err = ft.CheckArbiter(ctx, arb, f.vmID)
+	} else if role == "backup" && f.generation == 0 {
 		gen, err = ft.TakeEpoch(ctx, arb, f.vmID, claimant)
 	} else {
 		gen, err = ft.JoinEpoch(ctx, arb, f.vmID, f.generation)

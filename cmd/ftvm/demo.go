@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"syscall"
 	"time"
 
@@ -17,9 +18,10 @@ import (
 // this machine, three clients using it, and a kill -9 of the primary in
 // the middle. It reports what the clients saw and checks their history.
 func cmdDemo(args []string) int {
-	fs := newFlagSet("demo", "[--duration D] [--kill-after D] [--guest FILE]")
-	duration := fs.Duration("duration", 6*time.Second, "how long the clients run")
-	killAfter := fs.Duration("kill-after", 3*time.Second, "kill -9 the primary after this long (0: never)")
+	fs := newFlagSet("demo", "[--duration D] [--kill-after D] [--failovers N] [--guest FILE]")
+	duration := fs.Duration("duration", 6*time.Second, "how long the clients run (at least kill-after times failovers+1)")
+	killAfter := fs.Duration("kill-after", 3*time.Second, "kill -9 the live side this long after it is protected (0: never)")
+	failovers := fs.Int("failovers", 1, "kill the live side this many times; after each failover a new backup joins the survivor")
 	guestPath := fs.String("guest", "", "the kvstore image (default: guests/build/kvstore.elf beside this binary's tree)")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -43,12 +45,22 @@ func cmdDemo(args []string) int {
 	}
 	addr := c.LocalAddr().String()
 	c.Close()
+	if *failovers < 1 {
+		fmt.Fprintln(os.Stderr, "ftvm demo: --failovers must be at least 1")
+		return exitUsage
+	}
 	pairArgs := []string{"pair", "--net", "user,hostfwd=udp:" + addr + "-:7000"}
+	what := "no failure is injected"
 	if *killAfter > 0 {
-		pairArgs = append(pairArgs, "--kill-primary-after", killAfter.String())
+		pairArgs = append(pairArgs, "--kill-primary-after", killAfter.String(), "--failovers", strconv.Itoa(*failovers))
+		*duration = max(*duration, *killAfter*time.Duration(*failovers+1))
+		what = fmt.Sprintf("the primary is killed with kill -9 %v after it is protected", *killAfter)
+		if *failovers > 1 {
+			what = fmt.Sprintf("the live side is killed with kill -9 %d times, each %v after a new backup joined it", *failovers, *killAfter)
+		}
 	}
 	fmt.Printf("ftvm demo: the kvstore guest runs under ftvm pair (a primary and a backup VMM on this machine);\n"+
-		"ftvm demo: 3 clients send PUT/GET/APPEND to %s for %v; the primary is killed with kill -9 after %v.\n\n", addr, *duration, *killAfter)
+		"ftvm demo: 3 clients send PUT/GET/APPEND to %s for %v; %s.\n\n", addr, *duration, what)
 	pair := exec.Command(exe, append(pairArgs, *guestPath)...)
 	pair.Stdout, pair.Stderr = os.Stdout, os.Stderr
 	if err := pair.Start(); err != nil {

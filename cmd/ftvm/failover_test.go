@@ -143,3 +143,98 @@ func TestBenchQuick(t *testing.T) {
 		}
 	}
 }
+
+// TestTenFailoversInARow: under clients, ftvm pair kills the live side
+// ten times, each time after a new backup joined it (re-protection by
+// live transfer). Every call completes, the history is linearizable, and
+// each epoch had one side that went live: the backups won epochs 1 to 10
+// in turn, and each join took the next epoch.
+func TestTenFailoversInARow(t *testing.T) {
+	requireBackend(t)
+	const failovers = 10
+	port := freeUDPPort(t)
+	cmd := exec.Command(ftvmBin, "pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port),
+		"--kill-primary-after", "300ms", "--failovers", fmt.Sprint(failovers), guest("kvstore"))
+	var errb syncBuf
+	cmd.Stderr = &errb
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }()
+	defer func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-done:
+		case <-time.After(30 * time.Second):
+			cmd.Process.Kill()
+			<-done
+			t.Errorf("the pair did not stop on SIGTERM:\n%s", errb.String())
+		}
+	}()
+	stop := make(chan struct{})
+	w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: time.Now().UnixNano(), OpTimeout: time.Minute, Stop: stop}
+	type result struct {
+		out kv.Outcome
+		err error
+	}
+	ran := make(chan result, 1)
+	go func() {
+		out, err := w.Run(context.Background(), fmt.Sprintf("127.0.0.1:%d", port))
+		ran <- result{out, err}
+	}()
+	// Done when the tenth survivor is protected again.
+	deadline := time.Now().Add(8 * time.Minute)
+	for strings.Count(errb.String(), "primary: PROTECTED again") < failovers {
+		select {
+		case <-done:
+			t.Fatalf("the pair ended early:\n%s", errb.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not %d failovers within 8 minutes:\n%s", failovers, errb.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	close(stop)
+	r := <-ran
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	stderr := errb.String()
+	checkHistory(t, r.out, stderr)
+	if strings.Contains(stderr, "carrying on alone") {
+		t.Fatalf("a live side lost its backup and carried on alone: no kill was meant to hit a backup\n%s", stderr)
+	}
+	wentLive := epochsIn(t, stderr, "backup: LIVE since", "won the arbiter in epoch ")
+	joined := epochsIn(t, stderr, "primary: PROTECTED again", ", epoch ")
+	for i := 0; i < failovers; i++ {
+		if i >= len(wentLive) || wentLive[i] != uint64(i+1) || i >= len(joined) || joined[i] != uint64(i+2) {
+			t.Fatalf("went live in epochs %v and joined in epochs %v, want 1..%d and 2..%d, one each\n%s", wentLive, joined, failovers, failovers+1, stderr)
+		}
+	}
+	t.Logf("%d failovers, each after a new backup joined: %d calls, longest time without a reply %v",
+		failovers, len(r.out.Calls), r.out.MaxGap.Round(time.Millisecond))
+}
+
+// epochsIn returns, in order, the number after marker on every line that
+// contains line.
+func epochsIn(t *testing.T, log, line, marker string) []uint64 {
+	t.Helper()
+	var out []uint64
+	for _, l := range strings.Split(log, "\n") {
+		if !strings.Contains(l, line) {
+			continue
+		}
+		i := strings.Index(l, marker)
+		if i < 0 {
+			t.Fatalf("a line without %q: %s", marker, l)
+		}
+		var n uint64
+		if _, err := fmt.Sscan(l[i+len(marker):], &n); err != nil {
+			t.Fatalf("no epoch after %q in: %s", marker, l)
+		}
+		out = append(out, n)
+	}
+	return out
+}

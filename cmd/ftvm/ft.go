@@ -27,6 +27,7 @@ type ftFlags struct {
 	failoverTimeout time.Duration
 	heartbeat       time.Duration
 	tls             tlsFlags
+	joinListen      string
 }
 
 // tlsFlags say how a side proves who it is on the logging channel.
@@ -73,11 +74,29 @@ func (f *ftFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.metrics, "metrics", "", "serve Prometheus metrics on `ADDR` (/metrics)")
 	fs.DurationVar(&f.failoverTimeout, "failover-timeout", logchannel.DefaultFailoverTimeout, "declare the peer dead after this long without hearing from it")
 	fs.DurationVar(&f.heartbeat, "heartbeat", logchannel.DefaultHeartbeatInterval, "heartbeat interval while the log is idle")
+	fs.StringVar(&f.joinListen, "join-listen", "", "once this side runs the guest alone (its backup lost, or it went live), take a new backup that joins it on `ADDR` (ftvm backup --join ADDR)")
 	f.tls.register(fs)
+}
+
+// joinListener listens where --join-listen says, or returns nil.
+func (f *ftFlags) joinListener(c ft.Common) (*logchannel.Listener, error) {
+	if f.joinListen == "" {
+		return nil, nil
+	}
+	ln, err := logchannel.Listen(f.joinListen)
+	if err != nil {
+		return nil, fmt.Errorf("--join-listen: %w", err)
+	}
+	c.Logf("new backups may join this side on %s once it runs the guest alone", ln.Addr())
+	return ln, nil
 }
 
 // common builds the shared options; bind says whether to bind the network now.
 func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func(), error) {
+	arbRole := role
+	if role == "joiner" {
+		role = "backup"
+	}
 	if f.arbiter == "" {
 		return ft.Common{}, nil, usagef("--arbiter is required (file:///DIR or s3://BUCKET/PREFIX?endpoint=URL)")
 	}
@@ -91,7 +110,7 @@ func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func
 	}
 	host, _ := os.Hostname()
 	claimant := fmt.Sprintf("%s@%s:%d", role, host, os.Getpid())
-	arb, generation, err := f.openArbiter(role, claimant)
+	arb, generation, err := f.openArbiter(arbRole, claimant)
 	if err != nil {
 		return ft.Common{}, nil, usageError{err}
 	}
@@ -147,9 +166,17 @@ func cmdPrimary(args []string) int {
 		return failStatus(err)
 	}
 	defer cleanup()
+	jl, err := f.joinListener(c)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm primary: %v\n", err)
+		return exitUsage
+	}
+	if jl != nil {
+		defer jl.Close()
+	}
 	ctx, cancel := interruptContext()
 	defer cancel()
-	res, err := ft.RunPrimary(ctx, ft.PrimaryOptions{Common: c, BackupAddr: *backup, MaxLag: *maxLag})
+	res, err := ft.RunPrimary(ctx, ft.PrimaryOptions{Common: c, BackupAddr: *backup, MaxLag: *maxLag, JoinListener: jl})
 	if errors.Is(err, ft.ErrLostArbitration) {
 		fmt.Fprintf(os.Stderr, "ftvm primary: HALTED: %v\n", err)
 		return exitHalted
@@ -158,34 +185,50 @@ func cmdPrimary(args []string) int {
 }
 
 func cmdBackup(args []string) int {
-	fs := newFlagSet("backup", "--listen ADDR --arbiter URL [--vm-id ID] [--net SPEC] [--metrics ADDR] GUEST.elf [ARGS...]")
+	fs := newFlagSet("backup", "(--listen ADDR | --join ADDR) --arbiter URL [--vm-id ID] [--net SPEC] [--metrics ADDR] GUEST.elf [ARGS...]")
 	var f ftFlags
 	f.cmd = "backup"
 	f.register(fs)
 	listen := fs.String("listen", "127.0.0.1:7400", "accept the primary's logging channel on `ADDR`")
+	join := fs.String("join", "", "join the running primary that takes backups at `ADDR` (its --join-listen): the guest's state comes by live transfer, then the log")
+	maxLag := fs.Duration("max-lag", logchannel.DefaultMaxLag, "once live with a backup that joined: throttle the guest while that backup lags more than this")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
-	c, cleanup, err := f.common(fs.Args(), "backup", false)
+	role := "backup"
+	if *join != "" {
+		role = "joiner"
+	}
+	c, cleanup, err := f.common(fs.Args(), role, false)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm backup: %v\n", err)
 		return failStatus(err)
 	}
 	defer cleanup()
-	ln, err := logchannel.Listen(*listen)
+	var ln *logchannel.Listener
+	if *join == "" {
+		if ln, err = logchannel.Listen(*listen); err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm backup: %v\n", err)
+			return exitFailed
+		}
+		defer ln.Close()
+		if c.Channel.InsecureNoTLS {
+			c.Logf("listening for the primary on %s in clear (--insecure-no-tls): any peer that knows the VM's image and configuration can feed this backup a log", ln.Addr())
+		} else {
+			c.Logf("listening for the primary on %s; mutual TLS 1.3, peers need a certificate from the pair's CA for VM %q", ln.Addr(), c.VMID)
+		}
+	}
+	jl, err := f.joinListener(c)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm backup: %v\n", err)
-		return exitFailed
+		return exitUsage
 	}
-	defer ln.Close()
-	if c.Channel.InsecureNoTLS {
-		c.Logf("listening for the primary on %s in clear (--insecure-no-tls): any peer that knows the VM's image and configuration can feed this backup a log", ln.Addr())
-	} else {
-		c.Logf("listening for the primary on %s; mutual TLS 1.3, peers need a certificate from the pair's CA for VM %q", ln.Addr(), c.VMID)
+	if jl != nil {
+		defer jl.Close()
 	}
 	ctx, cancel := interruptContext()
 	defer cancel()
-	out, err := ft.RunBackup(ctx, ft.BackupOptions{Common: c, Listener: ln})
+	out, err := ft.RunBackup(ctx, ft.BackupOptions{Common: c, Listener: ln, Join: *join, JoinListener: jl, MaxLag: *maxLag})
 	switch {
 	case errors.Is(err, ft.ErrLostArbitration):
 		fmt.Fprintf(os.Stderr, "ftvm backup: HALTED: %v\n", err)

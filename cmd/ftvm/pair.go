@@ -27,6 +27,8 @@ func cmdPair(args []string) int {
 	killBackupAfter := fs.Duration("kill-backup-after", 0, "kill -9 the backup this long after the pair is up, to watch the primary carry on alone")
 	stopAfter := fs.Duration("stop-primary-after", 0, "SIGSTOP the primary this long after the pair is up (a hung host: no connection reset, only silence), kill it 30 s later")
 	failover := fs.Duration("failover-timeout", 0, "passed to both sides (default: theirs)")
+	failovers := fs.Int("failovers", 1, "with --kill-primary-after: kill the live side this many times, each time that long after a new backup joined it")
+	noReprotect := fs.Bool("no-reprotect", false, "after a failover, run the guest unprotected instead of starting a new backup that joins the live side")
 	metricsP := fs.String("metrics-primary", "", "the primary's --metrics ADDR")
 	metricsB := fs.String("metrics-backup", "", "the backup's --metrics ADDR")
 	insecure := fs.Bool("insecure-no-tls", false, "run the logging channel in clear (default: mutual TLS with a throwaway CA made for this pair)")
@@ -64,13 +66,21 @@ func cmdPair(args []string) int {
 		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
 		return exitFailed
 	}
-	common := []string{"--backend", be.Name(), "--vm-id", g.vmID, "--generation", strconv.FormatUint(gen, 10),
-		"--arbiter", *arbiter, "--mem", strconv.FormatUint(g.mem.v, 10)}
+	base := []string{"--backend", be.Name(), "--vm-id", g.vmID, "--arbiter", *arbiter, "--mem", strconv.FormatUint(g.mem.v, 10)}
 	if g.net != "" {
-		common = append(common, "--net", g.net)
+		base = append(base, "--net", g.net)
 	}
 	if *failover != 0 {
-		common = append(common, "--failover-timeout", failover.String())
+		base = append(base, "--failover-timeout", failover.String())
+	}
+	common := append([]string{"--generation", strconv.FormatUint(gen, 10)}, base...)
+	// Every member takes a backup that joins it once it runs alone.
+	joinAddrs := make([]string, 2)
+	for i := range joinAddrs {
+		if joinAddrs[i], err = freeTCPAddr(); err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
+			return exitFailed
+		}
 	}
 	with := func(flag, v string, rest []string) []string {
 		if v == "" {
@@ -100,7 +110,7 @@ func cmdPair(args []string) int {
 		primaryTLS, backupTLS = tlsArgs("primary"), tlsArgs("backup")
 		channel = "mutual TLS, throwaway CA in " + dir
 	}
-	primaryArgs := append(append([]string{"primary", "--backup", addr}, primaryTLS...), with("--metrics", *metricsP, common)...)
+	primaryArgs := append(append([]string{"primary", "--backup", addr, "--join-listen", joinAddrs[0]}, primaryTLS...), with("--metrics", *metricsP, common)...)
 	if g.pcap != "" {
 		primaryArgs = append(primaryArgs, "--pcap", g.pcap)
 	}
@@ -108,16 +118,29 @@ func cmdPair(args []string) int {
 	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
 	defer signal.Stop(sigs)
 	sup := &ft.PairSupervisor{
-		Exe:         exe,
-		PrimaryArgs: append(primaryArgs, fs.Args()...),
-		BackupArgs:  append(append(append([]string{"backup", "--listen", addr}, backupTLS...), with("--metrics", *metricsB, common)...), fs.Args()...),
-		Stdin:       os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+		Exe:               exe,
+		PrimaryArgs:       append(primaryArgs, fs.Args()...),
+		BackupArgs:        append(append(append([]string{"backup", "--listen", addr, "--join-listen", joinAddrs[1]}, backupTLS...), with("--metrics", *metricsB, common)...), fs.Args()...),
+		PrimaryJoinListen: joinAddrs[0], BackupJoinListen: joinAddrs[1],
+		Failovers: *failovers,
+		Stdin:     os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 		KillPrimaryAfter: *killAfter, KillBackupAfter: *killBackupAfter, StopPrimaryAfter: *stopAfter,
 		Signals: sigs,
 		Logf:    pairLog,
+		JoinerArgs: func(n int, joinAddr string) ([]string, string) {
+			listen, err := freeTCPAddr()
+			if err != nil {
+				listen = "127.0.0.1:0"
+			}
+			args := append(append([]string{"backup", "--join", joinAddr, "--join-listen", listen}, backupTLS...), base...)
+			return append(args, fs.Args()...), listen
+		},
 		Started: func(p, b int) {
 			pairLog("primary pid %d, backup pid %d, logging channel %s (%s), arbiter %s", p, b, addr, channel, *arbiter)
 		},
+	}
+	if *noReprotect {
+		sup.JoinerArgs = nil
 	}
 	return sup.Run()
 }

@@ -90,6 +90,18 @@ func checkArbiter(ctx context.Context, arb splitbrain.Arbiter, vmID string) (con
 	return ctx, cancel, nil
 }
 
+// CheckArbiter checks that vmID can be used as a slot and that the
+// arbiter answers, carries its cluster marker and takes conditional
+// writes: what a backup that joins a running primary checks at start (the
+// primary takes the pairing's epoch).
+func CheckArbiter(ctx context.Context, arb splitbrain.Arbiter, vmID string) error {
+	_, cancel, err := checkArbiter(ctx, arb, vmID)
+	if err == nil {
+		cancel()
+	}
+	return err
+}
+
 // TakeEpoch checks the arbiter and takes vmID's next epoch for a new
 // pairing; it returns the generation the pairing uses. Whoever starts a
 // pairing calls it: the backup (which waits for its primary) or ftvm pair.

@@ -135,7 +135,7 @@ func (o *BackupOptions) replayThenTakeOver(ctx context.Context, cancel context.C
 			return err
 		}
 		out.WentLive, out.LiveAt = true, baseExit+rep.Summary().Exits
-		o.logf("backup: LIVE since %s (won the arbiter; the guest continues from exit %d)", time.Now().Format(time.RFC3339Nano), out.LiveAt)
+		o.logf("backup: LIVE since %s (won the arbiter in epoch %d; the guest continues from exit %d)", time.Now().Format(time.RFC3339Nano), o.Generation, out.LiveAt)
 		return nil
 	}
 	fw.becomeLive = func(p replay.ExecPoint) (replay.World, error) {

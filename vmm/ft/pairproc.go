@@ -3,6 +3,7 @@ package ft
 import (
 	"bufio"
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -21,14 +22,24 @@ const (
 // PairSupervisor runs a primary and a backup as two processes on this
 // machine (`ftvm primary` and `ftvm backup` of Exe), forwards console input
 // to whichever side is live, and injects the failures a user asks for to
-// watch a failover. It is what `ftvm pair` is, below the CLI.
+// watch a failover. With JoinerArgs it restores redundancy after every
+// failover: once the backup went live it starts a new backup process that
+// joins it (`ftvm backup --join`), and so on. It is what `ftvm pair` is,
+// below the CLI.
 type PairSupervisor struct {
 	Exe string
 	// PrimaryArgs and BackupArgs are each member's whole command line
 	// after Exe (command, flags, guest and its arguments).
 	PrimaryArgs, BackupArgs []string
-	Stdin                   io.Reader
-	Stdout, Stderr          io.Writer // Stdout: the released console output
+	// JoinerArgs, if set, gives the command line of the n-th backup that
+	// joins a live side (n from 2), which takes new backups at joinAddr;
+	// joinListen is where the new backup itself will take them once it
+	// goes live. PrimaryJoinListen and BackupJoinListen are the first
+	// two members' (their --join-listen).
+	JoinerArgs                          func(n int, joinAddr string) (args []string, joinListen string)
+	PrimaryJoinListen, BackupJoinListen string
+	Stdin                               io.Reader
+	Stdout, Stderr                      io.Writer // Stdout: the released console output
 	// KillPrimaryAfter, KillBackupAfter: kill -9 that member this long
 	// after the pair is up (the primary has connected to its backup and
 	// records); StopPrimaryAfter: SIGSTOP the primary (a hung host:
@@ -37,6 +48,10 @@ type PairSupervisor struct {
 	// machine, kill a primary that never had a backup, which no backup
 	// can take over from.
 	KillPrimaryAfter, KillBackupAfter, StopPrimaryAfter time.Duration
+	// Failovers: with KillPrimaryAfter and JoinerArgs, kill the live side
+	// this many times in all, each KillPrimaryAfter after it was protected
+	// again (0: once).
+	Failovers int
 	// Signals, if not nil, are passed on to both members (Ctrl-C stops
 	// both cleanly).
 	Signals <-chan os.Signal
@@ -45,6 +60,13 @@ type PairSupervisor struct {
 	// Started, if set, is called with both members' pids once they run.
 	Started func(primaryPid, backupPid int)
 }
+
+// Lines of a member's log the supervisor watches for.
+const (
+	linePaired    = "primary: connected to the backup"
+	lineProtected = "primary: PROTECTED again"
+	lineWentLive  = "backup: LIVE since"
+)
 
 // Run starts the backup, then the primary, and returns the pair's exit
 // status: the guest's, from whichever side ran it to the end;
@@ -56,82 +78,148 @@ func (s *PairSupervisor) Run() int {
 		logf = func(string, ...any) {}
 	}
 	out := &lockedWriter{w: s.Stdout}
-	backup := pairMember(s.Exe, "backup", s.BackupArgs, out)
-	primary := pairMember(s.Exe, "primary", s.PrimaryArgs, out)
 	console := &consoleSwitch{}
-	if err := backup.start(nil, s.Stderr); err != nil {
+	var members membersInPlay
+	defer members.killAll()
+	start := func(name string, args []string, joinListen string, feed bool) (*member, error) {
+		m := pairMember(s.Exe, name, args, out)
+		m.joinListen = joinListen
+		m.up, m.live = make(chan struct{}), make(chan struct{})
+		var c *consoleSwitch
+		if feed {
+			c = console
+		}
+		upOnce := new(sync.Once)
+		stderr := io.MultiWriter(s.Stderr, &lineWatch{want: linePaired, seen: m.up, once: upOnce}, &lineWatch{want: lineProtected, seen: m.up, once: upOnce},
+			&lineWatch{want: lineWentLive, seen: m.live})
+		if err := m.start(c, stderr); err != nil {
+			return nil, err
+		}
+		members.add(m)
+		return m, nil
+	}
+	backup, err := start("backup", s.BackupArgs, s.BackupJoinListen, false)
+	if err != nil {
 		logf("starting the backup: %v", err)
 		return StatusFailed
 	}
-	defer backup.kill()
-	up := make(chan struct{})
-	if err := primary.start(console, io.MultiWriter(s.Stderr, &lineWatch{want: "primary: connected to the backup", seen: up})); err != nil {
+	primary, err := start("primary", s.PrimaryArgs, s.PrimaryJoinListen, true)
+	if err != nil {
 		logf("starting the primary: %v", err)
 		return StatusFailed
 	}
-	defer primary.kill()
 	if s.Stdin != nil {
 		go console.pump(s.Stdin)
 	}
 	if s.Started != nil {
 		s.Started(primary.cmd.Process.Pid, backup.cmd.Process.Pid)
 	}
-	after := func(d time.Duration, f func()) {
+	if s.Signals != nil {
+		go func() {
+			for sig := range s.Signals {
+				logf("%v: stopping every member", sig)
+				members.signal(sig)
+				members.signal(syscall.SIGCONT) // a frozen primary must see it too
+			}
+		}()
+	}
+	// after runs f d after live is up (protected), unless it ends first.
+	after := func(live *member, d time.Duration, f func()) {
 		if d <= 0 {
 			return
 		}
 		go func() {
 			select {
-			case <-up:
-			case <-primary.done: // never up: nothing to fail over
+			case <-live.up:
+			case <-live.done: // never up: nothing to fail over
 				return
 			}
 			select {
 			case <-time.After(d):
 				f()
-			case <-primary.done:
+			case <-live.done:
 			}
 		}()
 	}
-	after(s.KillPrimaryAfter, func() {
-		logf("killing the primary (kill -9) to show a failover")
-		primary.kill()
-	})
-	after(s.StopPrimaryAfter, func() {
+	after(primary, s.StopPrimaryAfter, func() {
 		logf("freezing the primary (SIGSTOP): the backup can only notice the silence")
 		primary.signal(syscall.SIGSTOP)
 		time.AfterFunc(30*time.Second, primary.kill)
 	})
-	after(s.KillBackupAfter, func() {
+	after(primary, s.KillBackupAfter, func() {
 		logf("killing the backup (kill -9)")
 		backup.kill()
 	})
-	if s.Signals != nil {
-		go func() {
-			for sig := range s.Signals {
-				logf("%v: stopping both members", sig)
-				primary.signal(sig)
-				primary.signal(syscall.SIGCONT) // a frozen primary must see it too
-				backup.signal(sig)
+	kills := max(s.Failovers, 1)
+	live, standby := primary, backup
+	for round := 1; ; round++ {
+		if round <= kills {
+			victim := live
+			after(live, s.KillPrimaryAfter, func() {
+				logf("killing the live side, the %s (kill -9), to show a failover", victim.name)
+				victim.kill()
+			})
+		}
+		lstatus := live.wait()
+		if lstatus >= 0 {
+			sstatus := standby.wait()
+			switch {
+			case sstatus == StatusDiverged:
+				logf("the %s's replay DIVERGED from the live side", standby.name)
+				return StatusDiverged
+			case sstatus < 0:
+				logf("the %s died; the %s carried on", standby.name, live.name)
 			}
-		}()
+			return lstatus
+		}
+		logf("the %s died; the %s takes over if the arbiter lets it; console input now goes to it", live.name, standby.name)
+		console.switchTo(standby.stdin)
+		if s.JoinerArgs == nil {
+			return standby.waitStatus(logf)
+		}
+		select {
+		case <-standby.live:
+		case <-standby.done:
+			return standby.waitStatus(logf)
+		}
+		n := round + 1
+		args, joinListen := s.JoinerArgs(n, standby.joinListen)
+		logf("the %s is live; starting backup-%d to protect it again (it joins at %s)", standby.name, n, standby.joinListen)
+		joiner, err := start(fmt.Sprintf("backup-%d", n), args, joinListen, false)
+		if err != nil {
+			logf("starting backup-%d: %v; the guest runs unprotected", n, err)
+			return standby.waitStatus(logf)
+		}
+		live, standby = standby, joiner
 	}
+}
 
-	pstatus := primary.wait()
-	if pstatus < 0 {
-		logf("the primary died; the backup takes over if the arbiter lets it; console input now goes to the backup")
-		console.switchTo(backup.stdin)
-		return backup.waitStatus(logf)
+// membersInPlay are the processes started, for signals and the final kill.
+type membersInPlay struct {
+	mu sync.Mutex
+	ms []*member
+}
+
+func (p *membersInPlay) add(m *member) {
+	p.mu.Lock()
+	p.ms = append(p.ms, m)
+	p.mu.Unlock()
+}
+
+func (p *membersInPlay) signal(sig os.Signal) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.ms {
+		m.signal(sig)
 	}
-	bstatus := backup.wait()
-	switch {
-	case bstatus == StatusDiverged:
-		logf("the backup's replay DIVERGED from the primary")
-		return StatusDiverged
-	case bstatus < 0:
-		logf("the backup died; the primary carried on")
+}
+
+func (p *membersInPlay) killAll() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.ms {
+		m.kill()
 	}
-	return pstatus
 }
 
 // member is one process of a pair.
@@ -140,6 +228,11 @@ type member struct {
 	cmd   *exec.Cmd
 	stdin io.WriteCloser
 	done  chan struct{}
+	// joinListen is where it takes joining backups once live; up closes
+	// when it is protected (paired, or a backup joined it), live when it
+	// went live as a backup.
+	joinListen string
+	up, live   chan struct{}
 }
 
 func pairMember(exe, name string, args []string, out io.Writer) *member {
@@ -244,6 +337,7 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 type lineWatch struct {
 	want string
 	seen chan struct{}
+	once *sync.Once // if set, shared by the watches that close seen
 	buf  []byte
 	done bool
 }
@@ -260,7 +354,11 @@ func (w *lineWatch) Write(p []byte) (int, error) {
 		}
 		if bytes.Contains(w.buf[:i], []byte(w.want)) {
 			w.done = true
-			close(w.seen)
+			if w.once != nil {
+				w.once.Do(func() { close(w.seen) })
+			} else {
+				close(w.seen)
+			}
 			w.buf = nil
 			break
 		}
