@@ -71,6 +71,24 @@ func formatStatus(f map[string]*dto.MetricFamily) string {
 			}
 		}
 	}
+	if v, ok := value("ftvm_protected"); ok {
+		since := ""
+		if at, ok := value("ftvm_protected_changed_timestamp_seconds"); ok && at > 0 {
+			t := time.Unix(0, int64(at*1e9))
+			since = fmt.Sprintf(" since %s (%v ago)", t.Format("15:04:05"), time.Since(t).Round(time.Second))
+		}
+		if v == 1 {
+			fmt.Fprintf(&b, "protected            yes%s\n", since)
+		} else {
+			fmt.Fprintf(&b, "protected            NO: the guest runs alone%s; a backup may join (ftvm backup --join)\n", since)
+		}
+	}
+	if v, ok := value("ftvm_backups_joined_total"); ok {
+		fmt.Fprintf(&b, "backups joined       %.0f\n", v)
+	}
+	if v, ok := value("ftvm_transfer_bytes_sent"); ok && v > 0 {
+		fmt.Fprintf(&b, "state transferred    %.0f bytes\n", v)
+	}
 	if v, ok := value("ftvm_logchannel_tls"); ok {
 		if v == 1 {
 			fmt.Fprintf(&b, "logging channel      mutual TLS\n")

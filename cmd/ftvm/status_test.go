@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/replay"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // TestExitStatusTable holds ftvm to the README's table of exit statuses, one
@@ -143,5 +146,33 @@ func TestInterruptStopsAWaitingBackup(t *testing.T) {
 	}
 	if code := cmd.ProcessState.ExitCode(); code != exitInterrupted {
 		t.Fatalf("status %d, want %d:\n%s", code, exitInterrupted, errb.String())
+	}
+}
+
+// TestStatusSaysWhetherProtected: ftvm status shows whether a backup
+// protects the guest, since when, and the backups that joined.
+func TestStatusSaysWhetherProtected(t *testing.T) {
+	at := time.Now().Add(-90 * time.Second)
+	for _, tc := range []struct {
+		protected float64
+		want      []string
+	}{
+		{1, []string{"protected            yes since " + at.Format("15:04:05") + " (1m30s ago)", "backups joined       2", "state transferred    4096 bytes"}},
+		{0, []string{"protected            NO: the guest runs alone since " + at.Format("15:04:05"), "ftvm backup --join"}},
+	} {
+		text := fmt.Sprintf("# TYPE ftvm_protected gauge\nftvm_protected %v\n# TYPE ftvm_protected_changed_timestamp_seconds gauge\nftvm_protected_changed_timestamp_seconds %v\n"+
+			"# TYPE ftvm_backups_joined_total counter\nftvm_backups_joined_total 2\n# TYPE ftvm_transfer_bytes_sent gauge\nftvm_transfer_bytes_sent 4096\n",
+			tc.protected, float64(at.UnixNano())/1e9)
+		parser := expfmt.NewTextParser(model.UTF8Validation)
+		families, err := parser.TextToMetricFamilies(strings.NewReader(text))
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := formatStatus(families)
+		for _, w := range tc.want {
+			if !strings.Contains(got, w) {
+				t.Errorf("ftvm_protected %v: status lacks %q:\n%s", tc.protected, w, got)
+			}
+		}
 	}
 }

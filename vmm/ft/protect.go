@@ -41,8 +41,20 @@ type protection struct {
 	since   time.Time // protected since, or alone since
 	halted  chan error
 
-	// joins counts the backups that joined.
-	joins atomic.Int64
+	// joins counts the backups that joined; protected says whether a
+	// backup holds the guest's state now (not while one is being
+	// transferred), since changed (Unix ns); transferBytes is the state
+	// sent to the last backup that joined or is joining.
+	joins         atomic.Int64
+	protected     atomic.Bool
+	changed       atomic.Int64
+	transferBytes atomic.Uint64
+}
+
+// setProtected records whether a backup protects the guest.
+func (p *protection) setProtected(on bool) {
+	p.protected.Store(on)
+	p.changed.Store(time.Now().UnixNano())
 }
 
 // newProtection builds the recording side over live. sender is the backup
@@ -63,6 +75,14 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 	p.thr = &throttledSink{gatedSink: p.sink, ctx: ctx, maxLag: maxLag}
 	p.rec = replay.NewRecorder(p.hw, p.thr, replay.RecorderConfig{})
 	p.thr.lag = func(context.Context, time.Duration) error { return nil }
+	o.Metrics.gaugeFunc("ftvm_protected", "1 while a backup holds the guest's state and acknowledges its log; 0 while the guest runs alone (or a backup's transfer is under way).",
+		func() float64 { return boolFloat(p.protected.Load()) })
+	o.Metrics.gaugeFunc("ftvm_protected_changed_timestamp_seconds", "When ftvm_protected last changed (Unix time).",
+		func() float64 { return float64(p.changed.Load()) / 1e9 })
+	o.Metrics.counterFunc("ftvm_backups_joined_total", "Backups that joined the running guest by live transfer.",
+		func() float64 { return float64(p.joins.Load()) })
+	o.Metrics.gaugeFunc("ftvm_transfer_bytes_sent", "State sent to the backup that joined last, or is joining now.",
+		func() float64 { return float64(p.transferBytes.Load()) })
 	o.Metrics.channelMetrics(func() logchannel.Stats {
 		if s := p.current(); s != nil {
 			return s.Stats()
@@ -72,8 +92,10 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 	if sender == nil {
 		p.hw.goSolo()
 		p.sink.decide(sinkSolo, nil)
+		p.setProtected(false)
 		return p
 	}
+	p.setProtected(true)
 	p.hw.reportReleased = sender.Released
 	p.attach(sender)
 	return p
@@ -164,6 +186,7 @@ func (p *protection) watch(s *logchannel.Sender) {
 		p.stopNAT = func() {}
 	}
 	p.mu.Unlock()
+	p.setProtected(false)
 	o.logf("primary: won the arbiter at %s: carrying on alone, outputs released without a backup; a new backup may join", time.Now().Format(time.RFC3339Nano))
 	o.Metrics.SetRole("solo")
 	p.hw.goSolo()
@@ -225,6 +248,22 @@ func (p *protection) join(s *logchannel.Sender) error {
 	o.logf("primary: a backup joins from %s %s; epoch %d; copying the running guest's state", s.Peer(), o.channelSecurity(), gen)
 	o.Metrics.SetRole("transferring")
 	tw := s.Transfer()
+	p.transferBytes.Store(0)
+	stopProgress := make(chan struct{})
+	defer close(stopProgress)
+	go func() {
+		tick := time.NewTicker(100 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			p.transferBytes.Store(s.Stats().TransferBytes)
+			select {
+			case <-tick.C:
+			case <-stopProgress:
+				p.transferBytes.Store(s.Stats().TransferBytes)
+				return
+			}
+		}
+	}()
 	var joinSeq uint64
 	switched := false
 	pc, err := m.StartPrecopy(tw, vmm.PrecopyOptions{Nudge: p.hw.LiveWorld.Nudge, AtPause: func(st *vmm.State) error {
@@ -260,6 +299,7 @@ func (p *protection) join(s *logchannel.Sender) error {
 		return err
 	}
 	p.joins.Add(1)
+	p.setProtected(true)
 	o.Metrics.SetRole("primary")
 	o.logf("primary: PROTECTED again at %s: the backup from %s joined at log seq %d, epoch %d (%s sent in %d rounds, %v in all; the guest paused %v)",
 		time.Now().Format(time.RFC3339Nano), s.Peer(), joinSeq, gen, sizeText(stats.Bytes()), len(stats.Rounds), stats.Total.Round(time.Millisecond), stats.Pause.Round(time.Microsecond))
@@ -328,4 +368,11 @@ func sizeText(n uint64) string {
 		return fmt.Sprintf("%d KiB", n>>10)
 	}
 	return fmt.Sprintf("%d bytes", n)
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }

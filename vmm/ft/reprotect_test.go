@@ -19,6 +19,7 @@ type chainMember struct {
 	out    syncBuffer // released console output
 	log    syncBuffer // what it reported
 	joinLn *logchannel.Listener
+	m      *Metrics
 	kill   context.CancelFunc
 	done   chan error
 	backup BackupOutcome
@@ -59,12 +60,12 @@ func TestFailoverAfterFailover(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { jl.Close() })
-		m := &chainMember{name: name, joinLn: jl, done: make(chan error, 1)}
+		m := &chainMember{name: name, joinLn: jl, done: make(chan error, 1), m: NewMetrics()}
 		return m
 	}
 	common := func(m *chainMember, in io.Reader, ch logchannel.Config) Common {
 		return Common{Backend: b, Image: img, VMID: "test", Generation: 1, Arbiter: arb, Claimant: m.name,
-			Stdin: in, Stdout: &m.out, Channel: ch, Logf: func(f string, a ...any) {
+			Stdin: in, Stdout: &m.out, Channel: ch, Metrics: m.m, Logf: func(f string, a ...any) {
 				t.Logf(m.name+": "+f, a...)
 				fmt.Fprintf(&m.log, f+"\n", a...)
 			}}
@@ -113,9 +114,15 @@ func TestFailoverAfterFailover(t *testing.T) {
 		backup.waitFor(t, "LIVE since", backup.log.String)
 		live = backup
 		typeLine() // alone: released at once
+		if p := metric(t, live.m, "ftvm_protected"); p != 0 {
+			t.Fatalf("%s, live and alone, says ftvm_protected %v", live.name, p)
+		}
 		backup = newMember(fmt.Sprintf("backup-%d", i+1))
 		startBackup(backup, live.joinLn.Addr().String())
 		live.waitFor(t, "PROTECTED again", live.log.String)
+		if p, j := metric(t, live.m, "ftvm_protected"), metric(t, live.m, "ftvm_backups_joined_total"); p != 1 || j != 1 {
+			t.Fatalf("%s, joined by a backup, says ftvm_protected %v, ftvm_backups_joined_total %v", live.name, p, j)
+		}
 		typeLine()
 		typeLine()
 	}
