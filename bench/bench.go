@@ -143,6 +143,7 @@ type Results struct {
 	Profiles    []ProfileSummary `json:",omitempty"`
 	InProcesses bool
 	Failover    []FailoverRow
+	Reprotect   []ReprotectRow `json:",omitempty"`
 	LogKinds    []LogKind
 	PerPacket   map[string]float64
 }
@@ -183,7 +184,7 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(arbDir)
-	for _, step := range []func(context.Context, Options, *Results, string) error{benchCPU, benchEcho, benchKV, benchNet, benchLog, benchFailover} {
+	for _, step := range []func(context.Context, Options, *Results, string) error{benchCPU, benchEcho, benchKV, benchNet, benchLog, benchFailover, benchReprotect} {
 		if err := step(ctx, o, r, arbDir); err != nil {
 			return r, err
 		}
