@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -27,6 +28,9 @@ type Options struct {
 	// Quick: one repetition of short runs and a few failover trials: a
 	// smoke test that finishes in under two minutes.
 	Quick bool
+	// Only, if not empty, names the Steps to run; the others are left out
+	// of the run and the report.
+	Only []string
 	// GuestDir holds the guest images (guests/build).
 	GuestDir string
 	// Backend runs every guest of the run.
@@ -184,13 +188,26 @@ func Run(ctx context.Context, o Options) (*Results, error) {
 		return nil, err
 	}
 	defer os.RemoveAll(arbDir)
-	for _, step := range []func(context.Context, Options, *Results, string) error{benchCPU, benchEcho, benchKV, benchNet, benchLog, benchFailover, benchReprotect} {
-		if err := step(ctx, o, r, arbDir); err != nil {
+	for _, step := range Steps {
+		if len(o.Only) > 0 && !slices.Contains(o.Only, step.Name) {
+			continue
+		}
+		if err := step.run(ctx, o, r, arbDir); err != nil {
 			return r, err
 		}
 	}
 	return r, nil
 }
+
+// Step is one part of the benchmark run, by name (Options.Only).
+type Step struct {
+	Name string
+	run  func(context.Context, Options, *Results, string) error
+}
+
+// Steps are the benchmark's parts, in the order they run.
+var Steps = []Step{{"cpu", benchCPU}, {"echo", benchEcho}, {"kvstore", benchKV}, {"net", benchNet}, {"log", benchLog},
+	{"failover", benchFailover}, {"reprotect", benchReprotect}}
 
 // alternate runs plain and FT alternately reps times in every placement,
 // the placements side by side in each repetition, and collects the metric

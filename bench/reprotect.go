@@ -15,8 +15,8 @@ import (
 	"github.com/ftvm/ftvm/bench/kv"
 )
 
-// ReprotectRow is re-protection after failovers for one guest size and
-// load: how long the survivor ran unprotected (from going live to a new
+// ReprotectRow is re-protection after failovers for one guest size (three
+// quarters of its RAM filled with data by kvstore's fill=) and load: how long the survivor ran unprotected (from going live to a new
 // backup holding its state, the new backup's process start included), and
 // the live transfer's bytes, length and final pause.
 type ReprotectRow struct {
@@ -70,7 +70,8 @@ func reprotectTrial(ctx context.Context, o Options, memMiB uint64, load bool, fa
 		return row, err
 	}
 	cmd := exec.CommandContext(ctx, o.FTVM, "pair", "--backend", o.Backend.Name(), "--mem", strconv.FormatUint(memMiB<<20, 10),
-		"--net", "user,hostfwd=udp:"+addr+"-:7000", "--kill-primary-after", "1s", "--failovers", strconv.Itoa(failovers), o.imagePath("kvstore"))
+		"--net", "user,hostfwd=udp:"+addr+"-:7000", "--kill-primary-after", "1s", "--failovers", strconv.Itoa(failovers), o.imagePath("kvstore"),
+		fmt.Sprintf("fill=%d", memMiB*3/4))
 	var stderr strings.Builder
 	log := &lockedBuilder{b: &stderr}
 	cmd.Stderr = log

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -22,6 +23,7 @@ func cmdBench(args []string) int {
 	reps := fs.Int("reps", 0, "repetitions of each workload, plain and FT, in each placement (default 1 with --quick, 5 without)")
 	trials := fs.Int("failover-trials", 0, "failover trials per failure setting (default 2 with --quick, 50 without)")
 	profiles := fs.String("cpuprofile-dir", "", "write CPU profiles of each side of one extra run per workload into `DIR`/BACKEND and summarise them in the report")
+	only := fs.String("only", "", "run only these parts, comma-separated: "+stepNames())
 	member := fs.String("member", "", "internal: run one VM process of a benchmark as the spec `FILE` says")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -30,6 +32,16 @@ func cmdBench(args []string) int {
 		ctx, cancel := interruptContext()
 		defer cancel()
 		return bench.RunMember(ctx, *member, os.Stderr)
+	}
+	var onlySteps []string
+	if *only != "" {
+		for _, name := range strings.Split(*only, ",") {
+			if !slices.ContainsFunc(bench.Steps, func(s bench.Step) bool { return s.Name == name }) {
+				fmt.Fprintf(os.Stderr, "ftvm bench: --only: no part %q (the parts: %s)\n", name, stepNames())
+				return exitUsage
+			}
+			onlySteps = append(onlySteps, name)
+		}
 	}
 	exe, err := os.Executable()
 	if err != nil {
@@ -66,7 +78,7 @@ func cmdBench(args []string) int {
 	var runs []*bench.Results
 	for _, b := range bes {
 		fmt.Fprintf(os.Stderr, "ftvm bench: backend %s\n", b.Name())
-		res, err := bench.Run(ctx, bench.Options{Quick: *quick, GuestDir: *guests, FTVM: exe, Backend: b,
+		res, err := bench.Run(ctx, bench.Options{Quick: *quick, Only: onlySteps, GuestDir: *guests, FTVM: exe, Backend: b,
 			Reps: *reps, FailoverTrials: *trials, CPUProfileDir: *profiles,
 			Logf: func(f string, a ...any) {
 				fmt.Fprintf(os.Stderr, "ftvm bench %s %s: %s\n", b.Name(), time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
@@ -88,4 +100,13 @@ func cmdBench(args []string) int {
 	}
 	fmt.Printf("ftvm bench: report in %s (%v)\n", filepath.Join(*out, "REPORT.md"), time.Since(began).Round(time.Second))
 	return 0
+}
+
+// stepNames lists the benchmark's parts for --only.
+func stepNames() string {
+	var names []string
+	for _, s := range bench.Steps {
+		names = append(names, s.Name)
+	}
+	return strings.Join(names, ", ")
 }
