@@ -66,6 +66,7 @@ const (
 	linePaired    = "primary: connected to the backup"
 	lineProtected = "primary: PROTECTED again"
 	lineWentLive  = "backup: LIVE since"
+	lineAlone     = "carrying on alone"
 )
 
 // Run starts the backup, then the primary, and returns the pair's exit
@@ -84,14 +85,14 @@ func (s *PairSupervisor) Run() int {
 	start := func(name string, args []string, joinListen string, feed bool) (*member, error) {
 		m := pairMember(s.Exe, name, args, out)
 		m.joinListen = joinListen
-		m.up, m.live = make(chan struct{}), make(chan struct{})
+		m.up, m.live, m.alone = make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
 		var c *consoleSwitch
 		if feed {
 			c = console
 		}
 		upOnce := new(sync.Once)
 		stderr := io.MultiWriter(s.Stderr, &lineWatch{want: linePaired, seen: m.up, once: upOnce}, &lineWatch{want: lineProtected, seen: m.up, once: upOnce},
-			&lineWatch{want: lineWentLive, seen: m.live})
+			&lineWatch{want: lineWentLive, seen: m.live}, &lineSignal{want: lineAlone, ch: m.alone})
 		if err := m.start(c, stderr); err != nil {
 			return nil, err
 		}
@@ -152,6 +153,7 @@ func (s *PairSupervisor) Run() int {
 	})
 	kills := max(s.Failovers, 1)
 	live, standby := primary, backup
+	next := 2 // the number of the next backup that joins
 	for round := 1; ; round++ {
 		if round <= kills {
 			victim := live
@@ -159,6 +161,37 @@ func (s *PairSupervisor) Run() int {
 				logf("killing the live side, the %s (kill -9), to show a failover", victim.name)
 				victim.kill()
 			})
+		}
+		// Wait for the live side to end; while it runs, a backup that dies
+		// is replaced by one that joins it.
+		standbyDone := standby.done
+		for s.JoinerArgs != nil && standbyDone != nil {
+			select {
+			case <-live.done:
+			case <-standbyDone:
+				if st := standby.wait(); st >= 0 {
+					standbyDone = nil // ended with the guest, or diverged: see below
+					continue
+				}
+				logf("the %s died; the %s asks the arbiter, carries on alone, and a new backup joins it", standby.name, live.name)
+				select {
+				case <-live.alone:
+				case <-live.done:
+					standbyDone = nil
+					continue
+				}
+				args, joinListen := s.JoinerArgs(next, live.joinListen)
+				logf("starting backup-%d to protect the %s again (it joins at %s)", next, live.name, live.joinListen)
+				joiner, err := start(fmt.Sprintf("backup-%d", next), args, joinListen, false)
+				if err != nil {
+					logf("starting backup-%d: %v; the guest runs unprotected", next, err)
+					return live.waitStatus(logf)
+				}
+				next++
+				standby, standbyDone = joiner, joiner.done
+				continue
+			}
+			break
 		}
 		lstatus := live.wait()
 		if lstatus >= 0 {
@@ -182,14 +215,14 @@ func (s *PairSupervisor) Run() int {
 		case <-standby.done:
 			return standby.waitStatus(logf)
 		}
-		n := round + 1
-		args, joinListen := s.JoinerArgs(n, standby.joinListen)
-		logf("the %s is live; starting backup-%d to protect it again (it joins at %s)", standby.name, n, standby.joinListen)
-		joiner, err := start(fmt.Sprintf("backup-%d", n), args, joinListen, false)
+		args, joinListen := s.JoinerArgs(next, standby.joinListen)
+		logf("the %s is live; starting backup-%d to protect it again (it joins at %s)", standby.name, next, standby.joinListen)
+		joiner, err := start(fmt.Sprintf("backup-%d", next), args, joinListen, false)
 		if err != nil {
-			logf("starting backup-%d: %v; the guest runs unprotected", n, err)
+			logf("starting backup-%d: %v; the guest runs unprotected", next, err)
 			return standby.waitStatus(logf)
 		}
+		next++
 		live, standby = standby, joiner
 	}
 }
@@ -233,6 +266,7 @@ type member struct {
 	// went live as a backup.
 	joinListen string
 	up, live   chan struct{}
+	alone      chan struct{} // a token each time it lost its backup and carries on alone
 }
 
 func pairMember(exe, name string, args []string, out io.Writer) *member {
@@ -318,6 +352,32 @@ func (c *consoleSwitch) pump(r io.Reader) {
 			return
 		}
 	}
+}
+
+// lineSignal puts a token in ch (if there is room) for every line written
+// through it that contains want.
+type lineSignal struct {
+	want string
+	ch   chan struct{}
+	buf  []byte
+}
+
+func (w *lineSignal) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexByte(w.buf, '\n')
+		if i < 0 {
+			break
+		}
+		if bytes.Contains(w.buf[:i], []byte(w.want)) {
+			select {
+			case w.ch <- struct{}{}:
+			default:
+			}
+		}
+		w.buf = w.buf[i+1:]
+	}
+	return len(p), nil
 }
 
 // lockedWriter serialises writes from both members' output.
