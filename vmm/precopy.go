@@ -152,6 +152,10 @@ func (p *Precopy) send() {
 		p.err = p.finish(t0)
 	}
 	p.stats.Total = time.Since(t0)
+	// A transfer that failed before its pause (the receiver went away)
+	// still holds the machine's slot: free it, or no later transfer could
+	// start. A pause the vCPU takes meanwhile goes to p.final, unread.
+	p.m.precopy.CompareAndSwap(p, nil)
 }
 
 // rounds runs the full copy and the dirty rounds, up to asking for the pause.

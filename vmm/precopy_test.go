@@ -312,3 +312,72 @@ func TestReceivePrecopyRefuses(t *testing.T) {
 		t.Errorf("pages past the end of RAM: %v", err)
 	}
 }
+
+// failingWriter takes n bytes, then fails every write: a receiver that
+// went away in the middle of a transfer.
+type failingWriter struct{ n int }
+
+func (f *failingWriter) Write(p []byte) (int, error) {
+	if f.n <= 0 {
+		return 0, errors.New("the receiver went away (test)")
+	}
+	k := min(len(p), f.n)
+	f.n -= k
+	if k < len(p) {
+		return k, errors.New("the receiver went away (test)")
+	}
+	return k, nil
+}
+
+// TestPrecopyAfterAFailedOne: a transfer whose receiver went away before
+// the pause frees the machine for the next one, which ends in the state
+// of its pause. (The failed one used to keep the machine's transfer slot:
+// "a transfer is already under way", for good.)
+func TestPrecopyAfterAFailedOne(t *testing.T) {
+	img := loadGuest(t, "dirty")
+	vmmtest.ForEachBackend(t, func(t *testing.T, b backend.Backend) {
+		world := newMarkerWorld("")
+		m, err := New(b, img, Config{Cmdline: dirtyCmdline}, world)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer m.Close()
+		ctx, cancel := context.WithCancel(context.Background())
+		defer cancel()
+		runErr := make(chan error, 1)
+		go func() { _, err := m.Run(ctx); runErr <- err }()
+		<-world.busy
+		p, err := m.StartPrecopy(&failingWriter{n: 100 << 10}, PrecopyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Wait(); err == nil {
+			t.Fatal("a transfer to a receiver that went away succeeded")
+		}
+		pr, pw := io.Pipe()
+		got := make(chan error, 1)
+		go func() {
+			st, err := ReceivePrecopy(pr)
+			io.Copy(io.Discard, pr)
+			if err == nil && st.Exits == 0 {
+				err = errors.New("a state at exit 0")
+			}
+			got <- err
+		}()
+		p, err = m.StartPrecopy(pw, PrecopyOptions{})
+		if err != nil {
+			t.Fatalf("the second transfer: %v", err)
+		}
+		if _, err := p.Wait(); err != nil {
+			t.Fatalf("the second transfer: %v", err)
+		}
+		pw.Close()
+		if err := <-got; err != nil {
+			t.Fatalf("receiving the second transfer: %v", err)
+		}
+		cancel()
+		if err := <-runErr; !errors.Is(err, ErrInterrupted) {
+			t.Fatalf("the run ended with %v", err)
+		}
+	})
+}
