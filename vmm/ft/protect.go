@@ -251,15 +251,34 @@ func (p *protection) join(s *logchannel.Sender) error {
 	p.transferBytes.Store(0)
 	stopProgress := make(chan struct{})
 	defer close(stopProgress)
+	stalled := make(chan error, 1)
 	go func() {
+		// The transfer's progress for the metrics, and a guard: a backup
+		// that stops taking the state (hung, or hostile) while the guest
+		// runs on would hold this side's joins for good. The transfer is
+		// abandoned once neither the bytes sent nor the backup's reports
+		// of bytes received and taken grew for joinStallTimeout.
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
+		var last [3]uint64
+		moved := time.Now()
 		for {
-			p.transferBytes.Store(s.Stats().TransferBytes)
+			st := s.Stats()
+			p.transferBytes.Store(st.TransferBytes)
+			if now := [3]uint64{st.TransferBytes, st.TransferReceived, st.TransferTaken}; now != last {
+				last, moved = now, time.Now()
+			} else if stall := joinStallTimeout(o.Channel); time.Since(moved) > stall {
+				err := fmt.Errorf("the state transfer made no progress for %v (%s of state sent)", stall, sizeText(st.TransferBytes))
+				stalled <- err
+				// Lost, as a backup that stops acking is: the blocked Write
+				// fails, so does the pre-copy, and if the log had switched
+				// to this backup, its loss is decided on (watch).
+				s.Lose(err)
+				return
+			}
 			select {
 			case <-tick.C:
 			case <-stopProgress:
-				p.transferBytes.Store(s.Stats().TransferBytes)
 				return
 			}
 		}
@@ -285,6 +304,11 @@ func (p *protection) join(s *logchannel.Sender) error {
 	stats, err := pc.Wait()
 	if err == nil {
 		err = tw.FinishAt(joinSeq, gen)
+	}
+	select {
+	case serr := <-stalled:
+		err = serr
+	default:
 	}
 	if err != nil {
 		tw.Close()
@@ -315,6 +339,14 @@ func (p *protection) close() {
 	if p.sender != nil && p.joins.Load() > 0 {
 		p.sender.Close()
 	}
+}
+
+// joinStallTimeout is how long a joining backup may take no state before
+// the transfer to it is abandoned: the failover timeout, at least 5 s
+// (the state moves in chunks of up to 256 KiB, and a slow link may take
+// a while over one).
+func joinStallTimeout(c logchannel.Config) time.Duration {
+	return max(c.FailoverTimeout, 5*time.Second)
 }
 
 // drain, once the guest stopped and the log's end entry is logged, waits

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/vmm"
 )
 
 // chainMember is one side of a VM protected again and again: a primary, a
@@ -143,4 +144,92 @@ func TestFailoverAfterFailover(t *testing.T) {
 	if epoch.Epoch != 1+failovers {
 		t.Fatalf("the VM ended in epoch %d, want %d (one new epoch per joined backup)", epoch.Epoch, 1+failovers)
 	}
+}
+
+// TestStalledJoinerIsDropped: a backup that joins and then takes no state
+// (hung, or hostile) is dropped once the transfer makes no progress for
+// the stall timeout; the guest runs on alone meanwhile, and a real backup
+// joins next.
+func TestStalledJoinerIsDropped(t *testing.T) {
+	b := requireBackend(t)
+	img := loadImage(t, "dirty")
+	cfg := vmm.Config{MemSize: 96 << 20, Cmdline: "pages=12288 every=256"} // 48 MiB written: more than TCP and the queue hold
+	ln, arb, ctx := pairSetup(t)
+	pch, bch := channels(t, "test", logchannel.Config{HandshakeTimeout: time.Minute})
+	var plog, pout syncBuffer
+	jl, err := logchannel.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer jl.Close()
+	common := func(name string, out io.Writer, logb *syncBuffer, ch logchannel.Config) Common {
+		return Common{Backend: b, Image: img, Config: cfg, VMID: "test", Generation: 1, Arbiter: arb, Claimant: name,
+			Stdout: out, Channel: ch, Logf: func(f string, a ...any) {
+				t.Logf(name+": "+f, a...)
+				if logb != nil {
+					fmt.Fprintf(logb, f+"\n", a...)
+				}
+			}}
+	}
+	bctx, killBackup := context.WithCancel(ctx)
+	backupDone := make(chan error, 1)
+	go func() {
+		_, err := RunBackup(bctx, BackupOptions{Common: common("backup", io.Discard, nil, bch), Listener: ln})
+		backupDone <- err
+	}()
+	pctx, stopPrimary := context.WithCancel(ctx)
+	defer stopPrimary()
+	primaryDone := make(chan error, 1)
+	go func() {
+		_, err := RunPrimary(pctx, PrimaryOptions{Common: common("primary", &pout, &plog, pch), BackupAddr: ln.Addr().String(), JoinListener: jl})
+		primaryDone <- err
+	}()
+	waitLog := func(what string) {
+		t.Helper()
+		deadline := time.Now().Add(2 * time.Minute)
+		for !strings.Contains(plog.String(), what) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the primary never said %q:\n%s", what, plog.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	waitLog("connected to the backup")
+	killBackup()
+	<-backupDone
+	waitLog("carrying on alone")
+
+	// The stalled joiner: its receiver queues little and nobody reads it.
+	stallCfg := bch
+	stallCfg.MaxQueued = 1 << 20
+	hello := logchannel.Hello{VMID: "test", ImageSHA256: img.Hash, ConfigDigest: vmm.ConfigDigest(cfg), Join: true}
+	stalled, err := logchannel.DialJoin(ctx, jl.Addr().String(), hello, stallCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	began := time.Now()
+	waitLog("did not make it")
+	if !strings.Contains(plog.String(), "made no progress") {
+		t.Fatalf("the primary dropped the joiner for another reason:\n%s", plog.String())
+	}
+	t.Logf("the stalled joiner was dropped after %v", time.Since(began).Round(time.Millisecond))
+	select {
+	case err := <-primaryDone:
+		t.Fatalf("the primary ended: %v", err)
+	default:
+	}
+
+	joinDone := make(chan error, 1)
+	jctx, stopJoiner := context.WithCancel(ctx)
+	defer stopJoiner()
+	go func() {
+		_, err := RunBackup(jctx, BackupOptions{Common: common("joiner", io.Discard, nil, bch), Join: jl.Addr().String()})
+		joinDone <- err
+	}()
+	waitLog("PROTECTED again")
+	stopPrimary()
+	<-primaryDone
+	stopJoiner()
+	<-joinDone
 }
