@@ -54,6 +54,7 @@ var commands = map[string]func(args []string) int{
 	"status":   cmdStatus,
 	"demo":     cmdDemo,
 	"bench":    cmdBench,
+	"chaos":    cmdChaos,
 	"net":      cmdNet,
 	"backends": cmdBackends,
 	"arbiter":  cmdArbiter,

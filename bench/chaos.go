@@ -1,0 +1,474 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/ftvm/ftvm/bench/kv"
+	"github.com/ftvm/ftvm/bench/netproxy"
+	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/splitbrain"
+)
+
+// The fault campaign (ftvm chaos): kvstore protected by a primary and a
+// backup, each an ftvm process of its own with its logging channel through
+// a proxy the campaign controls, clients checking their history, and one
+// fault per trial at a random moment.
+
+// Faults the campaign injects.
+const (
+	FaultKillPrimary   = "kill-primary"   // kill -9 of the primary
+	FaultKillBackup    = "kill-backup"    // kill -9 of the backup
+	FaultFreezePrimary = "freeze-primary" // SIGSTOP past the failover timeout, then SIGCONT: the woken old primary must halt
+	FaultFreezeBackup  = "freeze-backup"  // the same for the backup
+	FaultPartition     = "partition"      // the logging link goes silent both ways; both sides live on
+)
+
+// ChaosFaults are every fault kind, in report order.
+var ChaosFaults = []string{FaultKillPrimary, FaultKillBackup, FaultFreezePrimary, FaultFreezeBackup, FaultPartition}
+
+// ChaosOptions configure a campaign.
+type ChaosOptions struct {
+	FTVM     string // the ftvm binary
+	GuestDir string
+	Backend  string
+	Trials   int
+	Faults   []string // default ChaosFaults, taken in turn
+	Seed     uint64   // the campaign's; each trial's is derived from it
+	// TrialSeed, if not 0, is the seed of every trial: to replay a failed
+	// one (with Trials 1 and its fault).
+	TrialSeed uint64
+	// FailoverTimeout of both sides (default 500 ms).
+	FailoverTimeout time.Duration
+	Logf            func(format string, args ...any)
+}
+
+// ChaosTrial is one trial's outcome. A trial replays with its Seed and
+// Fault (ftvm chaos --replay-seed).
+type ChaosTrial struct {
+	N     int
+	Seed  uint64
+	Fault string
+	// At is when the fault hit, after the pair was up.
+	At time.Duration
+	// Calls the clients completed; Failed never got a reply.
+	Calls, Failed int
+	// Unavailable is the longest time no client got a reply (ms).
+	Unavailable float64
+	// Linearizable: porcupine's verdict on the clients' history (a lost
+	// acknowledged write makes it not).
+	Linearizable bool
+	// Live is the side that ran the guest at the end; SplitBrain says
+	// that both sides went on (neither halted nor died), or that more
+	// than one side went live in an epoch.
+	Live       string
+	SplitBrain bool
+	Err        string `json:",omitempty"`
+}
+
+// ChaosRow sums up the trials of one fault kind.
+type ChaosRow struct {
+	Fault                       string
+	Trials                      int
+	UnavailP50, UnavailP99, Max float64 // ms
+	Failed, SplitBrains         int
+	Violations, Errors          int
+	FailedSeeds                 []uint64 `json:",omitempty"`
+}
+
+// ChaosResults are a campaign's.
+type ChaosResults struct {
+	Date, Command, Backend string
+	Seed                   uint64
+	Elapsed                string
+	Rows                   []ChaosRow
+	Trials                 []ChaosTrial
+}
+
+// Ok says whether every trial held the promise.
+func (r *ChaosResults) Ok() bool {
+	for _, row := range r.Rows {
+		if row.Failed+row.SplitBrains+row.Violations+row.Errors > 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// RunChaos runs the campaign.
+func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
+	if len(o.Faults) == 0 {
+		o.Faults = ChaosFaults
+	}
+	for _, f := range o.Faults {
+		if !slices.Contains(ChaosFaults, f) {
+			return nil, fmt.Errorf("chaos: no fault %q (the faults: %s)", f, strings.Join(ChaosFaults, ", "))
+		}
+	}
+	if o.FailoverTimeout == 0 {
+		o.FailoverTimeout = 500 * time.Millisecond
+	}
+	if o.Logf == nil {
+		o.Logf = func(string, ...any) {}
+	}
+	began := time.Now()
+	r := &ChaosResults{Date: began.UTC().Format(time.RFC3339), Backend: o.Backend, Seed: o.Seed}
+	rng := rand.New(rand.NewPCG(o.Seed, 0xc4a05))
+	for i := 0; i < o.Trials; i++ {
+		if ctx.Err() != nil {
+			return r, ctx.Err()
+		}
+		tr := ChaosTrial{N: i, Seed: rng.Uint64(), Fault: o.Faults[i%len(o.Faults)]}
+		if o.TrialSeed != 0 {
+			tr.Seed = o.TrialSeed
+		}
+		if err := chaosTrial(ctx, o, &tr); err != nil {
+			tr.Err = err.Error()
+		}
+		status := "ok"
+		if tr.Err != "" || !tr.Linearizable || tr.Failed > 0 || tr.SplitBrain {
+			status = "FAILED"
+		}
+		o.Logf("trial %d (%s, seed %d, at %v): %s; %d calls, unavailable %.0f ms, live %s%s", i, tr.Fault, tr.Seed, tr.At.Round(time.Millisecond),
+			status, tr.Calls, tr.Unavailable, tr.Live, errSuffix(tr.Err))
+		r.Trials = append(r.Trials, tr)
+	}
+	r.Elapsed = time.Since(began).Round(time.Second).String()
+	for _, f := range ChaosFaults {
+		row := ChaosRow{Fault: f}
+		var gaps []float64
+		for _, t := range r.Trials {
+			if t.Fault != f {
+				continue
+			}
+			row.Trials++
+			gaps = append(gaps, t.Unavailable)
+			bad := false
+			if t.Failed > 0 {
+				row.Failed++
+				bad = true
+			}
+			if t.SplitBrain {
+				row.SplitBrains++
+				bad = true
+			}
+			if t.Err == "" && !t.Linearizable {
+				row.Violations++
+				bad = true
+			}
+			if t.Err != "" {
+				row.Errors++
+				bad = true
+			}
+			if bad {
+				row.FailedSeeds = append(row.FailedSeeds, t.Seed)
+			}
+		}
+		if row.Trials == 0 {
+			continue
+		}
+		sort.Float64s(gaps)
+		row.UnavailP50, row.UnavailP99, row.Max = gaps[len(gaps)/2], gaps[min(len(gaps)-1, int(0.99*float64(len(gaps))))], gaps[len(gaps)-1]
+		r.Rows = append(r.Rows, row)
+	}
+	return r, nil
+}
+
+func errSuffix(e string) string {
+	if e == "" {
+		return ""
+	}
+	return ": " + e
+}
+
+// chaosSide is one ftvm process of a trial.
+type chaosSide struct {
+	name string
+	cmd  *exec.Cmd
+	log  *lockedBuilder
+	done chan struct{}
+}
+
+func (s *chaosSide) start(ftvm string, args []string) error {
+	s.cmd = exec.Command(ftvm, args...)
+	s.log = &lockedBuilder{b: &strings.Builder{}}
+	s.cmd.Stderr = s.log
+	s.done = make(chan struct{})
+	if err := s.cmd.Start(); err != nil {
+		return err
+	}
+	go func() { s.cmd.Wait(); close(s.done) }()
+	return nil
+}
+
+func (s *chaosSide) signal(sig syscall.Signal) { s.cmd.Process.Signal(sig) }
+
+func (s *chaosSide) ended() bool {
+	select {
+	case <-s.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// status is the exit status, -1 if killed by a signal or still running.
+func (s *chaosSide) status() int {
+	if !s.ended() {
+		return -1
+	}
+	return s.cmd.ProcessState.ExitCode()
+}
+
+// waitLine waits until the side's log has a line with one of wants, or it
+// ends, or d passes; it returns the want seen, or "".
+func (s *chaosSide) waitLine(d time.Duration, wants ...string) string {
+	deadline := time.Now().Add(d)
+	for {
+		text := s.log.String()
+		for _, w := range wants {
+			if strings.Contains(text, w) {
+				return w
+			}
+		}
+		if s.ended() || time.Now().After(deadline) {
+			return ""
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+const (
+	chaosHalted = 124 // ftvm's status for a side that lost the test-and-set
+	lineLive    = "backup: LIVE since"
+	lineAlone   = "carrying on alone"
+)
+
+func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
+	rng := rand.New(rand.NewPCG(tr.Seed, 0xfa017))
+	dir, err := os.MkdirTemp("", "ftvm-chaos-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	const vmID = "chaos"
+	arbURL := "file://" + filepath.Join(dir, "arbiter")
+	if err := os.Mkdir(filepath.Join(dir, "arbiter"), 0o700); err != nil {
+		return err
+	}
+	arb, err := splitbrain.Open(arbURL)
+	if err != nil {
+		return err
+	}
+	if _, err := arb.Init(ctx); err != nil {
+		return err
+	}
+	if err := logchannel.WritePairCredentials(dir, vmID, "primary", "backup"); err != nil {
+		return err
+	}
+	_, clientAddr, _, err := userNet(7000)
+	if err != nil {
+		return err
+	}
+	backupAddr, err := freeLoopbackAddr()
+	if err != nil {
+		return err
+	}
+	common := func(host string) []string {
+		f := logchannel.PairFiles(dir, host)
+		return []string{"--backend", o.Backend, "--vm-id", vmID, "--arbiter", arbURL, "--failover-timeout", o.FailoverTimeout.String(),
+			"--net", "user,hostfwd=udp:" + clientAddr + "-:7000", "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}
+	}
+	image := filepath.Join(o.GuestDir, "kvstore.elf")
+	backup := &chaosSide{name: "backup"}
+	if err := backup.start(o.FTVM, append(append([]string{"backup", "--listen", backupAddr}, common("backup")...), image)); err != nil {
+		return err
+	}
+	sides := []*chaosSide{backup}
+	defer func() {
+		for _, s := range sides {
+			s.signal(syscall.SIGCONT)
+			s.signal(syscall.SIGKILL)
+			<-s.done
+		}
+	}()
+	if backup.waitLine(time.Minute, "listening for the primary") == "" {
+		return fmt.Errorf("the backup did not start:\n%s", backup.log.String())
+	}
+	proxy, err := netproxy.New(backupAddr)
+	if err != nil {
+		return err
+	}
+	defer proxy.Close()
+	primary := &chaosSide{name: "primary"}
+	if err := primary.start(o.FTVM, append(append([]string{"primary", "--backup", proxy.Addr()}, common("primary")...), image)); err != nil {
+		return err
+	}
+	sides = append(sides, primary)
+	if primary.waitLine(time.Minute, "primary: connected to the backup") == "" {
+		return fmt.Errorf("the primary did not connect:\n%s", primary.log.String())
+	}
+
+	stop := make(chan struct{})
+	stopOnce := func() {
+		select {
+		case <-stop:
+		default:
+			close(stop)
+		}
+	}
+	defer stopOnce()
+	type ran struct {
+		out kv.Outcome
+		err error
+	}
+	clients := make(chan ran, 1)
+	go func() {
+		w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: int64(tr.Seed), OpTimeout: time.Minute, Stop: stop}
+		out, err := w.Run(ctx, clientAddr)
+		clients <- ran{out, err}
+	}()
+
+	tr.At = time.Duration(300+rng.IntN(1200)) * time.Millisecond
+	select {
+	case <-time.After(tr.At):
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	// Long enough for the other side to notice and decide, short enough
+	// that clients' retries are still running when the frozen side wakes.
+	freeze := 4*o.FailoverTimeout + time.Second
+	var survivor, loser *chaosSide
+	switch tr.Fault {
+	case FaultKillPrimary:
+		primary.signal(syscall.SIGKILL)
+		survivor, loser = backup, primary
+	case FaultKillBackup:
+		backup.signal(syscall.SIGKILL)
+		survivor, loser = primary, backup
+	case FaultFreezePrimary, FaultFreezeBackup:
+		frozen, other := primary, backup
+		if tr.Fault == FaultFreezeBackup {
+			frozen, other = backup, primary
+		}
+		frozen.signal(syscall.SIGSTOP)
+		time.Sleep(freeze) // the fault's length is part of the fault
+		frozen.signal(syscall.SIGCONT)
+		survivor, loser = other, frozen
+	case FaultPartition:
+		proxy.Freeze()
+	}
+	// The outcome: which side went on, and that the other one stopped.
+	wantLive := map[*chaosSide]string{primary: lineAlone, backup: lineLive}
+	if survivor == nil {
+		// A partition: whichever side won the arbiter goes on.
+		deadline := time.Now().Add(time.Minute)
+		for survivor == nil && time.Now().Before(deadline) {
+			switch {
+			case strings.Contains(primary.log.String(), lineAlone):
+				survivor, loser = primary, backup
+			case strings.Contains(backup.log.String(), lineLive):
+				survivor, loser = backup, primary
+			default:
+				time.Sleep(10 * time.Millisecond)
+			}
+		}
+		if survivor == nil {
+			return errors.New("after the partition no side went on within a minute")
+		}
+	}
+	tr.Live = survivor.name
+	if survivor.waitLine(time.Minute, wantLive[survivor]) == "" {
+		return fmt.Errorf("the %s did not go on after the fault:\n%s", survivor.name, survivor.log.String())
+	}
+	// The loser must stop: killed already, or halted by the arbiter.
+	select {
+	case <-loser.done:
+	case <-time.After(time.Minute):
+		tr.SplitBrain = true
+		return fmt.Errorf("the %s is still running a minute after the %s went on:\n%s", loser.name, survivor.name, loser.log.String())
+	}
+	if st := loser.status(); st != -1 && st != chaosHalted {
+		return fmt.Errorf("the %s ended with status %d, not %d (halted) or killed:\n%s", loser.name, st, chaosHalted, loser.log.String())
+	}
+	if strings.Contains(loser.log.String(), wantLive[loser]) {
+		tr.SplitBrain = true
+		return fmt.Errorf("both sides went on: the %s too:\n%s", loser.name, loser.log.String())
+	}
+	// Clients go on a little past the takeover, then stop.
+	time.Sleep(500 * time.Millisecond)
+	stopOnce()
+	res := <-clients
+	if res.err != nil {
+		return res.err
+	}
+	tr.Calls, tr.Failed, tr.Unavailable = len(res.out.Calls), res.out.Failed, ms(res.out.MaxGap)
+	verdict, _ := kv.CheckLinearizable(res.out.Calls, time.Minute)
+	tr.Linearizable = verdict == porcupine.Ok
+	if survivor.ended() {
+		return fmt.Errorf("the %s, which went on, ended with status %d:\n%s", survivor.name, survivor.status(), survivor.log.String())
+	}
+	return nil
+}
+
+// WriteReport writes REPORT.md and results.json into dir.
+func (r *ChaosResults) WriteReport(dir string) error {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	js, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	if err := writeAtomic(filepath.Join(dir, "results.json"), js); err != nil {
+		return err
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "# ftvm fault campaign\n\nCommand: `%s`, on the %s backend, %s; %d trials in %s; campaign seed %d.\n\n",
+		r.Command, r.Backend, r.Date, len(r.Trials), r.Elapsed, r.Seed)
+	b.WriteString("Each trial: kvstore protected by `ftvm primary` and `ftvm backup`, two processes on this machine with mutual TLS and a file arbiter, the logging channel through a proxy the campaign controls; 3 clients with porcupine-checked histories; one fault 0.3-1.5 s after the pair is up. " +
+		"kill: `kill -9`. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways while both processes live on (exactly one side may go on). " +
+		"A split brain is both sides going on, or the losing side still running a minute after the winner went on. Unavailability is the longest time no client got a reply (clients resend every 200 ms).\n\n")
+	b.WriteString("| fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	for _, row := range r.Rows {
+		seeds := make([]string, len(row.FailedSeeds))
+		for i, s := range row.FailedSeeds {
+			seeds[i] = fmt.Sprint(s)
+		}
+		fmt.Fprintf(&b, "| %s | %d | %.0f ms | %.0f ms | %.0f ms | %d | %d | %d | %d | %s |\n", row.Fault, row.Trials, row.UnavailP50, row.UnavailP99, row.Max,
+			row.Failed, row.SplitBrains, row.Violations, row.Errors, strings.Join(seeds, " "))
+	}
+	var failed []ChaosTrial
+	for _, t := range r.Trials {
+		if t.Err != "" || !t.Linearizable || t.Failed > 0 || t.SplitBrain {
+			failed = append(failed, t)
+		}
+	}
+	if len(failed) > 0 {
+		b.WriteString("\n## Failed trials\n\nReplay one with `ftvm chaos --trials 1 --faults FAULT --trial-seed SEED`.\n\n")
+		for _, t := range failed {
+			fmt.Fprintf(&b, "- trial %d, %s, seed %d, fault at %v: %d calls, %d without reply, linearizable %v, split brain %v: %s\n",
+				t.N, t.Fault, t.Seed, t.At.Round(time.Millisecond), t.Calls, t.Failed, t.Linearizable, t.SplitBrain, firstLine(t.Err))
+		}
+	}
+	return writeAtomic(filepath.Join(dir, "REPORT.md"), []byte(b.String()))
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}

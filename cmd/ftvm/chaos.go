@@ -1,0 +1,89 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/ftvm/ftvm/bench"
+)
+
+// cmdChaos runs a fault campaign against a protected kvstore and writes
+// its report; it exits 0 only if every trial kept the promise (no call
+// lost, no acknowledged write lost, never two live sides).
+func cmdChaos(args []string) int {
+	fs := newFlagSet("chaos", "[--quick] [--trials N] [--faults F,...] [--seed S] [--trial-seed S] [--out DIR] [--guests DIR]")
+	quick := fs.Bool("quick", false, "one trial of each fault kind (a smoke test for CI)")
+	trials := fs.Int("trials", 50, "trials in all, the fault kinds taken in turn")
+	faults := fs.String("faults", "", "the fault kinds, comma-separated (default all: "+strings.Join(bench.ChaosFaults, ", ")+")")
+	seed := fs.Uint64("seed", 0, "the campaign's seed (default: from the clock; the report gives it and every trial's)")
+	trialSeed := fs.Uint64("trial-seed", 0, "replay a trial: give every trial this seed (with --trials 1 --faults ITS-FAULT)")
+	failover := fs.Duration("failover-timeout", 500*time.Millisecond, "both sides' failover timeout")
+	out := fs.String("out", "", "where to write the report (default bench/results/chaos-DATE)")
+	guests := fs.String("guests", "", "the guest images (default guests/build beside this binary's tree)")
+	g := guestFlags{cmd: "chaos"}
+	fs.StringVar(&g.backend, "backend", os.Getenv("FTVM_BACKEND"), "auto|kvm|ptrace")
+	if err := fs.Parse(args); err != nil {
+		return exitUsage
+	}
+	if fs.NArg() != 0 || *trials < 1 {
+		fs.Usage()
+		return exitUsage
+	}
+	be, err := chooseBackend("chaos", g.backend)
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm chaos: %v\n", err)
+		return exitFailed
+	}
+	exe, err := os.Executable()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm chaos: %v\n", err)
+		return exitFailed
+	}
+	root := filepath.Join(filepath.Dir(exe), "..")
+	if *guests == "" {
+		*guests = filepath.Join(root, "guests", "build")
+	}
+	if *out == "" {
+		*out = filepath.Join(root, "bench", "results", "chaos-"+time.Now().UTC().Format("2006-01-02T150405"))
+	}
+	var kinds []string
+	if *faults != "" {
+		kinds = strings.Split(*faults, ",")
+	}
+	if *quick {
+		*trials = len(bench.ChaosFaults)
+		if len(kinds) > 0 {
+			*trials = len(kinds)
+		}
+	}
+	if *seed == 0 {
+		*seed = uint64(time.Now().UnixNano())
+	}
+	ctx, cancel := interruptContext()
+	defer cancel()
+	res, err := bench.RunChaos(ctx, bench.ChaosOptions{FTVM: exe, GuestDir: *guests, Backend: be.Name(), Trials: *trials, Faults: kinds,
+		Seed: *seed, TrialSeed: *trialSeed, FailoverTimeout: *failover,
+		Logf: func(f string, a ...any) {
+			fmt.Fprintf(os.Stderr, "ftvm chaos %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
+		}})
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm chaos: %v\n", err)
+		if res == nil {
+			return exitUsage
+		}
+	}
+	res.Command = "ftvm chaos " + strings.Join(args, " ")
+	if err := res.WriteReport(*out); err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm chaos: %v\n", err)
+		return exitFailed
+	}
+	fmt.Fprintf(os.Stderr, "ftvm chaos: report in %s\n", filepath.Join(*out, "REPORT.md"))
+	if !res.Ok() || err != nil {
+		fmt.Fprintln(os.Stderr, "ftvm chaos: FAILED: see the report's failed trials")
+		return 1
+	}
+	return 0
+}
