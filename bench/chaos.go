@@ -34,10 +34,16 @@ const (
 	FaultFreezePrimary = "freeze-primary" // SIGSTOP past the failover timeout, then SIGCONT: the woken old primary must halt
 	FaultFreezeBackup  = "freeze-backup"  // the same for the backup
 	FaultPartition     = "partition"      // the logging link goes silent both ways; both sides live on
+	// The logging link goes silent one way only: from the primary to the
+	// backup (log and heartbeats stop, the backup's acks and heartbeats
+	// still arrive), or from the backup to the primary.
+	FaultPartitionToBackup  = "partition-to-backup"
+	FaultPartitionToPrimary = "partition-to-primary"
 )
 
 // ChaosFaults are every fault kind, in report order.
-var ChaosFaults = []string{FaultKillPrimary, FaultKillBackup, FaultFreezePrimary, FaultFreezeBackup, FaultPartition}
+var ChaosFaults = []string{FaultKillPrimary, FaultKillBackup, FaultFreezePrimary, FaultFreezeBackup, FaultPartition,
+	FaultPartitionToBackup, FaultPartitionToPrimary}
 
 // ChaosOptions configure a campaign.
 type ChaosOptions struct {
@@ -369,6 +375,10 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		survivor, loser = other, frozen
 	case FaultPartition:
 		proxy.Freeze()
+	case FaultPartitionToBackup:
+		proxy.FreezeForward()
+	case FaultPartitionToPrimary:
+		proxy.FreezeBackward()
 	}
 	// The outcome: which side went on, and that the other one stopped.
 	wantLive := map[*chaosSide]string{primary: lineAlone, backup: lineLive}
@@ -439,7 +449,7 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	fmt.Fprintf(&b, "# ftvm fault campaign\n\nCommand: `%s`, on the %s backend, %s; %d trials in %s; campaign seed %d.\n\n",
 		r.Command, r.Backend, r.Date, len(r.Trials), r.Elapsed, r.Seed)
 	b.WriteString("Each trial: kvstore protected by `ftvm primary` and `ftvm backup`, two processes on this machine with mutual TLS and a file arbiter, the logging channel through a proxy the campaign controls; 3 clients with porcupine-checked histories; one fault 0.3-1.5 s after the pair is up. " +
-		"kill: `kill -9`. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways while both processes live on (exactly one side may go on). " +
+		"kill: `kill -9`. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways, or one way only (to-backup: the log and the primary's heartbeats stop, the backup's still arrive; to-primary: the reverse), while both processes live on (exactly one side may go on). " +
 		"A split brain is both sides going on, or the losing side still running a minute after the winner went on. Unavailability is the longest time no client got a reply (clients resend every 200 ms).\n\n")
 	b.WriteString("| fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {

@@ -18,8 +18,11 @@ type Proxy struct {
 	target string
 	frozen chan struct{}
 	once   sync.Once
-	mu     sync.Mutex
-	conns  []net.Conn
+	// cut[0] silences the dialer-to-target direction, cut[1] the other.
+	cut     [2]chan struct{}
+	cutOnce [2]sync.Once
+	mu      sync.Mutex
+	conns   []net.Conn
 	// forward counts the bytes relayed from the dialing side to the
 	// target; freezeAt, if not 0, freezes the relay once it reaches it.
 	forward, freezeAt atomic.Int64
@@ -31,7 +34,7 @@ func New(target string) (*Proxy, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &Proxy{ln: ln, target: target, frozen: make(chan struct{})}
+	p := &Proxy{ln: ln, target: target, frozen: make(chan struct{}), cut: [2]chan struct{}{make(chan struct{}), make(chan struct{})}}
 	go p.accept()
 	return p, nil
 }
@@ -41,6 +44,15 @@ func (p *Proxy) Addr() string { return p.ln.Addr().String() }
 
 // Freeze cuts the relay silently. It may be called more than once.
 func (p *Proxy) Freeze() { p.once.Do(func() { close(p.frozen) }) }
+
+// FreezeForward silences the direction from the dialing side to the
+// target only (for a primary that dials its backup: the log and the
+// primary's heartbeats stop, the backup's acks still arrive).
+func (p *Proxy) FreezeForward() { p.cutOnce[0].Do(func() { close(p.cut[0]) }) }
+
+// FreezeBackward silences the direction from the target to the dialing
+// side only.
+func (p *Proxy) FreezeBackward() { p.cutOnce[1].Do(func() { close(p.cut[1]) }) }
 
 // FreezeAfter freezes the relay once n bytes have gone from the dialing
 // side to the target: a cut that lands after a handshake, however long the
@@ -76,17 +88,20 @@ func (p *Proxy) accept() {
 		p.mu.Lock()
 		p.conns = append(p.conns, c, t)
 		p.mu.Unlock()
-		go p.pipe(t, c, &p.forward)
-		go p.pipe(c, t, nil)
+		go p.pipe(t, c, &p.forward, p.cut[0])
+		go p.pipe(c, t, nil, p.cut[1])
 	}
 }
 
-func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Int64) {
+func (p *Proxy) pipe(dst, src net.Conn, count *atomic.Int64, cut <-chan struct{}) {
 	buf := make([]byte, 64<<10)
 	for {
 		n, err := src.Read(buf)
 		select {
 		case <-p.frozen:
+			io.Copy(io.Discard, src)
+			return
+		case <-cut:
 			io.Copy(io.Discard, src)
 			return
 		default:
