@@ -19,7 +19,6 @@ import (
 	"github.com/ftvm/ftvm/bench/kv"
 	"github.com/ftvm/ftvm/bench/netproxy"
 	"github.com/ftvm/ftvm/logchannel"
-	"github.com/ftvm/ftvm/splitbrain"
 )
 
 // The fault campaign (ftvm chaos): kvstore protected by a primary and a
@@ -39,20 +38,27 @@ const (
 	// still arrive), or from the backup to the primary.
 	FaultPartitionToBackup  = "partition-to-backup"
 	FaultPartitionToPrimary = "partition-to-primary"
+	// The arbiter's storage (a real S3 server, versitygw) goes away, the
+	// primary is killed meanwhile, and the storage comes back: the backup
+	// must not go live before it can ask, and must once it can.
+	FaultArbiterDown = "arbiter-down"
 )
 
 // ChaosFaults are every fault kind, in report order.
 var ChaosFaults = []string{FaultKillPrimary, FaultKillBackup, FaultFreezePrimary, FaultFreezeBackup, FaultPartition,
-	FaultPartitionToBackup, FaultPartitionToPrimary}
+	FaultPartitionToBackup, FaultPartitionToPrimary, FaultArbiterDown}
 
 // ChaosOptions configure a campaign.
 type ChaosOptions struct {
 	FTVM     string // the ftvm binary
 	GuestDir string
-	Backend  string
-	Trials   int
-	Faults   []string // default ChaosFaults, taken in turn
-	Seed     uint64   // the campaign's; each trial's is derived from it
+	// Root is the source tree, where .ci/install-s3.sh puts versitygw
+	// (arbiter-down trials; $VERSITYGW and PATH are looked at too).
+	Root    string
+	Backend string
+	Trials  int
+	Faults  []string // default ChaosFaults, taken in turn
+	Seed    uint64   // the campaign's; each trial's is derived from it
 	// TrialSeed, if not 0, is the seed of every trial: to replay a failed
 	// one (with Trials 1 and its fault).
 	TrialSeed uint64
@@ -207,8 +213,9 @@ type chaosSide struct {
 	done chan struct{}
 }
 
-func (s *chaosSide) start(ftvm string, args []string) error {
+func (s *chaosSide) start(ftvm string, env, args []string) error {
 	s.cmd = exec.Command(ftvm, args...)
+	s.cmd.Env = env
 	s.log = &lockedBuilder{b: &strings.Builder{}}
 	s.cmd.Stderr = s.log
 	s.done = make(chan struct{})
@@ -271,15 +278,25 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	defer os.RemoveAll(dir)
 	const vmID = "chaos"
 	arbURL := "file://" + filepath.Join(dir, "arbiter")
-	if err := os.Mkdir(filepath.Join(dir, "arbiter"), 0o700); err != nil {
+	env := os.Environ()
+	var s3srv *s3Server
+	if tr.Fault == FaultArbiterDown {
+		bin, err := findVersityGW(o.Root)
+		if err != nil {
+			return err
+		}
+		if s3srv, err = startS3Server(ctx, bin, dir); err != nil {
+			return err
+		}
+		defer s3srv.stop()
+		arbURL, env = s3srv.url(vmID+"-arbiter"), s3srv.env()
+	} else if err := os.Mkdir(filepath.Join(dir, "arbiter"), 0o700); err != nil {
 		return err
 	}
-	arb, err := splitbrain.Open(arbURL)
-	if err != nil {
-		return err
-	}
-	if _, err := arb.Init(ctx); err != nil {
-		return err
+	initArb := exec.CommandContext(ctx, o.FTVM, "arbiter", "init", "--arbiter", arbURL)
+	initArb.Env = env
+	if out, err := initArb.CombinedOutput(); err != nil {
+		return fmt.Errorf("ftvm arbiter init: %v\n%s", err, out)
 	}
 	if err := logchannel.WritePairCredentials(dir, vmID, "primary", "backup"); err != nil {
 		return err
@@ -299,7 +316,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	}
 	image := filepath.Join(o.GuestDir, "kvstore.elf")
 	backup := &chaosSide{name: "backup"}
-	if err := backup.start(o.FTVM, append(append([]string{"backup", "--listen", backupAddr}, common("backup")...), image)); err != nil {
+	if err := backup.start(o.FTVM, env, append(append([]string{"backup", "--listen", backupAddr}, common("backup")...), image)); err != nil {
 		return err
 	}
 	sides := []*chaosSide{backup}
@@ -319,7 +336,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	}
 	defer proxy.Close()
 	primary := &chaosSide{name: "primary"}
-	if err := primary.start(o.FTVM, append(append([]string{"primary", "--backup", proxy.Addr()}, common("primary")...), image)); err != nil {
+	if err := primary.start(o.FTVM, env, append(append([]string{"primary", "--backup", proxy.Addr()}, common("primary")...), image)); err != nil {
 		return err
 	}
 	sides = append(sides, primary)
@@ -379,6 +396,24 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		proxy.FreezeForward()
 	case FaultPartitionToPrimary:
 		proxy.FreezeBackward()
+	case FaultArbiterDown:
+		s3srv.stop()
+		primary.signal(syscall.SIGKILL)
+		survivor, loser = backup, primary
+		// The backup finds its primary gone and the storage unreachable:
+		// it must retry, and not go live, for as long as the storage is
+		// away (the fault's length: a few failover timeouts).
+		if backup.waitLine(time.Minute, "arbiter unreachable") == "" {
+			return fmt.Errorf("the backup never said the arbiter was unreachable:\n%s", backup.log.String())
+		}
+		time.Sleep(freeze)
+		if strings.Contains(backup.log.String(), lineLive) {
+			tr.SplitBrain = true
+			return fmt.Errorf("the backup went live while the arbiter's storage was down:\n%s", backup.log.String())
+		}
+		if err := s3srv.start(ctx); err != nil {
+			return err
+		}
 	}
 	// The outcome: which side went on, and that the other one stopped.
 	wantLive := map[*chaosSide]string{primary: lineAlone, backup: lineLive}
@@ -449,7 +484,7 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	fmt.Fprintf(&b, "# ftvm fault campaign\n\nCommand: `%s`, on the %s backend, %s; %d trials in %s; campaign seed %d.\n\n",
 		r.Command, r.Backend, r.Date, len(r.Trials), r.Elapsed, r.Seed)
 	b.WriteString("Each trial: kvstore protected by `ftvm primary` and `ftvm backup`, two processes on this machine with mutual TLS and a file arbiter, the logging channel through a proxy the campaign controls; 3 clients with porcupine-checked histories; one fault 0.3-1.5 s after the pair is up. " +
-		"kill: `kill -9`. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways, or one way only (to-backup: the log and the primary's heartbeats stop, the backup's still arrive; to-primary: the reverse), while both processes live on (exactly one side may go on). " +
+		"kill: `kill -9`. arbiter-down: the S3 arbiter's server (versitygw) is killed, then the primary; the backup must retry without going live for 4 failover timeouts + 1 s, until the server is back on the same storage. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways, or one way only (to-backup: the log and the primary's heartbeats stop, the backup's still arrive; to-primary: the reverse), while both processes live on (exactly one side may go on). " +
 		"A split brain is both sides going on, or the losing side still running a minute after the winner went on. Unavailability is the longest time no client got a reply (clients resend every 200 ms).\n\n")
 	b.WriteString("| fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {

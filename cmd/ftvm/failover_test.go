@@ -6,6 +6,7 @@ import (
 	"math/rand"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"sort"
 	"strings"
 	"syscall"
@@ -247,7 +248,8 @@ func epochsIn(t *testing.T, log, line, marker string) []uint64 {
 
 // TestChaosQuick: ftvm chaos --quick runs one trial of each fault kind
 // (kill -9 and freeze of each side, a partition of the logging link both
-// ways and each way alone) and
+// ways and each way alone, the S3 arbiter's server down while the primary
+// dies) and
 // every trial keeps the promise: each call completes, the history is
 // linearizable, one side goes on and the other halts or is dead.
 func TestChaosQuick(t *testing.T) {
@@ -255,13 +257,30 @@ func TestChaosQuick(t *testing.T) {
 	dir := t.TempDir()
 	// The default failover timeout (1 s), not the campaign's 500 ms: under
 	// emulation (CI's QEMU) a loaded vCPU can miss 500 ms of heartbeats.
-	cmd := exec.Command(ftvmBin, "chaos", "--quick", "--failover-timeout", "1s", "--backend", b.Name(), "--out", dir, "--guests", "../../guests/build")
+	args := []string{"chaos", "--quick", "--failover-timeout", "1s", "--backend", b.Name(), "--out", dir, "--guests", "../../guests/build"}
+	faults := []string{"kill-primary", "kill-backup", "freeze-primary", "freeze-backup", "partition", "partition-to-backup", "partition-to-primary", "arbiter-down"}
+	env := os.Environ()
+	// arbiter-down needs versitygw, the S3 server .ci/install-s3.sh puts
+	// in .tools/bin (the binary under test is built elsewhere).
+	if gw, err := filepath.Abs("../../.tools/bin/versitygw"); err == nil && os.Getenv("VERSITYGW") == "" {
+		if _, err := os.Stat(gw); err == nil {
+			env = append(env, "VERSITYGW="+gw)
+		} else if os.Getenv("CI") == "true" {
+			t.Fatalf("versitygw not at %s: .ci/run installs it (.ci/install-s3.sh)", gw)
+		} else {
+			faults = faults[:len(faults)-1]
+			t.Logf("versitygw not at %s (run .ci/install-s3.sh): arbiter-down left out", gw)
+			args = append(args, "--faults", strings.Join(faults, ","))
+		}
+	}
+	cmd := exec.Command(ftvmBin, args...)
+	cmd.Env = env
 	out, err := cmd.CombinedOutput()
 	report, _ := os.ReadFile(dir + "/REPORT.md")
 	if err != nil {
 		t.Fatalf("ftvm chaos --quick: %v\n%s\n%s", err, out, report)
 	}
-	for _, f := range []string{"kill-primary", "kill-backup", "freeze-primary", "freeze-backup", "partition", "partition-to-backup", "partition-to-primary"} {
+	for _, f := range faults {
 		if !strings.Contains(string(report), "| "+f+" | 1 |") {
 			t.Errorf("the report has no row for one %s trial:\n%s", f, report)
 		}
