@@ -10,6 +10,7 @@ import (
 	"net/netip"
 	"os"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/ftvm/ftvm/replay"
@@ -137,6 +138,14 @@ type Machine struct {
 	exits   uint64
 	seen    seenTime
 	closed  bool
+	// xferMu guards xfers, the transfers whose goroutine may still read
+	// RAM or the dirty log, and release, set when Close came while one
+	// was: the last transfer to end then releases the VM. closing tells
+	// the transfers to stop.
+	xferMu  sync.Mutex
+	xfers   int
+	release bool
+	closing atomic.Bool
 	// resume: the registers the guest resumes with after a restore, written
 	// by the first Run. capture: a snapshot due after exit captureAt.
 	resume    *replay.Regs
@@ -375,12 +384,26 @@ func (m *Machine) Kick() {
 	}
 }
 
-// Close releases the VM. Must not be called while Run is running.
+// Close releases the VM. Must not be called while Run is running. A live
+// transfer still under way (StartPrecopy) is told to stop, and the VM is
+// released when it has: its goroutine may be reading RAM right now.
 func (m *Machine) Close() error {
 	if m.closed {
 		return nil
 	}
 	m.closed = true
+	m.closing.Store(true)
+	m.xferMu.Lock()
+	defer m.xferMu.Unlock()
+	if m.xfers > 0 {
+		m.release = true
+		return nil
+	}
+	return m.releaseLocked()
+}
+
+// releaseLocked frees the vCPU, RAM and the private region.
+func (m *Machine) releaseLocked() error {
 	var err error
 	if m.vcpu != nil {
 		err = m.vcpu.Close()

@@ -131,9 +131,16 @@ type precopyFinal struct {
 // reads RAM and the dirty logs; it never touches the vCPU.
 func (m *Machine) StartPrecopy(w io.Writer, opt PrecopyOptions) (*Precopy, error) {
 	p := &Precopy{m: m, opt: opt.withDefaults(), enc: newPrecopyWriter(w), final: make(chan precopyFinal, 1), done: make(chan struct{})}
+	m.xferMu.Lock()
+	defer m.xferMu.Unlock()
+	if m.closed {
+		return nil, errors.New("vmm: pre-copy: the machine is closed")
+	}
 	if !m.precopy.CompareAndSwap(nil, p) {
 		return nil, errors.New("vmm: pre-copy: a transfer is already under way")
 	}
+	m.xfers++
+	p.enc.stop = &m.closing
 	go p.send()
 	return p, nil
 }
@@ -156,6 +163,12 @@ func (p *Precopy) send() {
 	// still holds the machine's slot: free it, or no later transfer could
 	// start. A pause the vCPU takes meanwhile goes to p.final, unread.
 	p.m.precopy.CompareAndSwap(p, nil)
+	m := p.m
+	m.xferMu.Lock()
+	defer m.xferMu.Unlock()
+	if m.xfers--; m.xfers == 0 && m.release {
+		m.releaseLocked()
+	}
 }
 
 // rounds runs the full copy and the dirty rounds, up to asking for the pause.

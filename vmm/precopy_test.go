@@ -381,3 +381,51 @@ func TestPrecopyAfterAFailedOne(t *testing.T) {
 		}
 	})
 }
+
+// slowWriter takes every write after a short wait: a slow link.
+type slowWriter struct{ n atomic.Int64 }
+
+func (s *slowWriter) Write(p []byte) (int, error) {
+	time.Sleep(200 * time.Microsecond)
+	s.n.Add(int64(len(p)))
+	return len(p), nil
+}
+
+// TestCloseDuringPrecopy: a machine closed (its run ended) while a
+// transfer still reads its RAM stops the transfer with an error and frees
+// the RAM only once the transfer let go. It used to unmap the RAM under
+// the transfer's goroutine: SIGSEGV, the whole VMM down (seen when a
+// primary stopped while a backup joined it).
+func TestCloseDuringPrecopy(t *testing.T) {
+	img := loadGuest(t, "dirty")
+	vmmtest.ForEachBackend(t, func(t *testing.T, b backend.Backend) {
+		world := newMarkerWorld("")
+		m, err := New(b, img, Config{MemSize: 64 << 20, Cmdline: "pages=8192 every=64"}, world)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		runErr := make(chan error, 1)
+		go func() { _, err := m.Run(ctx); runErr <- err }()
+		<-world.busy
+		w := &slowWriter{}
+		p, err := m.StartPrecopy(w, PrecopyOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for w.n.Load() < 1<<20 { // the full copy is under way
+			time.Sleep(time.Millisecond)
+		}
+		cancel()
+		<-runErr
+		if err := m.Close(); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := p.Wait(); err == nil {
+			t.Fatal("a transfer whose machine was closed under it succeeded")
+		}
+		if _, err := m.StartPrecopy(w, PrecopyOptions{}); err == nil {
+			t.Fatal("a transfer of a closed machine started")
+		}
+	})
+}

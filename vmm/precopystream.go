@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
+	"sync/atomic"
 )
 
 // The pre-copy stream: one writer and one reader over one record format.
@@ -43,7 +44,13 @@ type precopyWriter struct {
 	// page holds one record's pages copied out of RAM, so that the CRC
 	// and the bytes sent are of the same copy while the guest writes on.
 	page []byte
+	// stop, if set, ends the transfer at the next record: the machine is
+	// being closed (Machine.Close).
+	stop *atomic.Bool
 }
+
+// errMachineClosed ends a transfer whose machine was closed under it.
+var errMachineClosed = errors.New("vmm: pre-copy: the machine was closed")
 
 func newPrecopyWriter(w io.Writer) *precopyWriter {
 	return &precopyWriter{w: bufio.NewWriterSize(w, 1<<20)}
@@ -90,6 +97,9 @@ func (w *precopyWriter) pages(round uint32, first uint64, data []byte) error {
 		w.page = make([]byte, precopyMaxPages*pageSize)
 	}
 	for len(data) > 0 {
+		if w.stop != nil && w.stop.Load() {
+			return errMachineClosed
+		}
 		n := min(uint64(len(data))/pageSize, precopyMaxPages)
 		copy(w.page, data[:n*pageSize])
 		if err := w.write(recHead(recPages, round, first, n), w.page[:n*pageSize]); err != nil {
