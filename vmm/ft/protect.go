@@ -45,6 +45,7 @@ type protection struct {
 	// backup holds the guest's state now (not while one is being
 	// transferred), since changed (Unix ns); transferBytes is the state
 	// sent to the last backup that joined or is joining.
+	joining       atomic.Pointer[logchannel.Sender] // a backup whose transfer is under way
 	joins         atomic.Int64
 	protected     atomic.Bool
 	changed       atomic.Int64
@@ -248,6 +249,8 @@ func (p *protection) join(s *logchannel.Sender) error {
 	o.logf("primary: a backup joins from %s %s; epoch %d; copying the running guest's state", s.Peer(), o.channelSecurity(), gen)
 	o.Metrics.SetRole("transferring")
 	tw := s.Transfer()
+	p.joining.Store(s)
+	defer p.joining.Store(nil)
 	p.transferBytes.Store(0)
 	stopProgress := make(chan struct{})
 	defer close(stopProgress)
@@ -333,6 +336,11 @@ func (p *protection) join(s *logchannel.Sender) error {
 // close stops sharing the NAT and closes the channel of a backup that
 // joined (the caller closes the one it dialed).
 func (p *protection) close() {
+	if s := p.joining.Load(); s != nil {
+		// The run ended under a transfer: end it, so that the machine's
+		// RAM is released now rather than when the backup gives up.
+		s.Lose(errors.New("the guest stopped during the state transfer"))
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.stopNAT()

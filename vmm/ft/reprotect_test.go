@@ -153,7 +153,10 @@ func TestFailoverAfterFailover(t *testing.T) {
 func TestStalledJoinerIsDropped(t *testing.T) {
 	b := requireBackend(t)
 	img := loadImage(t, "dirty")
-	cfg := vmm.Config{MemSize: 96 << 20, Cmdline: "pages=12288 every=256"} // 48 MiB written: more than TCP and the queue hold
+	// 48 MiB of state, more than TCP and the queue hold, rewritten slowly
+	// (spin) so that the real joiner's rounds converge even under
+	// emulation (CI's QEMU).
+	cfg := vmm.Config{MemSize: 96 << 20, Cmdline: "pages=12288 every=256 spin=2000"}
 	ln, arb, ctx := pairSetup(t)
 	pch, bch := channels(t, "test", logchannel.Config{HandshakeTimeout: time.Minute})
 	var plog, pout syncBuffer
