@@ -22,6 +22,16 @@ import (
 // the pair's stderr.
 func pairTrial(t *testing.T, seed int64, duration time.Duration, pairFlags ...string) (kv.Outcome, string) {
 	t.Helper()
+	return pairTrialUntil(t, seed, duration, "", pairFlags...)
+}
+
+// pairTrialUntil is pairTrial whose clients run at least duration and
+// until the pair's stderr has a line with until (at most 5 minutes) and a
+// second past it: an
+// event on the pair's own clock, which under emulation (CI's QEMU) runs
+// far behind the clients'.
+func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until string, pairFlags ...string) (kv.Outcome, string) {
+	t.Helper()
 	port := freeUDPPort(t)
 	args := append([]string{"pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port)}, pairFlags...)
 	cmd := exec.Command(ftvmBin, append(args, guest("kvstore"))...)
@@ -42,9 +52,32 @@ func pairTrial(t *testing.T, seed int64, duration time.Duration, pairFlags ...st
 			t.Errorf("the pair did not stop on SIGTERM:\n%s", errb.String())
 		}
 	}()
-	w := kv.Workload{Clients: 3, Keys: 4, Duration: duration, Seed: seed, OpTimeout: 30 * time.Second}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	stop := make(chan struct{})
+	w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: seed, OpTimeout: 30 * time.Second, Stop: stop}
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
+	go func() {
+		defer close(stop)
+		least := time.After(duration)
+		deadline := time.After(5 * time.Minute)
+		for until != "" && !strings.Contains(errb.String(), until) {
+			select {
+			case <-deadline:
+				return
+			case <-done:
+				return
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		if until != "" {
+			// Some calls after the event too.
+			least = time.After(time.Second)
+		}
+		select {
+		case <-least:
+		case <-done:
+		}
+	}()
 	out, err := w.Run(ctx, fmt.Sprintf("127.0.0.1:%d", port))
 	if err != nil {
 		t.Fatal(err)
@@ -89,7 +122,10 @@ func TestKillPrimary(t *testing.T) {
 		// Without re-protection (TestTenFailoversInARow has it): the new
 		// backup's start competes with the clients for the CPU, which under
 		// emulation (CI's QEMU, one vCPU) left too few calls to judge.
-		out, stderr := pairTrial(t, int64(i+1), 2500*time.Millisecond, "--kill-primary-after", kill.String(), "--no-reprotect")
+		// The clients run until the backup is live and a second more: the
+		// kill counts from the pair being up, which under emulation can
+		// come after a fixed-length workload has ended.
+		out, stderr := pairTrialUntil(t, int64(i+1), 2500*time.Millisecond, "backup: LIVE since", "--kill-primary-after", kill.String(), "--no-reprotect")
 		if !strings.Contains(stderr, "backup: LIVE since") {
 			t.Fatalf("trial %d (kill at %v): the backup did not go live\n%s", i, kill, stderr)
 		}
@@ -105,7 +141,7 @@ func TestKillPrimary(t *testing.T) {
 // carries on, a new backup joins it, and the clients see no error.
 func TestKillBackup(t *testing.T) {
 	requireBackend(t)
-	out, stderr := pairTrial(t, 99, 2500*time.Millisecond, "--kill-backup-after", "700ms")
+	out, stderr := pairTrialUntil(t, 99, 2500*time.Millisecond, "primary: PROTECTED again", "--kill-backup-after", "700ms")
 	if !strings.Contains(stderr, "primary: won the arbiter") {
 		t.Fatalf("the primary did not carry on alone:\n%s", stderr)
 	}
