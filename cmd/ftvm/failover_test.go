@@ -298,7 +298,13 @@ func TestChaosQuick(t *testing.T) {
 	env := os.Environ()
 	// arbiter-down needs versitygw, the S3 server .ci/install-s3.sh puts
 	// in .tools/bin (the binary under test is built elsewhere).
-	if gw, err := filepath.Abs("../../.tools/bin/versitygw"); err == nil && os.Getenv("VERSITYGW") == "" {
+	if os.Getenv("FTVM_KVMQ") == "1" {
+		// Inside .ci/kvm-in-qemu's minimal guest versitygw does not start;
+		// make test runs arbiter-down on the host's backends.
+		faults = faults[:len(faults)-1]
+		t.Logf("under kvm-in-qemu: arbiter-down left out (no S3 server there); it runs on the host's backends")
+		args = append(args, "--faults", strings.Join(faults, ","))
+	} else if gw, err := filepath.Abs("../../.tools/bin/versitygw"); err == nil && os.Getenv("VERSITYGW") == "" {
 		if _, err := os.Stat(gw); err == nil {
 			env = append(env, "VERSITYGW="+gw)
 		} else if os.Getenv("CI") == "true" {
