@@ -61,11 +61,15 @@ func cmdPair(args []string) int {
 	}
 	defer removeArbiter()
 	*arbiter = arbURL
-	addr, err := freeTCPAddr()
+	// The logging channel's address and each member's join address, all
+	// different: picked while all are held, so that none is handed out
+	// twice (picked one by one, a released port came back as the next).
+	addrs, err := freeTCPAddrs(3)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
 		return exitFailed
 	}
+	addr := addrs[0]
 	base := []string{"--backend", be.Name(), "--vm-id", g.vmID, "--arbiter", *arbiter, "--mem", strconv.FormatUint(g.mem.v, 10)}
 	if g.net != "" {
 		base = append(base, "--net", g.net)
@@ -75,13 +79,7 @@ func cmdPair(args []string) int {
 	}
 	common := append([]string{"--generation", strconv.FormatUint(gen, 10)}, base...)
 	// Every member takes a backup that joins it once it runs alone.
-	joinAddrs := make([]string, 2)
-	for i := range joinAddrs {
-		if joinAddrs[i], err = freeTCPAddr(); err != nil {
-			fmt.Fprintf(os.Stderr, "ftvm pair: %v\n", err)
-			return exitFailed
-		}
-	}
+	joinAddrs := addrs[1:]
 	with := func(flag, v string, rest []string) []string {
 		if v == "" {
 			return rest
@@ -147,6 +145,20 @@ func cmdPair(args []string) int {
 
 func pairLog(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, "ftvm pair %s: %s\n", time.Now().Format("15:04:05.000"), fmt.Sprintf(format, args...))
+}
+
+// freeTCPAddrs returns n different free loopback addresses.
+func freeTCPAddrs(n int) ([]string, error) {
+	var addrs []string
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		defer ln.Close()
+		addrs = append(addrs, ln.Addr().String())
+	}
+	return addrs, nil
 }
 
 func freeTCPAddr() (string, error) {
