@@ -22,15 +22,14 @@ import (
 // the pair's stderr.
 func pairTrial(t *testing.T, seed int64, duration time.Duration, pairFlags ...string) (kv.Outcome, string) {
 	t.Helper()
-	return pairTrialUntil(t, seed, duration, "", pairFlags...)
+	return pairTrialUntil(t, seed, duration, nil, pairFlags...)
 }
 
-// pairTrialUntil is pairTrial whose clients run at least duration and
-// until the pair's stderr has a line with until (at most 5 minutes) and a
-// second past it: an
-// event on the pair's own clock, which under emulation (CI's QEMU) runs
-// far behind the clients'.
-func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until string, pairFlags ...string) (kv.Outcome, string) {
+// pairTrialUntil is pairTrial whose clients run at least duration and, if
+// until is set, until it holds for the pair's stderr (at most 8 minutes)
+// and a second past it: an event on the pair's own clock, which under
+// emulation (CI's QEMU) runs far behind the clients'.
+func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until func(stderr string) bool, pairFlags ...string) (kv.Outcome, string) {
 	t.Helper()
 	port := freeUDPPort(t)
 	args := append([]string{"pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port)}, pairFlags...)
@@ -46,7 +45,7 @@ func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until stri
 		cmd.Process.Signal(syscall.SIGTERM)
 		select {
 		case <-done:
-		case <-time.After(10 * time.Second):
+		case <-time.After(30 * time.Second):
 			cmd.Process.Kill()
 			<-done
 			t.Errorf("the pair did not stop on SIGTERM:\n%s", errb.String())
@@ -54,13 +53,13 @@ func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until stri
 	}()
 	stop := make(chan struct{})
 	w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: seed, OpTimeout: 30 * time.Second, Stop: stop}
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 9*time.Minute)
 	defer cancel()
 	go func() {
 		defer close(stop)
 		least := time.After(duration)
-		deadline := time.After(5 * time.Minute)
-		for until != "" && !strings.Contains(errb.String(), until) {
+		deadline := time.After(8 * time.Minute)
+		for until != nil && !until(errb.String()) {
 			select {
 			case <-deadline:
 				return
@@ -69,7 +68,7 @@ func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until stri
 			case <-time.After(10 * time.Millisecond):
 			}
 		}
-		if until != "" {
+		if until != nil {
 			// Some calls after the event too.
 			least = time.After(time.Second)
 		}
@@ -83,6 +82,11 @@ func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until stri
 		t.Fatal(err)
 	}
 	return out, errb.String()
+}
+
+// has says whether a log has a line with line.
+func has(line string) func(string) bool {
+	return func(log string) bool { return strings.Contains(log, line) }
 }
 
 // checkHistory fails the test unless every call completed and the history
@@ -125,7 +129,7 @@ func TestKillPrimary(t *testing.T) {
 		// The clients run until the backup is live and a second more: the
 		// kill counts from the pair being up, which under emulation can
 		// come after a fixed-length workload has ended.
-		out, stderr := pairTrialUntil(t, int64(i+1), 2500*time.Millisecond, "backup: LIVE since", "--kill-primary-after", kill.String(), "--no-reprotect")
+		out, stderr := pairTrialUntil(t, int64(i+1), 2500*time.Millisecond, has("backup: LIVE since"), "--kill-primary-after", kill.String(), "--no-reprotect")
 		if !strings.Contains(stderr, "backup: LIVE since") {
 			t.Fatalf("trial %d (kill at %v): the backup did not go live\n%s", i, kill, stderr)
 		}
@@ -141,7 +145,7 @@ func TestKillPrimary(t *testing.T) {
 // carries on, a new backup joins it, and the clients see no error.
 func TestKillBackup(t *testing.T) {
 	requireBackend(t)
-	out, stderr := pairTrialUntil(t, 99, 2500*time.Millisecond, "primary: PROTECTED again", "--kill-backup-after", "700ms")
+	out, stderr := pairTrialUntil(t, 99, 2500*time.Millisecond, has("primary: PROTECTED again"), "--kill-backup-after", "700ms")
 	if !strings.Contains(stderr, "primary: won the arbiter") {
 		t.Fatalf("the primary did not carry on alone:\n%s", stderr)
 	}
@@ -195,57 +199,14 @@ func TestBenchQuick(t *testing.T) {
 func TestTenFailoversInARow(t *testing.T) {
 	requireBackend(t)
 	const failovers = 10
-	port := freeUDPPort(t)
-	cmd := exec.Command(ftvmBin, "pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port),
-		"--kill-primary-after", "300ms", "--failovers", fmt.Sprint(failovers), guest("kvstore"))
-	var errb syncBuf
-	cmd.Stderr = &errb
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { cmd.Wait(); close(done) }()
-	defer func() {
-		cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-done:
-		case <-time.After(30 * time.Second):
-			cmd.Process.Kill()
-			<-done
-			t.Errorf("the pair did not stop on SIGTERM:\n%s", errb.String())
-		}
-	}()
-	stop := make(chan struct{})
-	w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: time.Now().UnixNano(), OpTimeout: time.Minute, Stop: stop}
-	type result struct {
-		out kv.Outcome
-		err error
-	}
-	ran := make(chan result, 1)
-	go func() {
-		out, err := w.Run(context.Background(), fmt.Sprintf("127.0.0.1:%d", port))
-		ran <- result{out, err}
-	}()
 	// Done when the tenth survivor is protected again.
-	deadline := time.Now().Add(8 * time.Minute)
-	for strings.Count(errb.String(), "primary: PROTECTED again") < failovers {
-		select {
-		case <-done:
-			t.Fatalf("the pair ended early:\n%s", errb.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("not %d failovers within 8 minutes:\n%s", failovers, errb.String())
-		}
-		time.Sleep(20 * time.Millisecond)
+	out, stderr := pairTrialUntil(t, time.Now().UnixNano(), 0, func(log string) bool {
+		return strings.Count(log, "primary: PROTECTED again") >= failovers
+	}, "--kill-primary-after", "300ms", "--failovers", fmt.Sprint(failovers))
+	if n := strings.Count(stderr, "primary: PROTECTED again"); n < failovers {
+		t.Fatalf("%d failovers with re-protection, want %d:\n%s", n, failovers, stderr)
 	}
-	close(stop)
-	r := <-ran
-	if r.err != nil {
-		t.Fatal(r.err)
-	}
-	stderr := errb.String()
-	checkHistory(t, r.out, stderr)
+	checkHistory(t, out, stderr)
 	if strings.Contains(stderr, "carrying on alone") {
 		t.Fatalf("a live side lost its backup and carried on alone: no kill was meant to hit a backup\n%s", stderr)
 	}
@@ -257,7 +218,7 @@ func TestTenFailoversInARow(t *testing.T) {
 		}
 	}
 	t.Logf("%d failovers, each after a new backup joined: %d calls, longest time without a reply %v",
-		failovers, len(r.out.Calls), r.out.MaxGap.Round(time.Millisecond))
+		failovers, len(out.Calls), out.MaxGap.Round(time.Millisecond))
 }
 
 // epochsIn returns, in order, the number after marker on every line that
