@@ -90,9 +90,9 @@ func (s *PairSupervisor) Run() int {
 		if feed {
 			c = console
 		}
-		upOnce := new(sync.Once)
-		stderr := io.MultiWriter(s.Stderr, &lineWatch{want: linePaired, seen: m.up, once: upOnce}, &lineWatch{want: lineProtected, seen: m.up, once: upOnce},
-			&lineWatch{want: lineWentLive, seen: m.live}, &lineSignal{want: lineAlone, ch: m.alone})
+		up := closer(m.up)
+		stderr := io.MultiWriter(s.Stderr, &lineWatch{want: linePaired, on: up}, &lineWatch{want: lineProtected, on: up},
+			&lineWatch{want: lineWentLive, on: closer(m.live)}, &lineWatch{want: lineAlone, on: token(m.alone)})
 		if err := m.start(c, stderr); err != nil {
 			return nil, err
 		}
@@ -354,32 +354,6 @@ func (c *consoleSwitch) pump(r io.Reader) {
 	}
 }
 
-// lineSignal puts a token in ch (if there is room) for every line written
-// through it that contains want.
-type lineSignal struct {
-	want string
-	ch   chan struct{}
-	buf  []byte
-}
-
-func (w *lineSignal) Write(p []byte) (int, error) {
-	w.buf = append(w.buf, p...)
-	for {
-		i := bytes.IndexByte(w.buf, '\n')
-		if i < 0 {
-			break
-		}
-		if bytes.Contains(w.buf[:i], []byte(w.want)) {
-			select {
-			case w.ch <- struct{}{}:
-			default:
-			}
-		}
-		w.buf = w.buf[i+1:]
-	}
-	return len(p), nil
-}
-
 // lockedWriter serialises writes from both members' output.
 type lockedWriter struct {
 	mu sync.Mutex
@@ -392,20 +366,15 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	return l.w.Write(p)
 }
 
-// lineWatch closes seen the first time a line written through it
-// contains want.
+// lineWatch calls on for every line written through it that contains
+// want.
 type lineWatch struct {
 	want string
-	seen chan struct{}
-	once *sync.Once // if set, shared by the watches that close seen
+	on   func()
 	buf  []byte
-	done bool
 }
 
 func (w *lineWatch) Write(p []byte) (int, error) {
-	if w.done {
-		return len(p), nil
-	}
 	w.buf = append(w.buf, p...)
 	for {
 		i := bytes.IndexByte(w.buf, '\n')
@@ -413,16 +382,25 @@ func (w *lineWatch) Write(p []byte) (int, error) {
 			break
 		}
 		if bytes.Contains(w.buf[:i], []byte(w.want)) {
-			w.done = true
-			if w.once != nil {
-				w.once.Do(func() { close(w.seen) })
-			} else {
-				close(w.seen)
-			}
-			w.buf = nil
-			break
+			w.on()
 		}
 		w.buf = w.buf[i+1:]
 	}
 	return len(p), nil
+}
+
+// closer returns a func that closes ch the first time it is called.
+func closer(ch chan struct{}) func() {
+	var once sync.Once
+	return func() { once.Do(func() { close(ch) }) }
+}
+
+// token returns a func that puts a token in ch if it has room.
+func token(ch chan struct{}) func() {
+	return func() {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
 }
