@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -24,6 +25,7 @@ type Tap struct {
 	closed  bool
 	readErr error // why the reader stopped, if not by Close
 	reader  sync.WaitGroup
+	quit    chan struct{} // closed by Close: announcements stop
 }
 
 // NewTap creates a TAP backend for spec (KindTap) without opening the
@@ -35,7 +37,7 @@ func NewTap(spec Spec) (*Tap, error) {
 	if spec.Kind != KindTap {
 		return nil, fmt.Errorf("vnet: NewTap given a %s spec", spec.Kind)
 	}
-	return &Tap{spec: spec, rx: newRxQueue(RxQueueFrames)}, nil
+	return &Tap{spec: spec, rx: newRxQueue(RxQueueFrames), quit: make(chan struct{})}, nil
 }
 
 // Bind opens (or creates) the TAP device spec.IfName in the calling
@@ -153,9 +155,34 @@ func (t *Tap) SendGratuitousARP(ip netip.Addr, mac net.HardwareAddr) error {
 	return nil
 }
 
-// Announce sends a gratuitous ARP for the guest's address and MAC.
+// announceAgain are the times after Announce's first gratuitous ARP at
+// which it sends it again, as hypervisors do for a guest that moved: a
+// bridge port whose device was just opened forwards only once the kernel
+// has handled the carrier change, up to a second later, and the first
+// frames are dropped meanwhile (measured: a failover whose one
+// announcement was lost left clients sending to the old host for 26-45 s,
+// until their neighbour entries expired); a LAN may lose a frame too.
+var announceAgain = []time.Duration{50 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond,
+	600 * time.Millisecond, time.Second, 2 * time.Second}
+
+// Announce sends a gratuitous ARP for the guest's address and MAC now, and
+// again in the background at the times of announceAgain, until Close.
 func (t *Tap) Announce() error {
-	return t.SendGratuitousARP(t.spec.Addr.Addr(), t.spec.MAC)
+	if err := t.SendGratuitousARP(t.spec.Addr.Addr(), t.spec.MAC); err != nil {
+		return err
+	}
+	go func() {
+		began := time.Now()
+		for _, at := range announceAgain {
+			select {
+			case <-t.quit:
+				return
+			case <-time.After(time.Until(began.Add(at))):
+			}
+			t.SendGratuitousARP(t.spec.Addr.Addr(), t.spec.MAC) // a later round may get through
+		}
+	}()
+	return nil
 }
 
 // Receive implements Backend.
@@ -176,6 +203,7 @@ func (t *Tap) Close() error {
 		return nil
 	}
 	t.closed = true
+	close(t.quit)
 	dev := t.dev
 	t.mu.Unlock()
 	var err error
