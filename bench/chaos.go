@@ -12,12 +12,13 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/ftvm/ftvm/bench/hosts"
 	"github.com/ftvm/ftvm/bench/kv"
-	"github.com/ftvm/ftvm/bench/netproxy"
 	"github.com/ftvm/ftvm/logchannel"
 )
 
@@ -42,11 +43,27 @@ const (
 	// primary is killed meanwhile, and the storage comes back: the backup
 	// must not go live before it can ask, and must once it can.
 	FaultArbiterDown = "arbiter-down"
+	// The logging link delays (40 ms ± 20 ms each way), loses (5% each
+	// way) or reorders (25% of packets sent at once, the rest 10 ms late)
+	// packets for 1-2.5 s; the primary's host loses its LAN link for as
+	// long (clients-cut). Then the primary is killed if no side went on
+	// alone meanwhile. Hosts (network namespaces) only.
+	FaultLinkDelay   = "link-delay"
+	FaultLinkLoss    = "link-loss"
+	FaultLinkReorder = "link-reorder"
+	FaultClientsCut  = "clients-cut"
 )
+
+// chaosImpair are the link faults' impairments of each direction.
+var chaosImpair = map[string]hosts.Impair{
+	FaultLinkDelay:   {Delay: 40 * time.Millisecond, Jitter: 20 * time.Millisecond},
+	FaultLinkLoss:    {Loss: 0.05},
+	FaultLinkReorder: {Delay: 10 * time.Millisecond, Reorder: 0.25},
+}
 
 // ChaosFaults are every fault kind, in report order.
 var ChaosFaults = []string{FaultKillPrimary, FaultKillBackup, FaultFreezePrimary, FaultFreezeBackup, FaultPartition,
-	FaultPartitionToBackup, FaultPartitionToPrimary, FaultArbiterDown}
+	FaultPartitionToBackup, FaultPartitionToPrimary, FaultArbiterDown, FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut}
 
 // ChaosOptions configure a campaign.
 type ChaosOptions struct {
@@ -62,6 +79,10 @@ type ChaosOptions struct {
 	// TrialSeed, if not 0, is the seed of every trial: to replay a failed
 	// one (with Trials 1 and its fault).
 	TrialSeed uint64
+	// Hosts runs each trial's processes on hosts of their own (network
+	// namespaces, see chaosNet); without it everything runs on loopback
+	// and the hosts-only faults are refused.
+	Hosts bool
 	// FailoverTimeout of both sides (default 500 ms).
 	FailoverTimeout time.Duration
 	Logf            func(format string, args ...any)
@@ -87,7 +108,13 @@ type ChaosTrial struct {
 	// than one side went live in an epoch.
 	Live       string
 	SplitBrain bool
-	Err        string `json:",omitempty"`
+	// ThenKilled: the fault left the pair intact, so the primary was
+	// killed after it.
+	ThenKilled bool `json:",omitempty"`
+	// FramesPrimary and FramesBackup are the guest's frames that reached
+	// the LAN from each side's host (hosts only).
+	FramesPrimary, FramesBackup int
+	Err                         string `json:",omitempty"`
 }
 
 // ChaosRow sums up the trials of one fault kind.
@@ -103,10 +130,13 @@ type ChaosRow struct {
 // ChaosResults are a campaign's.
 type ChaosResults struct {
 	Date, Command, Backend string
-	Seed                   uint64
-	Elapsed                string
-	Rows                   []ChaosRow
-	Trials                 []ChaosTrial
+	// Hosts: the trials ran on hosts of their own (network namespaces),
+	// not on loopback.
+	Hosts   bool
+	Seed    uint64
+	Elapsed string
+	Rows    []ChaosRow
+	Trials  []ChaosTrial
 }
 
 // Ok says whether every trial held the promise.
@@ -122,11 +152,18 @@ func (r *ChaosResults) Ok() bool {
 // RunChaos runs the campaign.
 func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 	if len(o.Faults) == 0 {
-		o.Faults = ChaosFaults
+		for _, f := range ChaosFaults {
+			if o.Hosts || !slices.Contains(HostsOnlyFaults, f) {
+				o.Faults = append(o.Faults, f)
+			}
+		}
 	}
 	for _, f := range o.Faults {
 		if !slices.Contains(ChaosFaults, f) {
 			return nil, fmt.Errorf("chaos: no fault %q (the faults: %s)", f, strings.Join(ChaosFaults, ", "))
+		}
+		if !o.Hosts && slices.Contains(HostsOnlyFaults, f) {
+			return nil, fmt.Errorf("chaos: the %s fault needs hosts (network namespaces)", f)
 		}
 	}
 	if o.FailoverTimeout == 0 {
@@ -135,8 +172,11 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 	if o.Logf == nil {
 		o.Logf = func(string, ...any) {}
 	}
+	if o.Hosts {
+		hosts.RemoveStale(chaosNetPrefix)
+	}
 	began := time.Now()
-	r := &ChaosResults{Date: began.UTC().Format(time.RFC3339), Backend: o.Backend, Seed: o.Seed}
+	r := &ChaosResults{Date: began.UTC().Format(time.RFC3339), Backend: o.Backend, Seed: o.Seed, Hosts: o.Hosts}
 	rng := rand.New(rand.NewPCG(o.Seed, 0xc4a05))
 	for i := 0; i < o.Trials; i++ {
 		if ctx.Err() != nil {
@@ -153,7 +193,11 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 		if tr.Err != "" || !tr.Linearizable || tr.Failed > 0 || tr.SplitBrain {
 			status = "FAILED"
 		}
-		o.Logf("trial %d (%s, seed %d, at %v): %s; %d calls, unavailable %.0f ms, live %s%s", i, tr.Fault, tr.Seed, tr.At.Round(time.Millisecond),
+		then := ""
+		if tr.ThenKilled {
+			then = " (then kill-primary)"
+		}
+		o.Logf("trial %d (%s%s, seed %d, at %v): %s; %d calls, unavailable %.0f ms, live %s%s", i, tr.Fault, then, tr.Seed, tr.At.Round(time.Millisecond),
 			status, tr.Calls, tr.Unavailable, tr.Live, errSuffix(tr.Err))
 		r.Trials = append(r.Trials, tr)
 	}
@@ -213,8 +257,8 @@ type chaosSide struct {
 	done chan struct{}
 }
 
-func (s *chaosSide) start(ftvm string, env, args []string) error {
-	s.cmd = exec.Command(ftvm, args...)
+func (s *chaosSide) start(cmd *exec.Cmd, env []string) error {
+	s.cmd = cmd
 	s.cmd.Env = env
 	s.log = &lockedBuilder{b: &strings.Builder{}}
 	s.cmd.Stderr = s.log
@@ -277,6 +321,11 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	}
 	defer os.RemoveAll(dir)
 	const vmID = "chaos"
+	cn, err := newChaosNet(o.Hosts, vmID, tr.Seed)
+	if err != nil {
+		return err
+	}
+	defer cn.close()
 	arbURL := "file://" + filepath.Join(dir, "arbiter")
 	env := os.Environ()
 	var s3srv *s3Server
@@ -285,7 +334,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		if err != nil {
 			return err
 		}
-		if s3srv, err = startS3Server(ctx, bin, dir); err != nil {
+		if s3srv, err = startS3Server(ctx, bin, dir, cn.hosts, "storage", chaosStorageIP+":7070"); err != nil {
 			return err
 		}
 		defer s3srv.stop()
@@ -293,7 +342,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	} else if err := os.Mkdir(filepath.Join(dir, "arbiter"), 0o700); err != nil {
 		return err
 	}
-	initArb := exec.CommandContext(ctx, o.FTVM, "arbiter", "init", "--arbiter", arbURL)
+	initArb := cn.command("primary", o.FTVM, "arbiter", "init", "--arbiter", arbURL)
 	initArb.Env = env
 	if out, err := initArb.CombinedOutput(); err != nil {
 		return fmt.Errorf("ftvm arbiter init: %v\n%s", err, out)
@@ -301,22 +350,14 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	if err := logchannel.WritePairCredentials(dir, vmID, "primary", "backup"); err != nil {
 		return err
 	}
-	_, clientAddr, _, err := userNet(7000)
-	if err != nil {
-		return err
-	}
-	backupAddr, err := freeLoopbackAddr()
-	if err != nil {
-		return err
-	}
 	common := func(host string) []string {
 		f := logchannel.PairFiles(dir, host)
 		return []string{"--backend", o.Backend, "--vm-id", vmID, "--arbiter", arbURL, "--failover-timeout", o.FailoverTimeout.String(),
-			"--net", "user,hostfwd=udp:" + clientAddr + "-:7000", "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}
+			"--net", cn.guestNet, "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}
 	}
 	image := filepath.Join(o.GuestDir, "kvstore.elf")
 	backup := &chaosSide{name: "backup"}
-	if err := backup.start(o.FTVM, env, append(append([]string{"backup", "--listen", backupAddr}, common("backup")...), image)); err != nil {
+	if err := backup.start(cn.command("backup", o.FTVM, append(append([]string{"backup", "--listen", cn.backupListen}, common("backup")...), image)...), env); err != nil {
 		return err
 	}
 	sides := []*chaosSide{backup}
@@ -330,13 +371,11 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	if backup.waitLine(time.Minute, "listening for the primary") == "" {
 		return fmt.Errorf("the backup did not start:\n%s", backup.log.String())
 	}
-	proxy, err := netproxy.New(backupAddr)
-	if err != nil {
+	if err := cn.startLink(); err != nil {
 		return err
 	}
-	defer proxy.Close()
 	primary := &chaosSide{name: "primary"}
-	if err := primary.start(o.FTVM, env, append(append([]string{"primary", "--backup", proxy.Addr()}, common("primary")...), image)); err != nil {
+	if err := primary.start(cn.command("primary", o.FTVM, append(append([]string{"primary", "--backup", cn.backupDial}, common("primary")...), image)...), env); err != nil {
 		return err
 	}
 	sides = append(sides, primary)
@@ -358,18 +397,28 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		err error
 	}
 	clients := make(chan ran, 1)
+	var completed atomic.Int64
 	go func() {
 		w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: int64(tr.Seed), OpTimeout: time.Minute, Stop: stop}
-		out, err := w.Run(ctx, clientAddr)
+		w.Dial, w.Completed = cn.dialClient, &completed
+		out, err := w.Run(ctx, cn.clientAddr)
 		clients <- ran{out, err}
 	}()
 
+	// The fault's moment counts from the clients' first reply: reaching
+	// the guest at first (ARP, a bridge port coming up) is not the fault's.
+	for deadline := time.Now().Add(time.Minute); completed.Load() == 0; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("no client got a reply within a minute of the pair starting")
+		}
+	}
 	tr.At = time.Duration(300+rng.IntN(1200)) * time.Millisecond
 	select {
 	case <-time.After(tr.At):
 	case <-ctx.Done():
 		return ctx.Err()
 	}
+	faultAt := time.Now()
 	// Long enough for the other side to notice and decide, short enough
 	// that clients' retries are still running when the frozen side wakes.
 	freeze := 4*o.FailoverTimeout + time.Second
@@ -390,12 +439,41 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		time.Sleep(freeze) // the fault's length is part of the fault
 		frozen.signal(syscall.SIGCONT)
 		survivor, loser = other, frozen
-	case FaultPartition:
-		proxy.Freeze()
-	case FaultPartitionToBackup:
-		proxy.FreezeForward()
-	case FaultPartitionToPrimary:
-		proxy.FreezeBackward()
+	case FaultPartition, FaultPartitionToBackup, FaultPartitionToPrimary:
+		if err := cn.partition(tr.Fault != FaultPartitionToPrimary, tr.Fault != FaultPartitionToBackup); err != nil {
+			return err
+		}
+	case FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut:
+		if tr.Fault == FaultClientsCut {
+			if err := cn.cutClients(true); err != nil {
+				return err
+			}
+		} else {
+			cn.degrade(chaosImpair[tr.Fault])
+		}
+		time.Sleep(time.Duration(1000+rng.IntN(1500)) * time.Millisecond) // the fault's length is part of the fault
+		if tr.Fault == FaultClientsCut {
+			if err := cn.cutClients(false); err != nil {
+				return err
+			}
+		} else {
+			cn.heal()
+		}
+		// These faults need not end the pair. Once it has had time to
+		// settle: if one side went on alone, check that as after any
+		// failover; if not, kill the primary, so that the backup shows
+		// it holds every acknowledged write despite the fault.
+		time.Sleep(3 * o.FailoverTimeout)
+		switch {
+		case strings.Contains(primary.log.String(), lineAlone):
+			survivor, loser = primary, backup
+		case strings.Contains(backup.log.String(), lineLive):
+			survivor, loser = backup, primary
+		default:
+			tr.ThenKilled = true
+			primary.signal(syscall.SIGKILL)
+			survivor, loser = backup, primary
+		}
 	case FaultArbiterDown:
 		s3srv.stop()
 		primary.signal(syscall.SIGKILL)
@@ -459,11 +537,48 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	if res.err != nil {
 		return res.err
 	}
-	tr.Calls, tr.Failed, tr.Unavailable = len(res.out.Calls), res.out.Failed, ms(res.out.MaxGap)
+	tr.Calls, tr.Failed, tr.Unavailable = len(res.out.Calls), res.out.Failed, ms(kv.MaxGapSince(res.out.Calls, faultAt))
 	verdict, _ := kv.CheckLinearizable(res.out.Calls, time.Minute)
 	tr.Linearizable = verdict == porcupine.Ok
 	if survivor.ended() {
 		return fmt.Errorf("the %s, which went on, ended with status %d:\n%s", survivor.name, survivor.status(), survivor.log.String())
+	}
+	if cn.hosts == nil {
+		return nil
+	}
+	fromPrimary, fromBackup, err := cn.captured()
+	if err != nil {
+		return fmt.Errorf("capturing the LAN: %w", err)
+	}
+	tr.FramesPrimary, tr.FramesBackup = len(fromPrimary), len(fromBackup)
+	return checkWire(survivor == primary, fromPrimary, fromBackup, &tr.SplitBrain)
+}
+
+// checkWire checks what the LAN captured: the guest's frames came from
+// one host at a time, the primary's all before the backup's, and none
+// from the backup's if the primary stayed live. A violation is a split
+// brain: both sides released output.
+func checkWire(primaryStayed bool, fromPrimary, fromBackup []time.Time, splitBrain *bool) error {
+	if primaryStayed {
+		if len(fromBackup) > 0 {
+			*splitBrain = true
+			return fmt.Errorf("the backup's host put %d of the guest's frames on the LAN though the primary stayed live", len(fromBackup))
+		}
+		return nil
+	}
+	if len(fromBackup) == 0 {
+		return errors.New("the backup went live but none of the guest's frames (not even its gratuitous ARP) reached the LAN from its host")
+	}
+	first := fromBackup[0]
+	late := 0
+	for _, t := range fromPrimary {
+		if !t.Before(first) {
+			late++
+		}
+	}
+	if late > 0 {
+		*splitBrain = true
+		return fmt.Errorf("the primary's host put %d of the guest's frames on the LAN after the backup's first (at %s)", late, first.Format(time.RFC3339Nano))
 	}
 	return nil
 }
@@ -481,11 +596,23 @@ func (r *ChaosResults) WriteReport(dir string) error {
 		return err
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "# ftvm fault campaign\n\nCommand: `%s`, on the %s backend, %s; %d trials in %s; campaign seed %d.\n\n",
-		r.Command, r.Backend, r.Date, len(r.Trials), r.Elapsed, r.Seed)
-	b.WriteString("Each trial: kvstore protected by `ftvm primary` and `ftvm backup`, two processes on this machine with mutual TLS and a file arbiter, the logging channel through a proxy the campaign controls; 3 clients with porcupine-checked histories; one fault 0.3-1.5 s after the pair is up. " +
+	where := "loopback"
+	if r.Hosts {
+		where = "hosts of their own"
+	}
+	fmt.Fprintf(&b, "# ftvm fault campaign\n\nCommand: `%s`, on the %s backend, %s; %d trials in %s on %s; campaign seed %d.\n\n",
+		r.Command, r.Backend, r.Date, len(r.Trials), r.Elapsed, where, r.Seed)
+	if r.Hosts {
+		b.WriteString("Each trial runs on hosts of their own (network namespaces the campaign makes and removes): the primary's and the backup's each with a bridge joining the guest's TAP to the LAN, and a logging link of their own between them whose packets pass through the campaign (which cuts, delays, loses or reorders them); the clients' host and the storage host on the LAN. " +
+			"The guest keeps its IP (10.77.0.100) and MAC on either host; a backup that goes live announces it by gratuitous ARP. " +
+			"The LAN's bridge ports towards the primary's and the backup's hosts are captured: the guest's frames must come from one host at a time (the primary's all before the backup's first, none from the backup's if the primary stays live), or the trial is a split brain.\n\n")
+	} else {
+		b.WriteString("Each trial runs on loopback (no network namespaces here): the logging link passes through a proxy the campaign controls, and clients reach the guest by user-mode networking's forwarded port. A frozen primary keeps that port, so clients reach the backup only once the woken primary has halted.\n\n")
+	}
+	b.WriteString("kvstore protected by `ftvm primary` and `ftvm backup`, two processes with mutual TLS and a file arbiter (S3 for arbiter-down); 3 clients with porcupine-checked histories (a lost acknowledged write makes a history not linearizable); one fault 0.3-1.5 s after the clients' first reply. " +
 		"kill: `kill -9`. arbiter-down: the S3 arbiter's server (versitygw) is killed, then the primary; the backup must retry without going live for 4 failover timeouts + 1 s, until the server is back on the same storage. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways, or one way only (to-backup: the log and the primary's heartbeats stop, the backup's still arrive; to-primary: the reverse), while both processes live on (exactly one side may go on). " +
-		"A split brain is both sides going on, or the losing side still running a minute after the winner went on. Unavailability is the longest time no client got a reply (clients resend every 200 ms).\n\n")
+		"link-delay (40 ± 20 ms each way), link-loss (5% each way), link-reorder (25% of packets sent at once, the others held 10 ms): for 1-2.5 s; clients-cut: the primary's host off the LAN for as long (its logging link stays). After these four, if the pair is still whole 3 failover timeouts later, the primary is killed, so the backup shows it holds every acknowledged write. " +
+		"A split brain is both sides going on, the losing side still running a minute after the winner went on, or (on hosts) both putting the guest's frames on the wire. Unavailability is the longest time no client got a reply from the fault on (clients resend every 200 ms).\n\n")
 	b.WriteString("| fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {
 		seeds := make([]string, len(row.FailedSeeds))

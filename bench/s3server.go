@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/s3"
 	s3types "github.com/aws/aws-sdk-go-v2/service/s3/types"
+	"github.com/ftvm/ftvm/bench/hosts"
 )
 
 // s3Server is a versitygw (posix backend) on a fixed loopback port, which
@@ -22,8 +24,12 @@ import (
 // the arbiter's storage going away for a while.
 type s3Server struct {
 	bin, root, addr string
-	cmd             *exec.Cmd
-	exited          chan struct{}
+	// net and host, if net is not nil: the server runs on that host and is
+	// reached there (addr is the host's).
+	net    *hosts.Net
+	host   string
+	cmd    *exec.Cmd
+	exited chan struct{}
 }
 
 const (
@@ -53,17 +59,19 @@ func findVersityGW(root string) (string, error) {
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
 
 // startS3Server starts versitygw with its storage under dir and makes the
-// bucket.
-func startS3Server(ctx context.Context, bin, dir string) (*s3Server, error) {
+// bucket: on loopback, or if n is not nil on n's host at addr.
+func startS3Server(ctx context.Context, bin, dir string, n *hosts.Net, host, addr string) (*s3Server, error) {
 	root := filepath.Join(dir, "s3")
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, err
 	}
-	addr, err := freeLoopbackAddr()
-	if err != nil {
-		return nil, err
+	if n == nil {
+		var err error
+		if addr, err = freeLoopbackAddr(); err != nil {
+			return nil, err
+		}
 	}
-	s := &s3Server{bin: bin, root: root, addr: addr}
+	s := &s3Server{bin: bin, root: root, addr: addr, net: n, host: host}
 	if err := s.start(ctx); err != nil {
 		return nil, err
 	}
@@ -85,7 +93,11 @@ func (s *s3Server) env() []string {
 // start runs the server and waits until it answers (creating the bucket
 // if it is not there).
 func (s *s3Server) start(ctx context.Context) error {
-	cmd := exec.Command(s.bin, "--access", s3Access, "--secret", s3Secret, "--port", s.addr, "--quiet", "posix", s.root)
+	args := []string{"--access", s3Access, "--secret", s3Secret, "--port", s.addr, "--quiet", "posix", s.root}
+	cmd := exec.Command(s.bin, args...)
+	if s.net != nil {
+		cmd = s.net.Command(s.host, s.bin, args...)
+	}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("starting versitygw: %w", err)
@@ -93,7 +105,8 @@ func (s *s3Server) start(ctx context.Context) error {
 	s.cmd, s.exited = cmd, make(chan struct{})
 	go func() { cmd.Wait(); close(s.exited) }()
 	client := s3.New(s3.Options{Region: "us-east-1", BaseEndpoint: aws.String(s.endpoint()), UsePathStyle: true,
-		Credentials: credentials.NewStaticCredentialsProvider(s3Access, s3Secret, "")})
+		Credentials: credentials.NewStaticCredentialsProvider(s3Access, s3Secret, ""),
+		HTTPClient:  &http.Client{Transport: &http.Transport{DialContext: s.dial}}})
 	deadline := time.Now().Add(time.Minute)
 	for {
 		_, err := client.CreateBucket(ctx, &s3.CreateBucketInput{Bucket: aws.String(s3Bucket)})
@@ -129,11 +142,26 @@ func (s *s3Server) stop() {
 	<-s.exited
 	s.cmd = nil
 	for i := 0; i < 100; i++ {
-		c, err := net.Dial("tcp", s.addr)
+		c, err := s.dial(context.Background(), "tcp", s.addr)
 		if err != nil {
 			return
 		}
 		c.Close()
 		time.Sleep(10 * time.Millisecond)
 	}
+}
+
+// dial connects to the server from where it is reached: loopback, or its
+// host's namespace.
+func (s *s3Server) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+	var d net.Dialer
+	if s.net == nil {
+		return d.DialContext(ctx, network, addr)
+	}
+	var c net.Conn
+	err := s.net.Do(s.host, func() (err error) {
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	return c, err
 }

@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -37,6 +38,11 @@ type Workload struct {
 	// Stop, if set, ends the workload early when closed: the clients
 	// finish the call they are in and start no other.
 	Stop <-chan struct{}
+	// Dial makes each client (default Dial): to reach the server from
+	// elsewhere, another network namespace say.
+	Dial func(addr string) (*Client, error)
+	// Completed, if set, counts the calls that got a reply as they do.
+	Completed *atomic.Int64
 }
 
 // Outcome is what a Workload saw.
@@ -57,8 +63,12 @@ func (w Workload) Run(ctx context.Context, addr string) (Outcome, error) {
 	var out Outcome
 	var wg sync.WaitGroup
 	stop := time.Now().Add(w.Duration)
+	dial := w.Dial
+	if dial == nil {
+		dial = Dial
+	}
 	for i := 0; i < w.Clients; i++ {
-		c, err := Dial(addr)
+		c, err := dial(addr)
 		if err != nil {
 			return out, err
 		}
@@ -85,6 +95,9 @@ func (w Workload) Run(ctx context.Context, addr string) (Outcome, error) {
 				call.Reply, call.Done = r, err == nil
 				if call.Done && call.Op == Append && r.Status == "ERR" {
 					call.Done = true // too long: it took no effect, which the model knows
+				}
+				if call.Done && w.Completed != nil {
+					w.Completed.Add(1)
 				}
 				mu.Lock()
 				out.Calls = append(out.Calls, call)
@@ -116,19 +129,28 @@ func stopped(stop <-chan struct{}) bool {
 // maxGap is the longest stretch with no call completing, measured from
 // the first call's start to the last call's end.
 func maxGap(calls []Call) time.Duration {
-	var ends []time.Time
 	var first time.Time
 	for _, c := range calls {
 		if first.IsZero() || c.Start.Before(first) {
 			first = c.Start
 		}
-		if c.Done {
+	}
+	return MaxGapSince(calls, first)
+}
+
+// MaxGapSince is the longest stretch with no call completing from since
+// to the last call's end: the unavailability a fault at since caused,
+// leaving out how long the clients took to reach the server at first.
+func MaxGapSince(calls []Call, since time.Time) time.Duration {
+	var ends []time.Time
+	for _, c := range calls {
+		if c.Done && c.End.After(since) {
 			ends = append(ends, c.End)
 		}
 	}
 	sort.Slice(ends, func(i, j int) bool { return ends[i].Before(ends[j]) })
 	var gap time.Duration
-	prev := first
+	prev := since
 	for _, e := range ends {
 		gap = max(gap, e.Sub(prev))
 		prev = e

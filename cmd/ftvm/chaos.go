@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/bench"
+	"github.com/ftvm/ftvm/bench/hosts"
 )
 
 // cmdChaos runs a fault campaign against a protected kvstore and writes
@@ -20,6 +21,7 @@ func cmdChaos(args []string) int {
 	faults := fs.String("faults", "", "the fault kinds, comma-separated (default all: "+strings.Join(bench.ChaosFaults, ", ")+")")
 	seed := fs.Uint64("seed", 0, "the campaign's seed (default: from the clock; the report gives it and every trial's)")
 	trialSeed := fs.Uint64("trial-seed", 0, "replay a trial: give every trial this seed (with --trials 1 --faults ITS-FAULT)")
+	hostsMode := fs.String("hosts", "auto", "auto|on|off: run each trial's primary, backup, arbiter storage and clients on hosts of their own (network namespaces; needs root, ip, tc and /dev/net/tun), or all on loopback; auto: hosts where they can be made")
 	failover := fs.Duration("failover-timeout", 500*time.Millisecond, "both sides' failover timeout")
 	out := fs.String("out", "", "where to write the report (default bench/results/chaos-DATE)")
 	guests := fs.String("guests", "", "the guest images (default guests/build beside this binary's tree)")
@@ -30,6 +32,24 @@ func cmdChaos(args []string) int {
 	}
 	if fs.NArg() != 0 || *trials < 1 {
 		fs.Usage()
+		return exitUsage
+	}
+	onHosts := false
+	switch why := hosts.Available(); *hostsMode {
+	case "on":
+		if why != nil {
+			fmt.Fprintf(os.Stderr, "ftvm chaos: --hosts on: %v\n", why)
+			return exitFailed
+		}
+		onHosts = true
+	case "off":
+	case "auto":
+		onHosts = why == nil
+		if why != nil {
+			fmt.Fprintf(os.Stderr, "ftvm chaos: on loopback, not hosts of their own: %v\n", why)
+		}
+	default:
+		fmt.Fprintf(os.Stderr, "ftvm chaos: --hosts %q: want auto, on or off\n", *hostsMode)
 		return exitUsage
 	}
 	be, err := chooseBackend("chaos", g.backend)
@@ -55,6 +75,9 @@ func cmdChaos(args []string) int {
 	}
 	if *quick {
 		*trials = len(bench.ChaosFaults)
+		if !onHosts {
+			*trials = len(bench.ChaosFaults) - len(bench.HostsOnlyFaults)
+		}
 		if len(kinds) > 0 {
 			*trials = len(kinds)
 		}
@@ -64,7 +87,7 @@ func cmdChaos(args []string) int {
 	}
 	ctx, cancel := interruptContext()
 	defer cancel()
-	res, err := bench.RunChaos(ctx, bench.ChaosOptions{FTVM: exe, GuestDir: *guests, Root: root, Backend: be.Name(), Trials: *trials, Faults: kinds,
+	res, err := bench.RunChaos(ctx, bench.ChaosOptions{FTVM: exe, GuestDir: *guests, Root: root, Backend: be.Name(), Trials: *trials, Faults: kinds, Hosts: onHosts,
 		Seed: *seed, TrialSeed: *trialSeed, FailoverTimeout: *failover,
 		Logf: func(f string, a ...any) {
 			fmt.Fprintf(os.Stderr, "ftvm chaos %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))

@@ -1,0 +1,118 @@
+package hosts
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Capture records when frames from one MAC address arrive on an interface
+// from its link (not the frames the host sends out on it), with the
+// kernel's receive timestamps, so that captures on several interfaces of
+// one machine can be ordered against each other.
+type Capture struct {
+	fd           int
+	src          net.HardwareAddr
+	done, exited chan struct{}
+	mu           sync.Mutex
+	at           []time.Time
+	err          error
+}
+
+// CaptureFrom starts capturing, in host, the frames whose source is src
+// that arrive on ifname.
+func (n *Net) CaptureFrom(host, ifname string, src net.HardwareAddr) (*Capture, error) {
+	c := &Capture{fd: -1, src: src, done: make(chan struct{}), exited: make(chan struct{})}
+	err := n.Do(host, func() error {
+		ifi, err := net.InterfaceByName(ifname)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return fmt.Errorf("packet socket: %w", err)
+		}
+		c.fd = fd
+		if err := unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index}); err != nil {
+			return fmt.Errorf("bind to %s: %w", ifname, err)
+		}
+		if err := unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1); err != nil {
+			return err
+		}
+		// Close cannot wake a blocked read: the reader polls.
+		return unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 50_000})
+	})
+	if err != nil {
+		if c.fd >= 0 {
+			unix.Close(c.fd)
+		}
+		return nil, err
+	}
+	go c.read()
+	return c, nil
+}
+
+func (c *Capture) read() {
+	defer close(c.exited)
+	defer unix.Close(c.fd)
+	buf := make([]byte, 65536)
+	oob := make([]byte, 128)
+	for {
+		select {
+		case <-c.done:
+			return
+		default:
+		}
+		n, oobn, _, from, err := unix.Recvmsg(c.fd, buf, oob, 0)
+		// ENETDOWN: the link went down (it may come back up).
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) || errors.Is(err, unix.ENETDOWN) {
+			continue
+		}
+		if err != nil {
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
+			return
+		}
+		if ll, ok := from.(*unix.SockaddrLinklayer); ok && ll.Pkttype == unix.PACKET_OUTGOING {
+			continue
+		}
+		if n < 14 || !bytes.Equal(buf[6:12], c.src) {
+			continue
+		}
+		at := time.Now()
+		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
+			for _, m := range msgs {
+				if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= 16 {
+					at = time.Unix(int64(binary.NativeEndian.Uint64(m.Data)), int64(binary.NativeEndian.Uint64(m.Data[8:])))
+				}
+			}
+		}
+		c.mu.Lock()
+		c.at = append(c.at, at)
+		c.mu.Unlock()
+	}
+}
+
+// Stop ends the capture, frees its socket and returns the arrival times
+// seen, in order, and the error that ended it early, if any. It may be
+// called more than once.
+func (c *Capture) Stop() ([]time.Time, error) {
+	select {
+	case <-c.done:
+	default:
+		close(c.done)
+	}
+	<-c.exited
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return append([]time.Time(nil), c.at...), c.err
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
