@@ -703,7 +703,10 @@ func (s *Sender) lagLocked() Lag { return s.pol.lagAt(s.latestExit.Load(), s.now
 // VM-FT slows the primary when its lag grows (DefaultMaxLag is a sensible
 // bound). It returns nil once the lag is within maxLag, the Sender's error
 // if it stops, or ctx's error. The backup's progress comes with its acks,
-// so it must report it (Receiver.ReportReplayed) for the lag to fall.
+// so it must report it (Receiver.ReportReplayed) for the lag to fall. A
+// backup that replays nothing for the failover timeout while WaitLag holds
+// the primary is lost (the error wraps ErrPeerLost): it may still ack and
+// send heartbeats, but it would hold the primary forever.
 func (s *Sender) WaitLag(ctx context.Context, maxLag time.Duration) error {
 	var since time.Duration = -1
 	defer func() {
@@ -713,12 +716,24 @@ func (s *Sender) WaitLag(ctx context.Context, maxLag time.Duration) error {
 			s.st.Unlock()
 		}
 	}()
+	var tick *time.Ticker
+	var tickC <-chan time.Time
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
 	for {
 		s.st.Lock()
+		now := s.now()
 		lag, err, ch := s.lagLocked(), s.err, s.waitChangeLocked()
 		if lag.Time > maxLag && err == nil && since < 0 {
-			since = s.now()
+			since = now
 			s.lagWaits++
+		}
+		var stuck error
+		if err == nil && lag.Time > maxLag {
+			stuck = s.pol.replayStuck(now, since)
 		}
 		s.st.Unlock()
 		switch {
@@ -726,11 +741,21 @@ func (s *Sender) WaitLag(ctx context.Context, maxLag time.Duration) error {
 			return err
 		case lag.Time <= maxLag:
 			return nil
+		case stuck != nil:
+			s.lose(stuck)
+			continue // s.err now says why
+		}
+		if tick == nil {
+			// A backup that stops replaying sends no ack to wake us: look
+			// again a few times per failover timeout.
+			tick = time.NewTicker(max(s.pol.limits.failoverTimeout/4, time.Millisecond))
+			tickC = tick.C
 		}
 		// The lag only falls when an ack reports progress, which
 		// notifies ch.
 		select {
 		case <-ch:
+		case <-tickC:
 		case <-ctx.Done():
 			return fmt.Errorf("logchannel: waiting for the backup's lag of %v to fall to %v: %w", lag.Time, maxLag, ctx.Err())
 		}

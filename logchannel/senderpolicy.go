@@ -29,6 +29,9 @@ type senderPolicy struct {
 	// later replayed exit (replayedAtProgress); see stalled.
 	lastProgress       time.Duration
 	replayedAtProgress uint64
+	// lastReplayed: when the backup last reported a later replayed exit,
+	// or progress through a state transfer (see replayStuck).
+	lastReplayed time.Duration
 	// The backup's progress through the state transfer of a joining
 	// pairing: bytes received and taken (transferProgress).
 	transferReceived, transferTaken uint64
@@ -136,6 +139,7 @@ func (p *senderPolicy) ack(seq, exit uint64, at time.Duration) (grew bool, err e
 	}
 	if exit > p.replayed {
 		p.replayed = exit
+		p.lastReplayed = at
 		p.lag.prune(exit)
 	}
 	if grew || exit > p.replayedAtProgress {
@@ -153,7 +157,7 @@ func (p *senderPolicy) transferProgress(received, taken uint64, at time.Duration
 	if received > p.transferReceived || taken > p.transferTaken {
 		p.transferReceived = max(p.transferReceived, received)
 		p.transferTaken = max(p.transferTaken, taken)
-		p.lastProgress = at
+		p.lastProgress, p.lastReplayed = at, at
 	}
 }
 
@@ -224,6 +228,21 @@ func (p *senderPolicy) stalled(at time.Duration) error {
 	if stuck := at - since; stuck > p.limits.failoverTimeout {
 		return fmt.Errorf("%s acknowledged nothing and replayed nothing for %v while %d log bytes waited for its ack (acked seq %d of %d; failover timeout %v)",
 			p.peer, stuck.Round(time.Millisecond), p.unacked, p.acked, p.highSent, p.limits.failoverTimeout)
+	}
+	return nil
+}
+
+// replayStuck reports, at time at, a backup whose replay holds the primary:
+// the primary has waited for its lag to fall since waitingSince, and for
+// longer than the failover timeout the backup replayed nothing (nor took
+// any of a state transfer). Its acks and heartbeats may still arrive (its
+// receiver works, its vCPU does not), which neither lost nor stalled
+// catches; without this the primary would wait for it forever.
+func (p *senderPolicy) replayStuck(at, waitingSince time.Duration) error {
+	since := max(p.lastReplayed, waitingSince)
+	if stuck := at - since; stuck > p.limits.failoverTimeout {
+		return fmt.Errorf("%s replayed nothing for %v while the primary waited for it to catch up (replayed exit %d; failover timeout %v)",
+			p.peer, stuck.Round(time.Millisecond), p.replayed, p.limits.failoverTimeout)
 	}
 	return nil
 }

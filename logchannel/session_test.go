@@ -294,6 +294,46 @@ func TestLag(t *testing.T) {
 	}
 }
 
+// TestBackupThatStopsReplayingIsLost: a backup whose receiver acks every
+// entry and sends heartbeats but whose replay reports nothing holds the
+// primary in WaitLag; after the failover timeout it is lost, not waited
+// for forever.
+func TestBackupThatStopsReplayingIsLost(t *testing.T) {
+	cfg := fastConfig()
+	cfg.FailoverTimeout = 300 * time.Millisecond
+	s, r := pair(t, cfg, cfg)
+	es := testEntries(101)
+	go func() {
+		for range es {
+			if _, err := r.Next(); err != nil {
+				return
+			}
+		}
+	}()
+	for _, e := range es {
+		if err := s.Append(e); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	r.ReportReplayed(10) // it replayed a little, then stopped
+	waitFor(t, 5*time.Second, "the report of exit 10", func() bool { return s.Stats().ReplayedExit == 10 && s.Lag().Time > time.Millisecond })
+	began := time.Now()
+	err := s.WaitLag(testContext(t, 10*time.Second), time.Millisecond)
+	if !errors.Is(err, ErrPeerLost) || !strings.Contains(err.Error(), "replayed nothing") {
+		t.Fatalf("WaitLag on a backup that stopped replaying: %v", err)
+	}
+	if waited := time.Since(began); waited < cfg.FailoverTimeout {
+		t.Fatalf("lost after %v, before the failover timeout %v", waited, cfg.FailoverTimeout)
+	}
+	if st := s.Stats(); st.AckedSeq != uint64(len(es)) {
+		t.Fatalf("acked seq %d of %d: the test meant a backup that acks everything", st.AckedSeq, len(es))
+	}
+	t.Logf("%v", err)
+}
+
 func TestLagRing(t *testing.T) {
 	r := lagRing{buf: make([]lagSample, 4)}
 	ms := time.Millisecond
