@@ -20,6 +20,7 @@ import (
 	"github.com/ftvm/ftvm/bench/hosts"
 	"github.com/ftvm/ftvm/bench/kv"
 	"github.com/ftvm/ftvm/logchannel"
+	"github.com/ftvm/ftvm/vmm/ft"
 )
 
 // The fault campaign (ftvm chaos): kvstore protected by a primary and a
@@ -52,6 +53,9 @@ const (
 	FaultLinkLoss    = "link-loss"
 	FaultLinkReorder = "link-reorder"
 	FaultClientsCut  = "clients-cut"
+	// The backup stops replaying (a failpoint; its channel, acks and
+	// heartbeats go on) for as long as a freeze, then goes on.
+	FaultStallBackup = "stall-backup"
 )
 
 // chaosImpair are the link faults' impairments of each direction.
@@ -63,7 +67,7 @@ var chaosImpair = map[string]hosts.Impair{
 
 // ChaosFaults are every fault kind, in report order.
 var ChaosFaults = []string{FaultKillPrimary, FaultKillBackup, FaultFreezePrimary, FaultFreezeBackup, FaultPartition,
-	FaultPartitionToBackup, FaultPartitionToPrimary, FaultArbiterDown, FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut}
+	FaultPartitionToBackup, FaultPartitionToPrimary, FaultArbiterDown, FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut, FaultStallBackup}
 
 // ChaosOptions configure a campaign.
 type ChaosOptions struct {
@@ -357,7 +361,11 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	}
 	image := filepath.Join(o.GuestDir, "kvstore.elf")
 	backup := &chaosSide{name: "backup"}
-	if err := backup.start(cn.command("backup", o.FTVM, append(append([]string{"backup", "--listen", cn.backupListen}, common("backup")...), image)...), env); err != nil {
+	backupEnv := env
+	if tr.Fault == FaultStallBackup {
+		backupEnv = append(slices.Clip(env), ft.FailpointsEnv+"=replay-stall")
+	}
+	if err := backup.start(cn.command("backup", o.FTVM, append(append([]string{"backup", "--listen", cn.backupListen}, common("backup")...), image)...), backupEnv); err != nil {
 		return err
 	}
 	sides := []*chaosSide{backup}
@@ -443,20 +451,25 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		if err := cn.partition(tr.Fault != FaultPartitionToPrimary, tr.Fault != FaultPartitionToBackup); err != nil {
 			return err
 		}
-	case FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut:
-		if tr.Fault == FaultClientsCut {
+	case FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut, FaultStallBackup:
+		// The fault's length is part of the fault.
+		length := time.Duration(1000+rng.IntN(1500)) * time.Millisecond
+		switch tr.Fault {
+		case FaultStallBackup:
+			backup.signal(syscall.SIGUSR2)
+			time.Sleep(freeze)
+			backup.signal(syscall.SIGUSR2)
+		case FaultClientsCut:
 			if err := cn.cutClients(true); err != nil {
 				return err
 			}
-		} else {
-			cn.degrade(chaosImpair[tr.Fault])
-		}
-		time.Sleep(time.Duration(1000+rng.IntN(1500)) * time.Millisecond) // the fault's length is part of the fault
-		if tr.Fault == FaultClientsCut {
+			time.Sleep(length)
 			if err := cn.cutClients(false); err != nil {
 				return err
 			}
-		} else {
+		default:
+			cn.degrade(chaosImpair[tr.Fault])
+			time.Sleep(length)
 			cn.heal()
 		}
 		// These faults need not end the pair. Once it has had time to

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"os"
+
+	"github.com/ftvm/ftvm/vmm/ft"
 )
 
 // Exit statuses of ftvm itself; a guest's own status passes through.
@@ -108,6 +110,10 @@ func main() {
 			fmt.Fprintf(os.Stderr, "ftvm: unknown command %q\n", os.Args[1])
 		}
 		usage()
+		os.Exit(exitUsage)
+	}
+	if err := ft.ArmFailpoints(os.Getenv(ft.FailpointsEnv)); err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm: %v\n", err)
 		os.Exit(exitUsage)
 	}
 	os.Exit(cmd(os.Args[2:]))

@@ -123,7 +123,7 @@ func (o *BackupOptions) replayThenTakeOver(ctx context.Context, cancel context.C
 	m *vmm.Machine, live *vmm.LiveWorld, goLive func(error) error, baseExit, lastTSC, lastClock uint64) (BackupOutcome, error) {
 	var out BackupOutcome
 	var prot *protection
-	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed,
+	fw := &failoverWorld{rep: rep, live: live, lost: logchannel.ErrPeerLost, progress: recv.ReportReplayed, done: ctx.Done(),
 		lastTSC: lastTSC, lastClock: lastClock,
 		primaryReleased: recv.PrimaryReleased,
 		onRelease: func(n, bytes int) {

@@ -24,6 +24,7 @@ type failoverWorld struct {
 	lost       error                   // the channel's "peer lost" sentinel
 	goLive     func(cause error) error // arbiter + network takeover; nil error: go live
 	progress   func(exit uint64)       // tells the channel how far the replay got
+	done       <-chan struct{}         // the backup's end: a stalled replay gives up
 	// primaryReleased is the Seq up to which the primary said every
 	// output left it; final once the channel ended. Nil: assume all did.
 	primaryReleased func() uint64
@@ -60,6 +61,7 @@ var _ replay.World = (*failoverWorld)(nil)
 // live world for this call (true) or return err.
 func (f *failoverWorld) next(p replay.ExecPoint, err error) (bool, error) {
 	if err == nil {
+		replayStall.pass(f.done)
 		f.progress(p.Exit)
 		return false, nil
 	}
