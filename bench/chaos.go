@@ -67,7 +67,8 @@ var chaosImpair = map[string]hosts.Impair{
 
 // ChaosFaults are every fault kind, in report order.
 var ChaosFaults = []string{FaultKillPrimary, FaultKillBackup, FaultFreezePrimary, FaultFreezeBackup, FaultPartition,
-	FaultPartitionToBackup, FaultPartitionToPrimary, FaultArbiterDown, FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut, FaultStallBackup}
+	FaultPartitionToBackup, FaultPartitionToPrimary, FaultArbiterDown, FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut, FaultStallBackup,
+	FaultJoinKillJoiner, FaultJoinFreezeJoiner, FaultJoinPartition, FaultJoinKillLive}
 
 // ChaosOptions configure a campaign.
 type ChaosOptions struct {
@@ -115,6 +116,13 @@ type ChaosTrial struct {
 	// ThenKilled: the fault left the pair intact, so the primary was
 	// killed after it.
 	ThenKilled bool `json:",omitempty"`
+	// DuringTransfer: a join fault hit while the joining backup was
+	// receiving the guest's state (not after it had joined).
+	DuringTransfer bool `json:",omitempty"`
+	// ServiceLost: a double failure (the live side killed while its new
+	// backup was still receiving the state) left no side to run the
+	// guest, as it must: calls without reply are expected then.
+	ServiceLost bool `json:",omitempty"`
 	// FramesPrimary and FramesBackup are the guest's frames that reached
 	// the LAN from each side's host (hosts only).
 	FramesPrimary, FramesBackup int
@@ -128,6 +136,9 @@ type ChaosRow struct {
 	UnavailP50, UnavailP99, Max float64 // ms
 	Failed, SplitBrains         int
 	Violations, Errors          int
+	// Join faults: the trials whose fault hit during the state transfer,
+	// and those that left no side to run the guest (a double failure).
+	DuringTransfer, ServiceLost int
 	FailedSeeds                 []uint64 `json:",omitempty"`
 }
 
@@ -194,7 +205,7 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 			tr.Err = err.Error()
 		}
 		status := "ok"
-		if tr.Err != "" || !tr.Linearizable || tr.Failed > 0 || tr.SplitBrain {
+		if tr.Err != "" || !tr.Linearizable || (tr.Failed > 0 && !tr.ServiceLost) || tr.SplitBrain {
 			status = "FAILED"
 		}
 		then := ""
@@ -214,9 +225,16 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 				continue
 			}
 			row.Trials++
-			gaps = append(gaps, t.Unavailable)
+			if t.DuringTransfer {
+				row.DuringTransfer++
+			}
+			if t.ServiceLost {
+				row.ServiceLost++
+			} else {
+				gaps = append(gaps, t.Unavailable)
+			}
 			bad := false
-			if t.Failed > 0 {
+			if t.Failed > 0 && !t.ServiceLost {
 				row.Failed++
 				bad = true
 			}
@@ -239,12 +257,19 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 		if row.Trials == 0 {
 			continue
 		}
-		sort.Float64s(gaps)
-		row.UnavailP50, row.UnavailP99, row.Max = gaps[len(gaps)/2], gaps[min(len(gaps)-1, int(0.99*float64(len(gaps))))], gaps[len(gaps)-1]
+		if len(gaps) > 0 {
+			sort.Float64s(gaps)
+			row.UnavailP50, row.UnavailP99, row.Max = gaps[len(gaps)/2], gaps[min(len(gaps)-1, int(0.99*float64(len(gaps))))], gaps[len(gaps)-1]
+		}
 		r.Rows = append(r.Rows, row)
 	}
 	return r, nil
 }
+
+// chaosFreeze is how long a freeze or stall lasts: long enough for the
+// other side to notice and decide, short enough that clients' retries are
+// still running when the frozen side wakes.
+func chaosFreeze(o ChaosOptions) time.Duration { return 4*o.FailoverTimeout + time.Second }
 
 func errSuffix(e string) string {
 	if e == "" {
@@ -356,16 +381,27 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	}
 	common := func(host string) []string {
 		f := logchannel.PairFiles(dir, host)
-		return []string{"--backend", o.Backend, "--vm-id", vmID, "--arbiter", arbURL, "--failover-timeout", o.FailoverTimeout.String(),
+		args := []string{"--backend", o.Backend, "--vm-id", vmID, "--arbiter", arbURL, "--failover-timeout", o.FailoverTimeout.String(),
 			"--net", cn.guestNet, "--tls-cert", f.Cert, "--tls-key", f.Key, "--tls-ca", f.CA}
+		if strings.HasPrefix(tr.Fault, "join-") {
+			join := cn.primaryJoin
+			if host == "backup" {
+				join = cn.backupJoin
+			}
+			args = append(args, "--mem", chaosJoinMem, "--join-listen", join)
+		}
+		return args
 	}
-	image := filepath.Join(o.GuestDir, "kvstore.elf")
+	guest := []string{filepath.Join(o.GuestDir, "kvstore.elf")}
+	if strings.HasPrefix(tr.Fault, "join-") {
+		guest = append(guest, chaosJoinFill)
+	}
 	backup := &chaosSide{name: "backup"}
 	backupEnv := env
 	if tr.Fault == FaultStallBackup {
 		backupEnv = append(slices.Clip(env), ft.FailpointsEnv+"=replay-stall")
 	}
-	if err := backup.start(cn.command("backup", o.FTVM, append(append([]string{"backup", "--listen", cn.backupListen}, common("backup")...), image)...), backupEnv); err != nil {
+	if err := backup.start(cn.command("backup", o.FTVM, append(append([]string{"backup", "--listen", cn.backupListen}, common("backup")...), guest...)...), backupEnv); err != nil {
 		return err
 	}
 	sides := []*chaosSide{backup}
@@ -383,7 +419,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		return err
 	}
 	primary := &chaosSide{name: "primary"}
-	if err := primary.start(cn.command("primary", o.FTVM, append(append([]string{"primary", "--backup", cn.backupDial}, common("primary")...), image)...), env); err != nil {
+	if err := primary.start(cn.command("primary", o.FTVM, append(append([]string{"primary", "--backup", cn.backupDial}, common("primary")...), guest...)...), env); err != nil {
 		return err
 	}
 	sides = append(sides, primary)
@@ -406,10 +442,12 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	}
 	clients := make(chan ran, 1)
 	var completed atomic.Int64
+	wctx, abandonCalls := context.WithCancel(ctx)
+	defer abandonCalls()
 	go func() {
 		w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: int64(tr.Seed), OpTimeout: time.Minute, Stop: stop}
 		w.Dial, w.Completed = cn.dialClient, &completed
-		out, err := w.Run(ctx, cn.clientAddr)
+		out, err := w.Run(wctx, cn.clientAddr)
 		clients <- ran{out, err}
 	}()
 
@@ -427,9 +465,42 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		return ctx.Err()
 	}
 	faultAt := time.Now()
-	// Long enough for the other side to notice and decide, short enough
-	// that clients' retries are still running when the frozen side wakes.
-	freeze := 4*o.FailoverTimeout + time.Second
+	// finish ends a trial whose fault is over: survivor runs the guest,
+	// which lived on the hosts liveHosts in turn. Clients go on a little
+	// past the takeover, then stop; lossAllowed: the fault was a double
+	// failure that may leave no side running, whose unanswered calls are
+	// abandoned (not counted as lost).
+	finish := func(survivor *chaosSide, liveHosts []string, lossAllowed bool) error {
+		if lossAllowed {
+			tr.ServiceLost = true
+			abandonCalls()
+		}
+		time.Sleep(500 * time.Millisecond)
+		stopOnce()
+		res := <-clients
+		if res.err != nil && !lossAllowed {
+			return res.err
+		}
+		tr.Calls, tr.Failed, tr.Unavailable = len(res.out.Calls), res.out.Failed, ms(kv.MaxGapSince(res.out.Calls, faultAt))
+		verdict, _ := kv.CheckLinearizable(res.out.Calls, time.Minute)
+		tr.Linearizable = verdict == porcupine.Ok
+		if survivor != nil && survivor.ended() {
+			return fmt.Errorf("the %s, which went on, ended with status %d:\n%s", survivor.name, survivor.status(), survivor.log.String())
+		}
+		if cn.hosts == nil {
+			return nil
+		}
+		fromPrimary, fromBackup, err := cn.captured()
+		if err != nil {
+			return fmt.Errorf("capturing the LAN: %w", err)
+		}
+		tr.FramesPrimary, tr.FramesBackup = len(fromPrimary), len(fromBackup)
+		return checkWire(liveHosts, !lossAllowed, fromPrimary, fromBackup, &tr.SplitBrain)
+	}
+	if strings.HasPrefix(tr.Fault, "join-") {
+		return chaosJoinFault(o, tr, rng, cn, env, common, guest, primary, backup, &sides, finish)
+	}
+	freeze := chaosFreeze(o)
 	var survivor, loser *chaosSide
 	switch tr.Fault {
 	case FaultKillPrimary:
@@ -543,55 +614,53 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		tr.SplitBrain = true
 		return fmt.Errorf("both sides went on: the %s too:\n%s", loser.name, loser.log.String())
 	}
-	// Clients go on a little past the takeover, then stop.
-	time.Sleep(500 * time.Millisecond)
-	stopOnce()
-	res := <-clients
-	if res.err != nil {
-		return res.err
+	liveHosts := []string{"primary"}
+	if survivor == backup {
+		liveHosts = append(liveHosts, "backup")
 	}
-	tr.Calls, tr.Failed, tr.Unavailable = len(res.out.Calls), res.out.Failed, ms(kv.MaxGapSince(res.out.Calls, faultAt))
-	verdict, _ := kv.CheckLinearizable(res.out.Calls, time.Minute)
-	tr.Linearizable = verdict == porcupine.Ok
-	if survivor.ended() {
-		return fmt.Errorf("the %s, which went on, ended with status %d:\n%s", survivor.name, survivor.status(), survivor.log.String())
-	}
-	if cn.hosts == nil {
-		return nil
-	}
-	fromPrimary, fromBackup, err := cn.captured()
-	if err != nil {
-		return fmt.Errorf("capturing the LAN: %w", err)
-	}
-	tr.FramesPrimary, tr.FramesBackup = len(fromPrimary), len(fromBackup)
-	return checkWire(survivor == primary, fromPrimary, fromBackup, &tr.SplitBrain)
+	return finish(survivor, liveHosts, false)
 }
 
 // checkWire checks what the LAN captured: the guest's frames came from
-// one host at a time, the primary's all before the backup's, and none
-// from the backup's if the primary stayed live. A violation is a split
-// brain: both sides released output.
-func checkWire(primaryStayed bool, fromPrimary, fromBackup []time.Time, splitBrain *bool) error {
-	if primaryStayed {
-		if len(fromBackup) > 0 {
-			*splitBrain = true
-			return fmt.Errorf("the backup's host put %d of the guest's frames on the LAN though the primary stayed live", len(fromBackup))
-		}
-		return nil
+// one host at a time, in the order the guest lived on them (liveHosts:
+// "primary" and "backup", the hosts whose LAN ports were captured), never
+// going back to a host it had left. A violation is a split brain: two
+// sides released output. lastSpoke: the last host must have put at least
+// its gratuitous ARP on the LAN.
+func checkWire(liveHosts []string, lastSpoke bool, fromPrimary, fromBackup []time.Time, splitBrain *bool) error {
+	type frame struct {
+		at   time.Time
+		host string
 	}
-	if len(fromBackup) == 0 {
-		return errors.New("the backup went live but none of the guest's frames (not even its gratuitous ARP) reached the LAN from its host")
-	}
-	first := fromBackup[0]
-	late := 0
+	var all []frame
 	for _, t := range fromPrimary {
-		if !t.Before(first) {
-			late++
-		}
+		all = append(all, frame{t, "primary"})
 	}
-	if late > 0 {
-		*splitBrain = true
-		return fmt.Errorf("the primary's host put %d of the guest's frames on the LAN after the backup's first (at %s)", late, first.Format(time.RFC3339Nano))
+	for _, t := range fromBackup {
+		all = append(all, frame{t, "backup"})
+	}
+	sort.SliceStable(all, func(i, j int) bool { return all[i].at.Before(all[j].at) })
+	next := 0 // liveHosts[next-1] is the host the guest is on
+	for i, f := range all {
+		if next > 0 && liveHosts[next-1] == f.host {
+			continue
+		}
+		for next < len(liveHosts) && liveHosts[next] != f.host {
+			next++
+		}
+		if next == len(liveHosts) {
+			*splitBrain = true
+			prev := "no host"
+			if i > 0 {
+				prev = "the " + all[i-1].host + "'s host"
+			}
+			return fmt.Errorf("the %s's host put the guest's frames on the LAN at %s, after %s did at %s: the guest lived on %s in that order",
+				f.host, f.at.Format(time.RFC3339Nano), prev, all[max(i-1, 0)].at.Format(time.RFC3339Nano), strings.Join(liveHosts, ", then "))
+		}
+		next++
+	}
+	if lastSpoke && len(liveHosts) > 1 && (next != len(liveHosts)) {
+		return fmt.Errorf("the guest went live on the %s's host last but none of its frames (not even a gratuitous ARP) reached the LAN from there", liveHosts[len(liveHosts)-1])
 	}
 	return nil
 }
@@ -625,19 +694,28 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	b.WriteString("kvstore protected by `ftvm primary` and `ftvm backup`, two processes with mutual TLS and a file arbiter (S3 for arbiter-down); 3 clients with porcupine-checked histories (a lost acknowledged write makes a history not linearizable); one fault 0.3-1.5 s after the clients' first reply. " +
 		"kill: `kill -9`. arbiter-down: the S3 arbiter's server (versitygw) is killed, then the primary; the backup must retry without going live for 4 failover timeouts + 1 s, until the server is back on the same storage. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways, or one way only (to-backup: the log and the primary's heartbeats stop, the backup's still arrive; to-primary: the reverse), while both processes live on (exactly one side may go on). " +
 		"link-delay (40 ± 20 ms each way), link-loss (5% each way), link-reorder (25% of packets sent at once, the others held 10 ms): for 1-2.5 s; clients-cut: the primary's host off the LAN for as long (its logging link stays). After these four, if the pair is still whole 3 failover timeouts later, the primary is killed, so the backup shows it holds every acknowledged write. " +
+		"stall-backup: the backup's replay stops (a failpoint; its acks and heartbeats go on) as long as a freeze. " +
+		"join-*: after a kill -9 of the primary, a new backup joins the side that went live (from the primary's host, 128 MiB of the guest's 256 MiB filled), and 0-1 s after it began (mostly during the state transfer) it is killed, frozen, or cut off (join-partition), or the live side is killed (join-kill-live: a new backup that had not joined must not go live, and nothing runs the guest; one that had must take over). After the others a second backup joins if the first did not make it, and the live side is killed: the new backup must take over. " +
 		"A split brain is both sides going on, the losing side still running a minute after the winner went on, or (on hosts) both putting the guest's frames on the wire. Unavailability is the longest time no client got a reply from the fault on (clients resend every 200 ms).\n\n")
-	b.WriteString("| fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|\n")
+	b.WriteString("| fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | notes | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {
 		seeds := make([]string, len(row.FailedSeeds))
 		for i, s := range row.FailedSeeds {
 			seeds[i] = fmt.Sprint(s)
 		}
-		fmt.Fprintf(&b, "| %s | %d | %.0f ms | %.0f ms | %.0f ms | %d | %d | %d | %d | %s |\n", row.Fault, row.Trials, row.UnavailP50, row.UnavailP99, row.Max,
-			row.Failed, row.SplitBrains, row.Violations, row.Errors, strings.Join(seeds, " "))
+		var notes []string
+		if strings.HasPrefix(row.Fault, "join-") {
+			notes = append(notes, fmt.Sprintf("%d during the transfer", row.DuringTransfer))
+		}
+		if row.ServiceLost > 0 {
+			notes = append(notes, fmt.Sprintf("%d left no side (the new backup had not joined; not in the unavailability)", row.ServiceLost))
+		}
+		fmt.Fprintf(&b, "| %s | %d | %.0f ms | %.0f ms | %.0f ms | %d | %d | %d | %d | %s | %s |\n", row.Fault, row.Trials, row.UnavailP50, row.UnavailP99, row.Max,
+			row.Failed, row.SplitBrains, row.Violations, row.Errors, strings.Join(notes, "; "), strings.Join(seeds, " "))
 	}
 	var failed []ChaosTrial
 	for _, t := range r.Trials {
-		if t.Err != "" || !t.Linearizable || t.Failed > 0 || t.SplitBrain {
+		if t.Err != "" || !t.Linearizable || (t.Failed > 0 && !t.ServiceLost) || t.SplitBrain {
 			failed = append(failed, t)
 		}
 	}

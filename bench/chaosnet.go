@@ -41,8 +41,10 @@ type chaosNet struct {
 	// backupListen is the backup's --listen, backupDial the primary's
 	// --backup.
 	backupListen, backupDial string
-	mac                      net.HardwareAddr
-	capPrimary, capBackup    *hosts.Capture
+	// primaryJoin and backupJoin are each side's --join-listen.
+	primaryJoin, backupJoin string
+	mac                     net.HardwareAddr
+	capPrimary, capBackup   *hosts.Capture
 	// wire is the logging link on hosts.
 	wire *hosts.Wire
 }
@@ -59,7 +61,7 @@ const (
 )
 
 // HostsOnlyFaults are the faults that only hosts can inject.
-var HostsOnlyFaults = []string{FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut}
+var HostsOnlyFaults = []string{FaultLinkDelay, FaultLinkLoss, FaultLinkReorder, FaultClientsCut, FaultJoinPartition}
 
 func newChaosNet(onHosts bool, vmID string, seed uint64) (*chaosNet, error) {
 	cn := &chaosNet{mac: vnet.DefaultMAC(vmID)}
@@ -69,8 +71,10 @@ func newChaosNet(onHosts bool, vmID string, seed uint64) (*chaosNet, error) {
 			return nil, err
 		}
 		cn.clientAddr, cn.guestNet = addr, "user,hostfwd=udp:"+addr+"-:7000"
-		if cn.backupListen, err = freeLoopbackAddr(); err != nil {
-			return nil, err
+		for _, a := range []*string{&cn.backupListen, &cn.primaryJoin, &cn.backupJoin} {
+			if *a, err = freeLoopbackAddr(); err != nil {
+				return nil, err
+			}
 		}
 		return cn, nil
 	}
@@ -126,6 +130,7 @@ func newChaosNet(onHosts bool, vmID string, seed uint64) (*chaosNet, error) {
 	cn.guestNet = "tap,ifname=tap0,ip=" + chaosGuestIP + "/24,gw=" + chaosClientsIP
 	cn.clientAddr = chaosGuestIP + ":7000"
 	cn.backupListen, cn.backupDial = "10.78.0.2:7700", "10.78.0.2:7700"
+	cn.primaryJoin, cn.backupJoin = "10.78.0.1:7701", "10.78.0.2:7701"
 	return cn, nil
 }
 

@@ -248,8 +248,9 @@ func epochsIn(t *testing.T, log, line, marker string) []uint64 {
 // TestChaosQuick: ftvm chaos --quick runs one trial of each fault kind
 // (kill -9 and freeze of each side, a partition of the logging link both
 // ways and each way alone, the S3 arbiter's server down while the primary
-// dies, and on hosts of their own a delayed, lossy or reordering logging
-// link and the primary cut from its clients) and every trial keeps the
+// dies, a backup whose replay stalls, faults of a new backup joining after
+// a failover, and on hosts of their own a delayed, lossy or reordering
+// logging link and the primary cut from its clients) and every trial keeps the
 // promise: each call completes, the history is linearizable, one side goes
 // on and the other halts or is dead, and on hosts only one side's frames
 // reach the LAN at a time.
@@ -259,24 +260,27 @@ func TestChaosQuick(t *testing.T) {
 	// The default failover timeout (1 s), not the campaign's 500 ms: under
 	// emulation (CI's QEMU) a loaded vCPU can miss 500 ms of heartbeats.
 	args := []string{"chaos", "--quick", "--failover-timeout", "1s", "--backend", b.Name(), "--out", dir, "--guests", "../../guests/build"}
-	faults := []string{"kill-primary", "kill-backup", "freeze-primary", "freeze-backup", "partition", "partition-to-backup", "partition-to-primary"}
-	hostsOnly := []string{"link-delay", "link-loss", "link-reorder", "clients-cut"}
+	faults := []string{"kill-primary", "kill-backup", "freeze-primary", "freeze-backup", "partition", "partition-to-backup", "partition-to-primary", "stall-backup"}
+	joins := []string{"join-kill-joiner", "join-freeze-joiner", "join-kill-live"}
+	hostsOnly := []string{"link-delay", "link-loss", "link-reorder", "clients-cut", "join-partition"}
 	switch why := hosts.Available(); {
 	case os.Getenv("FTVM_KVMQ") == "1":
 		// .ci/kvm-in-qemu's minimal guest has neither namespaces (no tun,
 		// bridge or veth) nor an S3 server that starts: make test runs
 		// those trials on the host's backends.
-		t.Logf("under kvm-in-qemu: on loopback, without arbiter-down and %s; they run on the host's backends", strings.Join(hostsOnly, ", "))
+		// The join trials fill 128 MiB of guest memory, which emulation
+		// copies slowly: they too run on the host's backends.
+		t.Logf("under kvm-in-qemu: on loopback, without arbiter-down, %s and %s; they run on the host's backends", strings.Join(joins, ", "), strings.Join(hostsOnly, ", "))
 		args = append(args, "--hosts", "off", "--faults", strings.Join(faults, ","))
 	case why != nil && os.Getenv("CI") == "true":
 		t.Fatalf("the campaign's hosts: %v", why)
 	case why != nil:
 		t.Logf("on loopback (%v): %s left out", why, strings.Join(hostsOnly, ", "))
 		args = append(args, "--hosts", "off")
-		faults = append(faults, "arbiter-down")
+		faults = append(append(faults, "arbiter-down"), joins...)
 	default:
 		args = append(args, "--hosts", "on")
-		faults = append(append(faults, "arbiter-down"), hostsOnly...)
+		faults = append(append(append(faults, "arbiter-down"), joins...), hostsOnly...)
 	}
 	env := os.Environ()
 	// arbiter-down needs versitygw, the S3 server .ci/install-s3.sh puts
