@@ -231,3 +231,31 @@ func TestSenderPolicyIsPure(t *testing.T) {
 		return true
 	})
 }
+
+// TestReplayStuck: a backup that replayed and then stopped, while the
+// primary waited on its lag, is lost after the failover timeout; one that
+// has not replayed anything yet (a joined backup taking in its state) is
+// not.
+func TestReplayStuck(t *testing.T) {
+	ms := time.Millisecond
+	p := newSenderPolicy(senderLimits{failoverTimeout: 500 * ms}, "the backup", 0)
+	if err := p.replayStuck(5000*ms, 0); err != nil {
+		t.Fatalf("a backup that never reported a replayed exit: %v", err)
+	}
+	if _, err := p.ack(0, 7, 100*ms); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.replayStuck(700*ms, 300*ms); err != nil {
+		t.Fatalf("waiting 400ms: %v", err)
+	}
+	if err := p.replayStuck(801*ms, 300*ms); err == nil || !strings.Contains(err.Error(), "replayed nothing for 501ms") {
+		t.Fatalf("waiting 501ms: %v", err)
+	}
+	// Progress during the wait counts from itself.
+	if _, err := p.ack(0, 9, 800*ms); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.replayStuck(1200*ms, 300*ms); err != nil {
+		t.Fatalf("400ms after progress: %v", err)
+	}
+}
