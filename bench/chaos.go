@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -80,7 +81,10 @@ type ChaosOptions struct {
 	Backend string
 	Trials  int
 	Faults  []string // default ChaosFaults, taken in turn
-	Seed    uint64   // the campaign's; each trial's is derived from it
+	// Parallel trials run at once (default 1). On hosts they cannot
+	// collide; they do share the machine's cores.
+	Parallel int
+	Seed     uint64 // the campaign's; each trial's is derived from it
 	// TrialSeed, if not 0, is the seed of every trial: to replay a failed
 	// one (with Trials 1 and its fault).
 	TrialSeed uint64
@@ -147,11 +151,12 @@ type ChaosResults struct {
 	Date, Command, Backend string
 	// Hosts: the trials ran on hosts of their own (network namespaces),
 	// not on loopback.
-	Hosts   bool
-	Seed    uint64
-	Elapsed string
-	Rows    []ChaosRow
-	Trials  []ChaosTrial
+	Hosts    bool
+	Seed     uint64
+	Parallel int // trials at once
+	Elapsed  string
+	Rows     []ChaosRow
+	Trials   []ChaosTrial
 }
 
 // Ok says whether every trial held the promise.
@@ -191,30 +196,58 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 		hosts.RemoveStale(chaosNetPrefix)
 	}
 	began := time.Now()
-	r := &ChaosResults{Date: began.UTC().Format(time.RFC3339), Backend: o.Backend, Seed: o.Seed, Hosts: o.Hosts}
+	r := &ChaosResults{Date: began.UTC().Format(time.RFC3339), Backend: o.Backend, Seed: o.Seed, Hosts: o.Hosts, Parallel: max(o.Parallel, 1)}
 	rng := rand.New(rand.NewPCG(o.Seed, 0xc4a05))
-	for i := 0; i < o.Trials; i++ {
-		if ctx.Err() != nil {
-			return r, ctx.Err()
-		}
-		tr := ChaosTrial{N: i, Seed: rng.Uint64(), Fault: o.Faults[i%len(o.Faults)]}
+	all := make([]ChaosTrial, o.Trials)
+	for i := range all {
+		all[i] = ChaosTrial{N: i, Seed: rng.Uint64(), Fault: o.Faults[i%len(o.Faults)]}
 		if o.TrialSeed != 0 {
-			tr.Seed = o.TrialSeed
+			all[i].Seed = o.TrialSeed
 		}
-		if err := chaosTrial(ctx, o, &tr); err != nil {
-			tr.Err = err.Error()
+	}
+	ran := make([]bool, o.Trials)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for w := 0; w < max(o.Parallel, 1); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range next {
+				tr := &all[i]
+				if err := chaosTrial(ctx, o, tr); err != nil {
+					tr.Err = err.Error()
+				}
+				if ctx.Err() != nil {
+					continue // cut short: not a result
+				}
+				ran[i] = true
+				status := "ok"
+				if !tr.ok() {
+					status = "FAILED"
+				}
+				then := ""
+				if tr.ThenKilled {
+					then = " (then kill-primary)"
+				}
+				o.Logf("trial %d (%s%s, seed %d, at %v): %s; %d calls, unavailable %.0f ms, live %s%s", i, tr.Fault, then, tr.Seed, tr.At.Round(time.Millisecond),
+					status, tr.Calls, tr.Unavailable, tr.Live, errSuffix(tr.Err))
+			}
+		}()
+	}
+feed:
+	for i := range all {
+		select {
+		case next <- i:
+		case <-ctx.Done():
+			break feed
 		}
-		status := "ok"
-		if tr.Err != "" || !tr.Linearizable || (tr.Failed > 0 && !tr.ServiceLost) || tr.SplitBrain {
-			status = "FAILED"
+	}
+	close(next)
+	wg.Wait()
+	for i, t := range all {
+		if ran[i] {
+			r.Trials = append(r.Trials, t)
 		}
-		then := ""
-		if tr.ThenKilled {
-			then = " (then kill-primary)"
-		}
-		o.Logf("trial %d (%s%s, seed %d, at %v): %s; %d calls, unavailable %.0f ms, live %s%s", i, tr.Fault, then, tr.Seed, tr.At.Round(time.Millisecond),
-			status, tr.Calls, tr.Unavailable, tr.Live, errSuffix(tr.Err))
-		r.Trials = append(r.Trials, tr)
 	}
 	r.Elapsed = time.Since(began).Round(time.Second).String()
 	for _, f := range ChaosFaults {
@@ -263,7 +296,12 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 		}
 		r.Rows = append(r.Rows, row)
 	}
-	return r, nil
+	return r, ctx.Err()
+}
+
+// ok says whether the trial kept the promise.
+func (t *ChaosTrial) ok() bool {
+	return t.Err == "" && t.Linearizable && (t.Failed == 0 || t.ServiceLost) && !t.SplitBrain
 }
 
 // chaosFreeze is how long a freeze or stall lasts: long enough for the
@@ -682,8 +720,8 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	if r.Hosts {
 		where = "hosts of their own"
 	}
-	fmt.Fprintf(&b, "# ftvm fault campaign\n\nCommand: `%s`, on the %s backend, %s; %d trials in %s on %s; campaign seed %d.\n\n",
-		r.Command, r.Backend, r.Date, len(r.Trials), r.Elapsed, where, r.Seed)
+	fmt.Fprintf(&b, "# ftvm fault campaign\n\nCommand: `%s`, on the %s backend, %s; %d trials in %s on %s, %d at a time; campaign seed %d.\n\n",
+		r.Command, r.Backend, r.Date, len(r.Trials), r.Elapsed, where, r.Parallel, r.Seed)
 	if r.Hosts {
 		b.WriteString("Each trial runs on hosts of their own (network namespaces the campaign makes and removes): the primary's and the backup's each with a bridge joining the guest's TAP to the LAN, and a logging link of their own between them whose packets pass through the campaign (which cuts, delays, loses or reorders them); the clients' host and the storage host on the LAN. " +
 			"The guest keeps its IP (10.77.0.100) and MAC on either host; a backup that goes live announces it by gratuitous ARP. " +
@@ -715,7 +753,7 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	}
 	var failed []ChaosTrial
 	for _, t := range r.Trials {
-		if t.Err != "" || !t.Linearizable || (t.Failed > 0 && !t.ServiceLost) || t.SplitBrain {
+		if !t.ok() {
 			failed = append(failed, t)
 		}
 	}

@@ -15,9 +15,10 @@ import (
 // its report; it exits 0 only if every trial kept the promise (no call
 // lost, no acknowledged write lost, never two live sides).
 func cmdChaos(args []string) int {
-	fs := newFlagSet("chaos", "[--quick] [--trials N] [--faults F,...] [--seed S] [--trial-seed S] [--out DIR] [--guests DIR]")
+	fs := newFlagSet("chaos", "[--quick] [--trials N] [--parallel P] [--faults F,...] [--seed S] [--trial-seed S] [--out DIR] [--guests DIR]")
 	quick := fs.Bool("quick", false, "one trial of each fault kind (a smoke test for CI)")
 	trials := fs.Int("trials", 50, "trials in all, the fault kinds taken in turn")
+	parallel := fs.Int("parallel", 1, "trials run at once (on hosts they cannot collide; they share the cores, so timing faults land less precisely)")
 	faults := fs.String("faults", "", "the fault kinds, comma-separated (default all: "+strings.Join(bench.ChaosFaults, ", ")+")")
 	seed := fs.Uint64("seed", 0, "the campaign's seed (default: from the clock; the report gives it and every trial's)")
 	trialSeed := fs.Uint64("trial-seed", 0, "replay a trial: give every trial this seed (with --trials 1 --faults ITS-FAULT)")
@@ -30,7 +31,7 @@ func cmdChaos(args []string) int {
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
 	}
-	if fs.NArg() != 0 || *trials < 1 {
+	if fs.NArg() != 0 || *trials < 1 || *parallel < 1 || *parallel > 16 {
 		fs.Usage()
 		return exitUsage
 	}
@@ -87,7 +88,7 @@ func cmdChaos(args []string) int {
 	}
 	ctx, cancel := interruptContext()
 	defer cancel()
-	res, err := bench.RunChaos(ctx, bench.ChaosOptions{FTVM: exe, GuestDir: *guests, Root: root, Backend: be.Name(), Trials: *trials, Faults: kinds, Hosts: onHosts,
+	res, err := bench.RunChaos(ctx, bench.ChaosOptions{FTVM: exe, GuestDir: *guests, Root: root, Backend: be.Name(), Trials: *trials, Faults: kinds, Hosts: onHosts, Parallel: *parallel,
 		Seed: *seed, TrialSeed: *trialSeed, FailoverTimeout: *failover,
 		Logf: func(f string, a ...any) {
 			fmt.Fprintf(os.Stderr, "ftvm chaos %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
@@ -104,7 +105,11 @@ func cmdChaos(args []string) int {
 		return exitFailed
 	}
 	fmt.Fprintf(os.Stderr, "ftvm chaos: report in %s\n", filepath.Join(*out, "REPORT.md"))
-	if !res.Ok() || err != nil {
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "ftvm chaos: cut short after %d trials (%v): the report has those\n", len(res.Trials), err)
+		return 1
+	}
+	if !res.Ok() {
 		fmt.Fprintln(os.Stderr, "ftvm chaos: FAILED: see the report's failed trials")
 		return 1
 	}
