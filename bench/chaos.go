@@ -304,6 +304,18 @@ func (t *ChaosTrial) ok() bool {
 	return t.Err == "" && t.Linearizable && (t.Failed == 0 || t.ServiceLost) && !t.SplitBrain
 }
 
+// whoWentOn returns the side whose log says it went on without the other,
+// and the other; nils if neither does.
+func whoWentOn(primary, backup *chaosSide) (survivor, loser *chaosSide) {
+	switch {
+	case strings.Contains(primary.log.String(), lineAlone):
+		return primary, backup
+	case strings.Contains(backup.log.String(), lineLive):
+		return backup, primary
+	}
+	return nil, nil
+}
+
 // chaosFreeze is how long a freeze or stall lasts: long enough for the
 // other side to notice and decide, short enough that clients' retries are
 // still running when the frozen side wakes.
@@ -586,12 +598,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		// failover; if not, kill the primary, so that the backup shows
 		// it holds every acknowledged write despite the fault.
 		time.Sleep(3 * o.FailoverTimeout)
-		switch {
-		case strings.Contains(primary.log.String(), lineAlone):
-			survivor, loser = primary, backup
-		case strings.Contains(backup.log.String(), lineLive):
-			survivor, loser = backup, primary
-		default:
+		if survivor, loser = whoWentOn(primary, backup); survivor == nil {
 			tr.ThenKilled = true
 			primary.signal(syscall.SIGKILL)
 			survivor, loser = backup, primary
@@ -621,12 +628,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		// A partition: whichever side won the arbiter goes on.
 		deadline := time.Now().Add(time.Minute)
 		for survivor == nil && time.Now().Before(deadline) {
-			switch {
-			case strings.Contains(primary.log.String(), lineAlone):
-				survivor, loser = primary, backup
-			case strings.Contains(backup.log.String(), lineLive):
-				survivor, loser = backup, primary
-			default:
+			if survivor, loser = whoWentOn(primary, backup); survivor == nil {
 				time.Sleep(10 * time.Millisecond)
 			}
 		}

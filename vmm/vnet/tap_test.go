@@ -7,12 +7,12 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/bench/hosts"
 	"github.com/google/gopacket/layers"
 	"golang.org/x/sys/unix"
 )
@@ -84,44 +84,11 @@ func newLab(t *testing.T) *lab {
 	return l
 }
 
-// inNetns runs fn on a locked OS thread moved into namespace ns. Sockets
-// and devices fn opens belong to ns for good and may be used from any
-// goroutine afterwards. The thread is moved back; if that fails it stays
-// locked, and the runtime discards it when the goroutine ends.
-func inNetns(ns string, fn func() error) error {
-	done := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := os.Open("/proc/thread-self/ns/net")
-		if err != nil {
-			done <- err
-			return
-		}
-		defer orig.Close()
-		target, err := os.Open("/var/run/netns/" + ns)
-		if err != nil {
-			done <- err
-			return
-		}
-		defer target.Close()
-		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("setns %s: %w", ns, err)
-			return
-		}
-		ferr := fn()
-		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			done <- fmt.Errorf("setns back from %s: %w", ns, err)
-			return
-		}
-		runtime.UnlockOSThread()
-		done <- ferr
-	}()
-	return <-done
-}
+// inNetns runs fn on an OS thread moved into namespace ns (hosts.Do).
+func inNetns(ns string, fn func() error) error { return hosts.Do(ns, fn) }
 
-// openTap makes the TAP backend inside the host namespace and plugs it
-// into the bridge.
-func (l *lab) openTap(t *testing.T) *Tap {
+// newTap makes the TAP backend for the lab's device, unbound.
+func (l *lab) newTap(t *testing.T) *Tap {
 	t.Helper()
 	spec, err := ParseSpec("tap,ifname="+l.tapName+",ip=10.99.0.2/24,gw=10.99.0.1", "tap-test")
 	if err != nil {
@@ -132,6 +99,14 @@ func (l *lab) openTap(t *testing.T) *Tap {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { tap.Close() }) // runs before the namespaces are deleted
+	return tap
+}
+
+// openTap makes the TAP backend inside the host namespace and plugs it
+// into the bridge.
+func (l *lab) openTap(t *testing.T) *Tap {
+	t.Helper()
+	tap := l.newTap(t)
 	if err := inNetns(l.host, tap.Bind); err != nil {
 		t.Fatal(err)
 	}
@@ -278,15 +253,7 @@ func TestTapGratuitousARPReachesTheWire(t *testing.T) {
 	// Bind then one Announce at once, as at go-live: the first frame
 	// crosses the bridge before its port forwards (the carrier has just
 	// come up) and is lost, so Announce must repeat it by itself.
-	spec, err := ParseSpec("tap,ifname="+l.tapName+",ip=10.99.0.2/24,gw=10.99.0.1", "tap-test")
-	if err != nil {
-		t.Fatal(err)
-	}
-	tap, err := NewTap(spec)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tap.Close()
+	tap := l.newTap(t)
 	if err := inNetns(l.host, tap.Bind); err != nil {
 		t.Fatal(err)
 	}
