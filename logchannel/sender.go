@@ -762,6 +762,24 @@ func (s *Sender) WaitLag(ctx context.Context, maxLag time.Duration) error {
 	}
 }
 
+// MayRelease says whether outputs whose entries the backup acknowledged
+// may leave now: the backup's acks bound when it could first take this
+// side for lost (see senderPolicy.leaseExpired). When they no longer do,
+// MayRelease loses the backup, so that the arbiter decides who goes on,
+// and returns why; the caller must then hold its outputs until the
+// decision. Call it just before the outputs are written.
+func (s *Sender) MayRelease() error {
+	s.st.Lock()
+	err := s.pol.leaseExpired(s.now())
+	s.st.Unlock()
+	if err != nil {
+		// Not here: closing the connection may wait for a write, and the
+		// caller holds its outputs' lock.
+		go s.lose(err)
+	}
+	return err
+}
+
 // PeerLost is closed when the backup is lost (Err says why). It is not
 // closed by Close.
 func (s *Sender) PeerLost() <-chan struct{} { return s.lost }

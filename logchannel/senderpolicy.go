@@ -29,6 +29,9 @@ type senderPolicy struct {
 	// later replayed exit (replayedAtProgress); see stalled.
 	lastProgress       time.Duration
 	replayedAtProgress uint64
+	// leaseFrom: when the newest frame the backup acknowledged was sent
+	// (or the pairing began); see leaseExpired.
+	leaseFrom time.Duration
 	// lastReplayed: when the backup last reported a later replayed exit,
 	// or progress through a state transfer (see replayStuck).
 	lastReplayed time.Duration
@@ -73,6 +76,7 @@ func newSenderPolicy(limits senderLimits, peer string, now time.Duration) *sende
 		peer:      peer,
 		lastSend:  now,
 		lastHeard: now,
+		leaseFrom: now,
 		lag:       lagRing{buf: make([]lagSample, lagRingSize)},
 	}
 }
@@ -131,6 +135,7 @@ func (p *senderPolicy) ack(seq, exit uint64, at time.Duration) (grew bool, err e
 			r := &p.inflight[p.head]
 			p.unacked -= r.bytes
 			p.ackDelay.add(at - r.sentAt)
+			p.leaseFrom = max(p.leaseFrom, r.sentAt)
 			p.head++
 		}
 		if p.head == len(p.inflight) {
@@ -228,6 +233,24 @@ func (p *senderPolicy) stalled(at time.Duration) error {
 	if stuck := at - since; stuck > p.limits.failoverTimeout {
 		return fmt.Errorf("%s acknowledged nothing and replayed nothing for %v while %d log bytes waited for its ack (acked seq %d of %d; failover timeout %v)",
 			p.peer, stuck.Round(time.Millisecond), p.unacked, p.acked, p.highSent, p.limits.failoverTimeout)
+	}
+	return nil
+}
+
+// leaseExpired reports, at time at, that outputs may no longer leave on
+// the strength of the backup's acks. The backup takes the primary for lost
+// only after a failover timeout in which nothing reached it, and the
+// newest frame it acknowledged reached it after it was sent (leaseFrom):
+// until leaseFrom plus the failover timeout it cannot have gone live. Past
+// that, this side may have been paused (SIGSTOP, a stalled host) while the
+// backup took over, and acks that waited in the socket meanwhile prove
+// nothing about now. A margin of an eighth of the timeout covers the time
+// from the check to the output's write.
+func (p *senderPolicy) leaseExpired(at time.Duration) error {
+	limit := p.limits.failoverTimeout - p.limits.failoverTimeout/8
+	if held := at - p.leaseFrom; held >= limit {
+		return fmt.Errorf("the newest frame %s acknowledged was sent %v ago, and in a failover timeout (%v) without us it may have gone live: releasing nothing more until the arbiter decides",
+			p.peer, held.Round(time.Millisecond), p.limits.failoverTimeout)
 	}
 	return nil
 }

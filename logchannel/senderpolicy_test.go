@@ -259,3 +259,33 @@ func TestReplayStuck(t *testing.T) {
 		t.Fatalf("400ms after progress: %v", err)
 	}
 }
+
+// TestLeaseExpired: acks let outputs leave until the newest acknowledged
+// frame's send time plus the failover timeout, less an eighth; an ack
+// read late (this side was paused) renews nothing beyond its frame's
+// send time.
+func TestLeaseExpired(t *testing.T) {
+	ms := time.Millisecond
+	p := newSenderPolicy(senderLimits{failoverTimeout: 800 * ms, maxUnacked: 1 << 20, maxFrames: 16}, "the backup", 0)
+	if err := p.leaseExpired(699 * ms); err != nil {
+		t.Fatalf("from the handshake, 699ms: %v", err)
+	}
+	if err := p.leaseExpired(700 * ms); err == nil {
+		t.Fatal("from the handshake, 700ms: the lease still held")
+	}
+	p.sent(1, 100, 10, 1000*ms)
+	// Paused for three seconds: the ack is read at 4000ms.
+	if _, err := p.ack(1, 10, 4000*ms); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.leaseExpired(4000 * ms); err == nil || !strings.Contains(err.Error(), "sent 3s ago") {
+		t.Fatalf("an ack read 3s after its frame was sent: %v", err)
+	}
+	p.sent(2, 100, 11, 4001*ms)
+	if _, err := p.ack(2, 11, 4002*ms); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.leaseExpired(4100 * ms); err != nil {
+		t.Fatalf("an ack 1ms after its frame: %v", err)
+	}
+}

@@ -334,6 +334,47 @@ func TestBackupThatStopsReplayingIsLost(t *testing.T) {
 	t.Logf("%v", err)
 }
 
+// TestMayRelease: right after an ack outputs may leave; once the newest
+// acknowledged frame is older than the failover timeout (less its margin)
+// they may not, and the backup is lost so that the arbiter decides.
+func TestMayRelease(t *testing.T) {
+	cfg := fastConfig()
+	cfg.FailoverTimeout = 400 * time.Millisecond
+	s, r := pair(t, cfg, cfg)
+	go func() {
+		for {
+			if _, err := r.Next(); err != nil {
+				return
+			}
+		}
+	}()
+	es := testEntries(2)
+	if err := s.Append(es[0]); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the ack", func() bool { return s.Acked() == 1 })
+	sentBy := time.Now()
+	if err := s.MayRelease(); err != nil && time.Since(sentBy) < cfg.FailoverTimeout/2 {
+		t.Fatalf("just after the ack: %v", err)
+	}
+	// Heartbeats go on both ways, but no frame is acked: the lease runs out.
+	waitFor(t, 5*time.Second, "the lease to run out", func() bool { return s.MayRelease() != nil })
+	if since := time.Since(sentBy); since < cfg.FailoverTimeout*7/8-50*time.Millisecond {
+		t.Fatalf("the lease ran out %v after the ack", since)
+	}
+	select {
+	case <-s.PeerLost():
+	case <-time.After(5 * time.Second):
+		t.Fatal("a run-out lease did not lose the backup")
+	}
+	if err := s.Err(); !errors.Is(err, ErrPeerLost) || !strings.Contains(err.Error(), "may have gone live") {
+		t.Fatalf("Err = %v", err)
+	}
+}
+
 func TestLagRing(t *testing.T) {
 	r := lagRing{buf: make([]lagSample, 4)}
 	ms := time.Millisecond

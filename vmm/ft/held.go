@@ -43,6 +43,12 @@ type holdingWorld struct {
 	// reportReleased tells the backup the Seq of the last output that
 	// left (outputs leave in Seq order, so every earlier one has too).
 	reportReleased func(seq uint64)
+	// mayRelease, if set, is asked before acknowledged outputs leave
+	// (logchannel.Sender.MayRelease): an error means the backup may have
+	// gone live meanwhile, and they wait in blocked, in order, for the
+	// arbiter: goSolo sends them if this side won.
+	mayRelease func() error
+	blocked    []outputrule.Released
 }
 
 var _ replay.OutputHolder = (*holdingWorld)(nil)
@@ -125,7 +131,9 @@ func (h *holdingWorld) goSolo() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.solo = true
-	h.releaseLocked(h.rule.Ack(^uint64(0), h.now()))
+	blocked := h.blocked
+	h.blocked = nil
+	h.releaseLocked(append(blocked, h.rule.Ack(^uint64(0), h.now())...))
 	h.wakeLocked()
 }
 
@@ -133,10 +141,11 @@ func (h *holdingWorld) goSolo() {
 // the state after entry seq, whose acks (and only those) release every
 // later output. Nothing is held when it is called: a side alone released
 // everything at once.
-func (h *holdingWorld) protectAgain(seq uint64, reportReleased func(uint64)) {
+func (h *holdingWorld) protectAgain(seq uint64, reportReleased func(uint64), mayRelease func() error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	h.solo = false
+	h.mayRelease = mayRelease
 	h.rule = outputrule.New(maxHeldBytes)
 	h.rule.Ack(seq, h.now())
 	h.reportReleased = reportReleased
@@ -149,10 +158,20 @@ func (h *holdingWorld) pending() (bool, <-chan struct{}) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n, _ := h.rule.Held()
-	return n == 0, h.waitAckLocked()
+	return n == 0 && len(h.blocked) == 0, h.waitAckLocked()
 }
 
 func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
+	if len(rel) == 0 {
+		h.m.held(h.rule.Held())
+		return
+	}
+	if !h.solo && (len(h.blocked) > 0 || h.mayRelease != nil && h.mayRelease() != nil) {
+		// Outputs leave in order: once one waits, so do the later ones.
+		h.blocked = append(h.blocked, rel...)
+		h.m.held(h.rule.Held())
+		return
+	}
 	for _, r := range rel {
 		if err := h.send(r.Kind, r.Data); err != nil && h.sendErr == nil {
 			h.sendErr = err

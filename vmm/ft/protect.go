@@ -97,7 +97,7 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 		return p
 	}
 	p.setProtected(true)
-	p.hw.reportReleased = sender.Released
+	p.hw.reportReleased, p.hw.mayRelease = sender.Released, sender.MayRelease
 	p.attach(sender)
 	return p
 }
@@ -293,7 +293,7 @@ func (p *protection) join(s *logchannel.Sender) error {
 		p.rec.CheckpointNext()
 		joinSeq = st.Log.Seq
 		p.gen.Store(gen)
-		p.hw.protectAgain(joinSeq, s.Released)
+		p.hw.protectAgain(joinSeq, s.Released, s.MayRelease)
 		p.sink.rejoin(s)
 		p.attach(s)
 		switched = true
