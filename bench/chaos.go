@@ -304,6 +304,32 @@ func (t *ChaosTrial) ok() bool {
 	return t.Err == "" && t.Linearizable && (t.Failed == 0 || t.ServiceLost) && !t.SplitBrain
 }
 
+// The campaign's clients and the keys they share.
+const chaosClients, chaosKeys = 3, 4
+
+// chaosFinalReads GETs keys k0..k(keys-1) with a client of its own (client
+// number after the workload's).
+func chaosFinalReads(ctx context.Context, cn *chaosNet, keys, client int) ([]kv.Call, error) {
+	c, err := cn.dialClient(cn.clientAddr)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	var calls []kv.Call
+	for k := 0; k < keys; k++ {
+		call := kv.Call{Client: client, Op: kv.Get, Key: fmt.Sprintf("k%d", k), Start: time.Now()}
+		octx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		r, err := c.Do(octx, kv.Get, call.Key, "")
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		call.Reply, call.Done, call.End = r, true, time.Now()
+		calls = append(calls, call)
+	}
+	return calls, nil
+}
+
 // whoWentOn returns the side whose log says it went on without the other,
 // and the other; nils if neither does.
 func whoWentOn(primary, backup *chaosSide) (survivor, loser *chaosSide) {
@@ -495,7 +521,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	wctx, abandonCalls := context.WithCancel(ctx)
 	defer abandonCalls()
 	go func() {
-		w := kv.Workload{Clients: 3, Keys: 4, Duration: 10 * time.Minute, Seed: int64(tr.Seed), OpTimeout: time.Minute, Stop: stop}
+		w := kv.Workload{Clients: chaosClients, Keys: chaosKeys, Duration: 10 * time.Minute, Seed: int64(tr.Seed), OpTimeout: time.Minute, Stop: stop}
 		w.Dial, w.Completed = cn.dialClient, &completed
 		out, err := w.Run(wctx, cn.clientAddr)
 		clients <- ran{out, err}
@@ -530,6 +556,15 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 		res := <-clients
 		if res.err != nil && !lossAllowed {
 			return res.err
+		}
+		if survivor != nil {
+			// The survivor's state must hold every acknowledged write: read
+			// every key once more, into the history that porcupine checks.
+			final, err := chaosFinalReads(ctx, cn, chaosKeys, chaosClients)
+			if err != nil {
+				return fmt.Errorf("reading every key from the %s after the trial: %w", survivor.name, err)
+			}
+			res.out.Calls = append(res.out.Calls, final...)
 		}
 		tr.Calls, tr.Failed, tr.Unavailable = len(res.out.Calls), res.out.Failed, ms(kv.MaxGapSince(res.out.Calls, faultAt))
 		verdict, _ := kv.CheckLinearizable(res.out.Calls, time.Minute)
@@ -731,7 +766,7 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	} else {
 		b.WriteString("Each trial runs on loopback (no network namespaces here): the logging link passes through a proxy the campaign controls, and clients reach the guest by user-mode networking's forwarded port. A frozen primary keeps that port, so clients reach the backup only once the woken primary has halted.\n\n")
 	}
-	b.WriteString("kvstore protected by `ftvm primary` and `ftvm backup`, two processes with mutual TLS and a file arbiter (S3 for arbiter-down); 3 clients with porcupine-checked histories (a lost acknowledged write makes a history not linearizable); one fault 0.3-1.5 s after the clients' first reply. " +
+	b.WriteString("kvstore protected by `ftvm primary` and `ftvm backup`, two processes with mutual TLS and a file arbiter (S3 for arbiter-down); 3 clients with porcupine-checked histories, and after the trial one GET of every key from the side that went on, in the same history (a lost acknowledged write makes it not linearizable); one fault 0.3-1.5 s after the clients' first reply. " +
 		"kill: `kill -9`. arbiter-down: the S3 arbiter's server (versitygw) is killed, then the primary; the backup must retry without going live for 4 failover timeouts + 1 s, until the server is back on the same storage. freeze: SIGSTOP for 4 failover timeouts + 1 s, then SIGCONT (the woken side must halt: status 124). partition: the logging link goes silent both ways, or one way only (to-backup: the log and the primary's heartbeats stop, the backup's still arrive; to-primary: the reverse), while both processes live on (exactly one side may go on). " +
 		"link-delay (40 ± 20 ms each way), link-loss (5% each way), link-reorder (25% of packets sent at once, the others held 10 ms): for 1-2.5 s; clients-cut: the primary's host off the LAN for as long (its logging link stays). After these four, if the pair is still whole 3 failover timeouts later, the primary is killed, so the backup shows it holds every acknowledged write. " +
 		"stall-backup: the backup's replay stops (a failpoint; its acks and heartbeats go on) as long as a freeze. " +
