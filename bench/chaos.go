@@ -81,6 +81,8 @@ type ChaosOptions struct {
 	Backend string
 	Trials  int
 	Faults  []string // default ChaosFaults, taken in turn
+	// LogDir, if set, receives the logs of every failed trial's processes.
+	LogDir string
 	// Parallel trials run at once (default 1). On hosts they cannot
 	// collide; they do share the machine's cores.
 	Parallel int
@@ -123,6 +125,10 @@ type ChaosTrial struct {
 	// DuringTransfer: a join fault hit while the joining backup was
 	// receiving the guest's state (not after it had joined).
 	DuringTransfer bool `json:",omitempty"`
+	// Logs are the files, beside the report, that hold a failed trial's
+	// processes' logs (with every goroutine's stack of those that were
+	// still running).
+	Logs []string `json:",omitempty"`
 	// ServiceLost: a double failure (the live side killed while its new
 	// backup was still receiving the state) left no side to run the
 	// guest, as it must: calls without reply are expected then.
@@ -194,6 +200,11 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 	}
 	if o.Hosts {
 		hosts.RemoveStale(chaosNetPrefix)
+	}
+	if o.LogDir != "" {
+		if err := os.MkdirAll(o.LogDir, 0o755); err != nil {
+			return nil, err
+		}
 	}
 	began := time.Now()
 	r := &ChaosResults{Date: began.UTC().Format(time.RFC3339), Backend: o.Backend, Seed: o.Seed, Hosts: o.Hosts, Parallel: max(o.Parallel, 1)}
@@ -342,6 +353,31 @@ func whoWentOn(primary, backup *chaosSide) (survivor, loser *chaosSide) {
 	return nil, nil
 }
 
+// keepLogs writes the logs of a failed trial's processes into dir, after
+// making those still running dump their goroutines (SIGQUIT: a Go
+// program prints every goroutine's stack and exits), and returns the
+// files' names.
+func keepLogs(dir string, n int, sides []*chaosSide) []string {
+	for _, s := range sides {
+		if !s.ended() {
+			s.signal(syscall.SIGCONT)
+			s.signal(syscall.SIGQUIT)
+			select {
+			case <-s.done:
+			case <-time.After(5 * time.Second):
+			}
+		}
+	}
+	var names []string
+	for _, s := range sides {
+		name := fmt.Sprintf("trial-%d-%s.log", n, strings.ReplaceAll(s.name, " ", "-"))
+		if writeAtomic(filepath.Join(dir, name), []byte(s.log.String())) == nil {
+			names = append(names, name)
+		}
+	}
+	return names
+}
+
 // chaosFreeze is how long a freeze or stall lasts: long enough for the
 // other side to notice and decide, short enough that clients' retries are
 // still running when the frozen side wakes.
@@ -418,7 +454,7 @@ const (
 	lineAlone   = "carrying on alone"
 )
 
-func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
+func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error) {
 	rng := rand.New(rand.NewPCG(tr.Seed, 0xfa017))
 	dir, err := os.MkdirTemp("", "ftvm-chaos-")
 	if err != nil {
@@ -482,6 +518,9 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) error {
 	}
 	sides := []*chaosSide{backup}
 	defer func() {
+		if err != nil && o.LogDir != "" {
+			tr.Logs = keepLogs(o.LogDir, tr.N, sides)
+		}
 		for _, s := range sides {
 			s.signal(syscall.SIGCONT)
 			s.signal(syscall.SIGKILL)
@@ -797,8 +836,12 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	if len(failed) > 0 {
 		b.WriteString("\n## Failed trials\n\nReplay one with `ftvm chaos --trials 1 --faults FAULT --trial-seed SEED`.\n\n")
 		for _, t := range failed {
-			fmt.Fprintf(&b, "- trial %d, %s, seed %d, fault at %v: %d calls, %d without reply, linearizable %v, split brain %v: %s\n",
+			fmt.Fprintf(&b, "- trial %d, %s, seed %d, fault at %v: %d calls, %d without reply, linearizable %v, split brain %v: %s",
 				t.N, t.Fault, t.Seed, t.At.Round(time.Millisecond), t.Calls, t.Failed, t.Linearizable, t.SplitBrain, firstLine(t.Err))
+			if len(t.Logs) > 0 {
+				fmt.Fprintf(&b, " (logs: %s)", strings.Join(t.Logs, ", "))
+			}
+			b.WriteString("\n")
 		}
 	}
 	return writeAtomic(filepath.Join(dir, "REPORT.md"), []byte(b.String()))

@@ -88,7 +88,7 @@ func cmdChaos(args []string) int {
 	}
 	ctx, cancel := interruptContext()
 	defer cancel()
-	res, err := bench.RunChaos(ctx, bench.ChaosOptions{FTVM: exe, GuestDir: *guests, Root: root, Backend: be.Name(), Trials: *trials, Faults: kinds, Hosts: onHosts, Parallel: *parallel,
+	res, err := bench.RunChaos(ctx, bench.ChaosOptions{FTVM: exe, GuestDir: *guests, Root: root, Backend: be.Name(), Trials: *trials, Faults: kinds, Hosts: onHosts, Parallel: *parallel, LogDir: *out,
 		Seed: *seed, TrialSeed: *trialSeed, FailoverTimeout: *failover,
 		Logf: func(f string, a ...any) {
 			fmt.Fprintf(os.Stderr, "ftvm chaos %s: %s\n", time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
