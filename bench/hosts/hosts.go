@@ -17,15 +17,13 @@ import (
 )
 
 // Available says why namespaces cannot be made here, or nil: they need
-// root, iproute2's ip and tc, and /dev/net/tun for TAP devices.
+// root, iproute2's ip, and /dev/net/tun for TAP and TUN devices.
 func Available() error {
 	if os.Geteuid() != 0 {
 		return errors.New("network namespaces need root")
 	}
-	for _, c := range []string{"ip", "tc"} {
-		if _, err := exec.LookPath(c); err != nil {
-			return fmt.Errorf("network namespaces need %s (iproute2)", c)
-		}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return errors.New("network namespaces need ip (iproute2)")
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
 		return errors.New("network namespaces need /dev/net/tun for TAP devices")

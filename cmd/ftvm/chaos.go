@@ -22,7 +22,7 @@ func cmdChaos(args []string) int {
 	faults := fs.String("faults", "", "the fault kinds, comma-separated (default all: "+strings.Join(bench.ChaosFaults, ", ")+")")
 	seed := fs.Uint64("seed", 0, "the campaign's seed (default: from the clock; the report gives it and every trial's)")
 	trialSeed := fs.Uint64("trial-seed", 0, "replay a trial: give every trial this seed (with --trials 1 --faults ITS-FAULT)")
-	hostsMode := fs.String("hosts", "auto", "auto|on|off: run each trial's primary, backup, arbiter storage and clients on hosts of their own (network namespaces; needs root, ip, tc and /dev/net/tun), or all on loopback; auto: hosts where they can be made")
+	hostsMode := fs.String("hosts", "auto", "auto|on|off: run each trial's primary, backup, arbiter storage and clients on hosts of their own (network namespaces; needs root, ip and /dev/net/tun), or all on loopback; auto: hosts where they can be made")
 	failover := fs.Duration("failover-timeout", 500*time.Millisecond, "both sides' failover timeout")
 	out := fs.String("out", "", "where to write the report (default bench/results/chaos-DATE)")
 	guests := fs.String("guests", "", "the guest images (default guests/build beside this binary's tree)")
