@@ -166,13 +166,17 @@ func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
 		h.m.held(h.rule.Held())
 		return
 	}
-	if !h.solo && (len(h.blocked) > 0 || h.mayRelease != nil && h.mayRelease() != nil) {
-		// Outputs leave in order: once one waits, so do the later ones.
-		h.blocked = append(h.blocked, rel...)
-		h.m.held(h.rule.Held())
-		return
-	}
-	for _, r := range rel {
+	sent := 0
+	for i, r := range rel {
+		// The lease is checked before each output, not once per batch: a
+		// side paused (SIGSTOP) in the middle of a batch must not send
+		// the rest when it wakes. Outputs leave in order: once one waits,
+		// so do the later ones.
+		if !h.solo && (len(h.blocked) > 0 || h.mayRelease != nil && h.mayRelease() != nil) {
+			h.blocked = append(h.blocked, rel[i:]...)
+			break
+		}
+		sent++
 		if err := h.send(r.Kind, r.Data); err != nil && h.sendErr == nil {
 			h.sendErr = err
 		}
@@ -181,8 +185,8 @@ func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
 			h.delays = append(h.delays, r.Delay)
 		}
 	}
-	if len(rel) > 0 && !h.solo && h.reportReleased != nil {
-		h.reportReleased(rel[len(rel)-1].Seq)
+	if sent > 0 && !h.solo && h.reportReleased != nil {
+		h.reportReleased(rel[sent-1].Seq)
 	}
 	h.m.held(h.rule.Held())
 }

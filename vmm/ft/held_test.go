@@ -57,3 +57,33 @@ func TestNoReleaseOnAStaleLease(t *testing.T) {
 		t.Fatalf("after going solo: %q", got)
 	}
 }
+
+// TestLeaseCheckedPerOutput: a lease that runs out in the middle of a
+// batch of acknowledged outputs stops the batch there (a side paused
+// between two writes of one batch must not send the rest when it wakes).
+func TestLeaseCheckedPerOutput(t *testing.T) {
+	var sent []string
+	h := newHoldingWorld(context.Background(), vmm.NewLiveWorld(context.Background(), nil, io.Discard),
+		func(_ replay.OutputKind, data []byte) error { sent = append(sent, string(data)); return nil },
+		func() error { return nil }, nil)
+	checks := 0
+	h.mayRelease = func() error {
+		if checks++; checks > 2 {
+			return errors.New("the lease has expired")
+		}
+		return nil
+	}
+	for i, out := range []string{"a", "b", "c", "d"} {
+		if err := h.HoldOutput(replay.ExecPoint{}, uint64(i+1), replay.OutputConsole, []byte(out)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.Ack(4)
+	if got := strings.Join(sent, " "); got != "a b" {
+		t.Fatalf("a batch whose lease ran out after two outputs sent %q", got)
+	}
+	h.goSolo()
+	if got := strings.Join(sent, " "); got != "a b c d" {
+		t.Fatalf("after going solo: %q", got)
+	}
+}
