@@ -165,8 +165,16 @@ func (t *Tap) SendGratuitousARP(ip netip.Addr, mac net.HardwareAddr) error {
 var announceAgain = []time.Duration{50 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond,
 	600 * time.Millisecond, time.Second, 2 * time.Second}
 
+// announceEvery is how often Announce repeats after announceAgain, until
+// Close: a side the guest has left may still let out a frame it had
+// committed (a paused old primary waking up), which moves the guest's MAC
+// back to its port on the LAN's switches; the next announcement moves it
+// back here (measured without it: clients got no reply for 23-46 s).
+const announceEvery = 2 * time.Second
+
 // Announce sends a gratuitous ARP for the guest's address and MAC now, and
-// again in the background at the times of announceAgain, until Close.
+// again in the background at the times of announceAgain, then every
+// announceEvery, until Close.
 func (t *Tap) Announce() error {
 	if err := t.SendGratuitousARP(t.spec.Addr.Addr(), t.spec.MAC); err != nil {
 		return err
@@ -180,6 +188,16 @@ func (t *Tap) Announce() error {
 			case <-time.After(time.Until(began.Add(at))):
 			}
 			t.SendGratuitousARP(t.spec.Addr.Addr(), t.spec.MAC) // a later round may get through
+		}
+		tick := time.NewTicker(announceEvery)
+		defer tick.Stop()
+		for {
+			select {
+			case <-t.quit:
+				return
+			case <-tick.C:
+				t.SendGratuitousARP(t.spec.Addr.Addr(), t.spec.MAC)
+			}
 		}
 	}()
 	return nil
