@@ -136,7 +136,11 @@ type ChaosTrial struct {
 	// FramesPrimary and FramesBackup are the guest's frames that reached
 	// the LAN from each side's host (hosts only).
 	FramesPrimary, FramesBackup int
-	Err                         string `json:",omitempty"`
+	// LateDuplicates are frames a side let out after the guest had moved
+	// on, each a byte-for-byte copy of one the new side sent (see
+	// checkWire).
+	LateDuplicates int    `json:",omitempty"`
+	Err            string `json:",omitempty"`
 }
 
 // ChaosRow sums up the trials of one fault kind.
@@ -149,7 +153,9 @@ type ChaosRow struct {
 	// Join faults: the trials whose fault hit during the state transfer,
 	// and those that left no side to run the guest (a double failure).
 	DuringTransfer, ServiceLost int
-	FailedSeeds                 []uint64 `json:",omitempty"`
+	// LateDuplicates in all, and the trials that had any.
+	LateDuplicates, LateDuplicateTrials int
+	FailedSeeds                         []uint64 `json:",omitempty"`
 }
 
 // ChaosResults are a campaign's.
@@ -271,6 +277,10 @@ feed:
 			row.Trials++
 			if t.DuringTransfer {
 				row.DuringTransfer++
+			}
+			if t.LateDuplicates > 0 {
+				row.LateDuplicates += t.LateDuplicates
+				row.LateDuplicateTrials++
 			}
 			if t.ServiceLost {
 				row.ServiceLost++
@@ -619,7 +629,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 			return fmt.Errorf("capturing the LAN: %w", err)
 		}
 		tr.FramesPrimary, tr.FramesBackup = len(fromPrimary), len(fromBackup)
-		return checkWire(liveHosts, !lossAllowed, fromPrimary, fromBackup, &tr.SplitBrain)
+		return checkWire(liveHosts, !lossAllowed, fromPrimary, fromBackup, &tr.SplitBrain, &tr.LateDuplicates)
 	}
 	if strings.HasPrefix(tr.Fault, "join-") {
 		return chaosJoinFault(o, tr, rng, cn, env, common, guest, primary, backup, &sides, finish)
@@ -738,42 +748,60 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 // checkWire checks what the LAN captured: the guest's frames came from
 // one host at a time, in the order the guest lived on them (liveHosts:
 // "primary" and "backup", the hosts whose LAN ports were captured), never
-// going back to a host it had left. A violation is a split brain: two
-// sides released output. lastSpoke: the last host must have put at least
+// going back to a host it had left, or the trial is a split brain: two
+// sides released output. One exception, counted in dups: a frame from a
+// host the guest had left that another host put on the LAN too, byte for
+// byte. That is an output both sides had committed (the backup had
+// acknowledged its entry, and released it at go-live), which the old side
+// let out late; to the network it is a duplicate, as VM-FT allows (TCP
+// drops such duplicates). lastSpoke: the last host must have put at least
 // its gratuitous ARP on the LAN.
-func checkWire(liveHosts []string, lastSpoke bool, fromPrimary, fromBackup []time.Time, splitBrain *bool) error {
+func checkWire(liveHosts []string, lastSpoke bool, fromPrimary, fromBackup []hosts.Frame, splitBrain *bool, dups *int) error {
 	type frame struct {
-		at   time.Time
+		hosts.Frame
 		host string
 	}
 	var all []frame
-	for _, t := range fromPrimary {
-		all = append(all, frame{t, "primary"})
+	senders := map[uint64]map[string]bool{}
+	for _, c := range []struct {
+		host   string
+		frames []hosts.Frame
+	}{{"primary", fromPrimary}, {"backup", fromBackup}} {
+		for _, f := range c.frames {
+			all = append(all, frame{f, c.host})
+			if senders[f.Sum] == nil {
+				senders[f.Sum] = map[string]bool{}
+			}
+			senders[f.Sum][c.host] = true
+		}
 	}
-	for _, t := range fromBackup {
-		all = append(all, frame{t, "backup"})
-	}
-	sort.SliceStable(all, func(i, j int) bool { return all[i].at.Before(all[j].at) })
-	next := 0 // liveHosts[next-1] is the host the guest is on
+	sort.SliceStable(all, func(i, j int) bool { return all[i].At.Before(all[j].At) })
+	cur := -1 // liveHosts[cur] is the host the guest is on
 	for i, f := range all {
-		if next > 0 && liveHosts[next-1] == f.host {
+		if cur >= 0 && liveHosts[cur] == f.host {
 			continue
 		}
-		for next < len(liveHosts) && liveHosts[next] != f.host {
-			next++
+		j := cur + 1
+		for j < len(liveHosts) && liveHosts[j] != f.host {
+			j++
 		}
-		if next == len(liveHosts) {
-			*splitBrain = true
-			prev := "no host"
-			if i > 0 {
-				prev = "the " + all[i-1].host + "'s host"
-			}
-			return fmt.Errorf("the %s's host put the guest's frames on the LAN at %s, after %s did at %s: the guest lived on %s in that order",
-				f.host, f.at.Format(time.RFC3339Nano), prev, all[max(i-1, 0)].at.Format(time.RFC3339Nano), strings.Join(liveHosts, ", then "))
+		if j < len(liveHosts) {
+			cur = j
+			continue
 		}
-		next++
+		if len(senders[f.Sum]) > 1 {
+			*dups++
+			continue
+		}
+		*splitBrain = true
+		prev := frame{host: "no"}
+		if i > 0 {
+			prev = all[i-1]
+		}
+		return fmt.Errorf("the %s's host put the guest's frame on the LAN at %s (%v), after the %s's host did at %s (%v), and no other host sent that frame: the guest lived on %s in that order",
+			f.host, f.At.Format(time.RFC3339Nano), f.Frame, prev.host, prev.At.Format(time.RFC3339Nano), prev.Frame, strings.Join(liveHosts, ", then "))
 	}
-	if lastSpoke && len(liveHosts) > 1 && (next != len(liveHosts)) {
+	if lastSpoke && len(liveHosts) > 1 && cur != len(liveHosts)-1 {
 		return fmt.Errorf("the guest went live on the %s's host last but none of its frames (not even a gratuitous ARP) reached the LAN from there", liveHosts[len(liveHosts)-1])
 	}
 	return nil
@@ -801,7 +829,7 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	if r.Hosts {
 		b.WriteString("Each trial runs on hosts of their own (network namespaces the campaign makes and removes): the primary's and the backup's each with a bridge joining the guest's TAP to the LAN, and a logging link of their own between them whose packets pass through the campaign (which cuts, delays, loses or reorders them); the clients' host and the storage host on the LAN. " +
 			"The guest keeps its IP (10.77.0.100) and MAC on either host; a backup that goes live announces it by gratuitous ARP. " +
-			"The LAN's bridge ports towards the primary's and the backup's hosts are captured: the guest's frames must come from one host at a time (the primary's all before the backup's first, none from the backup's if the primary stays live), or the trial is a split brain.\n\n")
+			"The LAN's bridge ports towards the primary's and the backup's hosts are captured: the guest's frames must come from one host at a time (the primary's all before the backup's first, none from the backup's if the primary stays live), or the trial is a split brain, except for late duplicates: a frame the old side let out after the guest moved on that the new side sent too, byte for byte (an output both had committed; to the network a duplicate, as VM-FT allows).\n\n")
 	} else {
 		b.WriteString("Each trial runs on loopback (no network namespaces here): the logging link passes through a proxy the campaign controls, and clients reach the guest by user-mode networking's forwarded port. A frozen primary keeps that port, so clients reach the backup only once the woken primary has halted.\n\n")
 	}
@@ -820,6 +848,9 @@ func (r *ChaosResults) WriteReport(dir string) error {
 		var notes []string
 		if strings.HasPrefix(row.Fault, "join-") {
 			notes = append(notes, fmt.Sprintf("%d during the transfer", row.DuringTransfer))
+		}
+		if row.LateDuplicates > 0 {
+			notes = append(notes, fmt.Sprintf("%d late duplicate frames in %d trials", row.LateDuplicates, row.LateDuplicateTrials))
 		}
 		if row.ServiceLost > 0 {
 			notes = append(notes, fmt.Sprintf("%d left no side (the new backup had not joined; not in the unavailability)", row.ServiceLost))

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"net"
 	"sync"
 	"time"
@@ -21,8 +22,42 @@ type Capture struct {
 	src          net.HardwareAddr
 	done, exited chan struct{}
 	mu           sync.Mutex
-	at           []time.Time
+	frames       []Frame
 	err          error
+}
+
+// Frame is a captured frame: when it arrived, and its first bytes (the
+// Ethernet, IP and UDP or ARP headers).
+type Frame struct {
+	At   time.Time
+	Head []byte
+	Sum  uint64 // FNV-1a of the whole frame: equal frames, equal sums
+}
+
+// frameHead is how much of each frame a Capture keeps.
+const frameHead = 64
+
+// String says what the frame is, for a person.
+func (f Frame) String() string {
+	h := f.Head
+	if len(h) < 14 {
+		return fmt.Sprintf("%d-byte runt", len(h))
+	}
+	dst, src := net.HardwareAddr(h[0:6]), net.HardwareAddr(h[6:12])
+	switch et := uint16(h[12])<<8 | uint16(h[13]); {
+	case et == 0x0806 && len(h) >= 42:
+		op := map[uint16]string{1: "request", 2: "reply"}[uint16(h[20])<<8|uint16(h[21])]
+		return fmt.Sprintf("ARP %s %s -> %s: %s is at %s, asking for %s", op, src, dst, net.IP(h[28:32]), net.HardwareAddr(h[22:28]), net.IP(h[38:42]))
+	case et == 0x0800 && len(h) >= 34:
+		ihl := int(h[14]&0xf) * 4
+		desc := fmt.Sprintf("IPv4 %s -> %s proto %d, %s -> %s, id %d", src, dst, h[23], net.IP(h[26:30]), net.IP(h[30:34]), uint16(h[18])<<8|uint16(h[19]))
+		if h[23] == 17 && len(h) >= 14+ihl+8 {
+			desc += fmt.Sprintf(", UDP %q", h[14+ihl+8:])
+		}
+		return desc
+	default:
+		return fmt.Sprintf("ethertype %#04x %s -> %s", et, src, dst)
+	}
 }
 
 // CaptureFrom starts capturing, in host, the frames whose source is src
@@ -95,7 +130,9 @@ func (c *Capture) read() {
 			}
 		}
 		c.mu.Lock()
-		c.at = append(c.at, at)
+		sum := fnv.New64a()
+		sum.Write(buf[:n])
+		c.frames = append(c.frames, Frame{At: at, Head: append([]byte(nil), buf[:min(n, frameHead)]...), Sum: sum.Sum64()})
 		c.mu.Unlock()
 	}
 }
@@ -103,7 +140,7 @@ func (c *Capture) read() {
 // Stop ends the capture, frees its socket and returns the arrival times
 // seen, in order, and the error that ended it early, if any. It may be
 // called more than once.
-func (c *Capture) Stop() ([]time.Time, error) {
+func (c *Capture) Stop() ([]Frame, error) {
 	select {
 	case <-c.done:
 	default:
@@ -112,7 +149,7 @@ func (c *Capture) Stop() ([]time.Time, error) {
 	<-c.exited
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return append([]time.Time(nil), c.at...), c.err
+	return append([]Frame(nil), c.frames...), c.err
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
