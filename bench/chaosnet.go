@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"sync/atomic"
-	"time"
 
 	"github.com/ftvm/ftvm/bench/hosts"
 	"github.com/ftvm/ftvm/bench/kv"
@@ -210,7 +209,7 @@ func (cn *chaosNet) cutClients(cut bool) error {
 // captured returns when the guest's frames reached the LAN from the primary's
 // host and from the backup's, and ends the captures (nil, nil on
 // loopback).
-func (cn *chaosNet) captured() (fromPrimary, fromBackup []time.Time, err error) {
+func (cn *chaosNet) captured() (fromPrimary, fromBackup []hosts.Frame, err error) {
 	if cn.hosts == nil {
 		return nil, nil, nil
 	}
