@@ -629,7 +629,10 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 			return fmt.Errorf("capturing the LAN: %w", err)
 		}
 		tr.FramesPrimary, tr.FramesBackup = len(fromPrimary), len(fromBackup)
-		return checkWire(liveHosts, !lossAllowed, fromPrimary, fromBackup, &tr.SplitBrain, &tr.LateDuplicates)
+		if err := checkWire(liveHosts, !lossAllowed, fromPrimary, fromBackup, &tr.SplitBrain, &tr.LateDuplicates); err != nil {
+			return fmt.Errorf("%w (%s)", err, cn.captureQuality())
+		}
+		return nil
 	}
 	if strings.HasPrefix(tr.Fault, "join-") {
 		return chaosJoinFault(o, tr, rng, cn, env, common, guest, primary, backup, &sides, finish)
@@ -798,8 +801,15 @@ func checkWire(liveHosts []string, lastSpoke bool, fromPrimary, fromBackup []hos
 		if i > 0 {
 			prev = all[i-1]
 		}
-		return fmt.Errorf("the %s's host put the guest's frame on the LAN at %s (%v), after the %s's host did at %s (%v), and no other host sent that frame: the guest lived on %s in that order",
-			f.host, f.At.Format(time.RFC3339Nano), f.Frame, prev.host, prev.At.Format(time.RFC3339Nano), prev.Frame, strings.Join(liveHosts, ", then "))
+		seen := "; the capture had not seen that frame before"
+		for _, g := range all[:i] {
+			if g.Sum == f.Sum && g.host == f.host {
+				seen = fmt.Sprintf("; the same frame had come from there at %s", g.At.Format(time.RFC3339Nano))
+				break
+			}
+		}
+		return fmt.Errorf("the %s's host put the guest's frame on the LAN at %s (%v), after the %s's host did at %s (%v), and no other host sent that frame%s: the guest lived on %s in that order",
+			f.host, f.At.Format(time.RFC3339Nano), f.Frame, prev.host, prev.At.Format(time.RFC3339Nano), prev.Frame, seen, strings.Join(liveHosts, ", then "))
 	}
 	if lastSpoke && len(liveHosts) > 1 && cur != len(liveHosts)-1 {
 		return fmt.Errorf("the guest went live on the %s's host last but none of its frames (not even a gratuitous ARP) reached the LAN from there", liveHosts[len(liveHosts)-1])

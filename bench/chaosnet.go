@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"sync/atomic"
+	"time"
 
 	"github.com/ftvm/ftvm/bench/hosts"
 	"github.com/ftvm/ftvm/bench/kv"
@@ -216,6 +217,13 @@ func (cn *chaosNet) captured() (fromPrimary, fromBackup []hosts.Frame, err error
 	fromPrimary, e1 := cn.capPrimary.Stop()
 	fromBackup, e2 := cn.capBackup.Stop()
 	return fromPrimary, fromBackup, errors.Join(e1, e2)
+}
+
+// captureQuality describes how well the captures timed their frames.
+func (cn *chaosNet) captureQuality() string {
+	u1, l1 := cn.capPrimary.Quality()
+	u2, l2 := cn.capBackup.Quality()
+	return fmt.Sprintf("the captures: %d frames without a kernel timestamp, reads up to %v behind the arrivals", u1+u2, max(l1, l2).Round(time.Microsecond))
 }
 
 func (cn *chaosNet) close() {

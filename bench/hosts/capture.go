@@ -23,7 +23,12 @@ type Capture struct {
 	done, exited chan struct{}
 	mu           sync.Mutex
 	frames       []Frame
-	err          error
+	// unstamped counts frames that came without the kernel's receive
+	// timestamp (their time is the read's); lag is the longest time from
+	// a frame's arrival to its read.
+	unstamped int
+	lag       time.Duration
+	err       error
 }
 
 // Frame is a captured frame: when it arrived, and its first bytes (the
@@ -121,17 +126,22 @@ func (c *Capture) read() {
 		if n < 14 || !bytes.Equal(buf[6:12], c.src) {
 			continue
 		}
-		at := time.Now()
+		read := time.Now()
+		at, stamped := read, false
 		if msgs, err := unix.ParseSocketControlMessage(oob[:oobn]); err == nil {
 			for _, m := range msgs {
 				if m.Header.Level == unix.SOL_SOCKET && m.Header.Type == unix.SO_TIMESTAMPNS && len(m.Data) >= 16 {
-					at = time.Unix(int64(binary.NativeEndian.Uint64(m.Data)), int64(binary.NativeEndian.Uint64(m.Data[8:])))
+					at, stamped = time.Unix(int64(binary.NativeEndian.Uint64(m.Data)), int64(binary.NativeEndian.Uint64(m.Data[8:]))), true
 				}
 			}
 		}
-		c.mu.Lock()
 		sum := fnv.New64a()
 		sum.Write(buf[:n])
+		c.mu.Lock()
+		if !stamped {
+			c.unstamped++
+		}
+		c.lag = max(c.lag, read.Sub(at))
 		c.frames = append(c.frames, Frame{At: at, Head: append([]byte(nil), buf[:min(n, frameHead)]...), Sum: sum.Sum64()})
 		c.mu.Unlock()
 	}
@@ -150,6 +160,14 @@ func (c *Capture) Stop() ([]Frame, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]Frame(nil), c.frames...), c.err
+}
+
+// Quality says how many frames came without a kernel timestamp and how
+// far the reader fell behind the arrivals at worst.
+func (c *Capture) Quality() (unstamped int, lag time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.unstamped, c.lag
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
