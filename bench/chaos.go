@@ -748,9 +748,9 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 	return finish(survivor, liveHosts, false)
 }
 
-// checkWire checks what the LAN captured: the guest's frames came from
+// checkWire checks what the VM hosts' TAPs captured: the guest's frames came from
 // one host at a time, in the order the guest lived on them (liveHosts:
-// "primary" and "backup", the hosts whose LAN ports were captured), never
+// "primary" and "backup", the hosts whose TAPs were captured), never
 // going back to a host it had left, or the trial is a split brain: two
 // sides released output. One exception, counted in dups: a frame from a
 // host the guest had left that another host put on the LAN too, byte for
@@ -839,7 +839,7 @@ func (r *ChaosResults) WriteReport(dir string) error {
 	if r.Hosts {
 		b.WriteString("Each trial runs on hosts of their own (network namespaces the campaign makes and removes): the primary's and the backup's each with a bridge joining the guest's TAP to the LAN, and a logging link of their own between them whose packets pass through the campaign (which cuts, delays, loses or reorders them); the clients' host and the storage host on the LAN. " +
 			"The guest keeps its IP (10.77.0.100) and MAC on either host; a backup that goes live announces it by gratuitous ARP. " +
-			"The LAN's bridge ports towards the primary's and the backup's hosts are captured: the guest's frames must come from one host at a time (the primary's all before the backup's first, none from the backup's if the primary stays live), or the trial is a split brain, except for late duplicates: a frame the old side let out after the guest moved on that the new side sent too, byte for byte (an output both had committed; to the network a duplicate, as VM-FT allows).\n\n")
+			"What the VMM on the primary's host and on the backup's host writes into its TAP is captured (when a side released a frame, not when the LAN passed it on): the guest's frames must come from one host at a time (the primary's all before the backup's first, none from the backup's if the primary stays live), or the trial is a split brain, except for late duplicates: a frame the old side let out after the guest moved on that the new side sent too, byte for byte (an output both had committed; to the network a duplicate, as VM-FT allows).\n\n")
 	} else {
 		b.WriteString("Each trial runs on loopback (no network namespaces here): the logging link passes through a proxy the campaign controls, and clients reach the guest by user-mode networking's forwarded port. A frozen primary keeps that port, so clients reach the backup only once the woken primary has halted.\n\n")
 	}
