@@ -79,8 +79,9 @@ type MemberStats struct {
 	// process: the exit path, devices, the channel and the rest.
 	Mallocs uint64
 	GCs     uint32
-	// GOMAXPROCS the process ran with: Go derives it from the CPU
-	// affinity, so a process pinned to one core gets 1.
+	// GOMAXPROCS the process ended with: Go derives it from the CPU
+	// affinity, so a process pinned to one core starts with 1, and the
+	// VMM raises it to 2 when it runs a vCPU (vmm/procs.go).
 	GOMAXPROCS int
 	// Primary only: the channel's counters and every output's delay.
 	Channel      *logchannel.Stats `json:",omitempty"`
@@ -222,6 +223,7 @@ func runMember(ctx context.Context, spec MemberSpec, stderr io.Writer) (MemberSt
 	var after runtime.MemStats
 	runtime.ReadMemStats(&after)
 	st.Mallocs, st.GCs = after.Mallocs-before.Mallocs, after.NumGC-before.NumGC
+	st.GOMAXPROCS = runtime.GOMAXPROCS(0)
 	readRusage(&st)
 	if runErr != nil && ctx.Err() != nil {
 		runErr = vmm.ErrInterrupted // stopped on purpose, whatever the error says

@@ -275,6 +275,7 @@ func (m *Machine) Run(ctx context.Context) (res Result, err error) {
 	if m.closed {
 		return Result{}, errors.New("vmm: Run on a closed machine")
 	}
+	ensureProcs()
 	m.vcpu.Do(func() { res, err = m.run(ctx) })
 	if pc := m.precopy.Swap(nil); pc != nil {
 		pc.pauseMissed(res, err)

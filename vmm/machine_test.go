@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -160,5 +161,19 @@ func TestParseSize(t *testing.T) {
 		if _, err := ParseSize(bad); err == nil {
 			t.Errorf("ParseSize(%q) accepted", bad)
 		}
+	}
+}
+
+// TestRunKeepsASpareP: a process with one P (pinned to one core, or a
+// one-CPU cgroup quota) gets a second one when it runs a vCPU, so the
+// goroutines beside the vCPU thread (the logging channel's acks) need not
+// wait for the scheduler to retake the P the vCPU holds in KVM_RUN.
+func TestRunKeepsASpareP(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	if _, _, err := runGuest(t, "hello", "", Config{}); err != nil {
+		t.Fatal(err)
+	}
+	if n := runtime.GOMAXPROCS(0); n < 2 {
+		t.Fatalf("GOMAXPROCS %d after a run with one P; want at least 2", n)
 	}
 }
