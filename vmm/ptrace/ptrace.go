@@ -488,6 +488,12 @@ func (v *vcpu) reap() {
 }
 
 func (v *vcpu) Run(regs *replay.Regs, set bool) (backend.Exit, error) {
+	if v.inDo.Load() {
+		// The run loop's case, once per exit: no closure to hand over,
+		// which would be two heap allocations per exit (it and the exit
+		// it fills escape through the channel).
+		return v.run(regs, set)
+	}
 	var e backend.Exit
 	err := v.call(func() error {
 		var err error
