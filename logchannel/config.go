@@ -10,7 +10,7 @@ import (
 
 // Defaults of Config; the reasons are on Config's fields.
 const (
-	DefaultFlushInterval     = time.Millisecond
+	DefaultFlushInterval     = 5 * time.Millisecond
 	DefaultHeartbeatInterval = 50 * time.Millisecond
 	DefaultFailoverTimeout   = time.Second
 	DefaultHandshakeTimeout  = 5 * time.Second
@@ -33,10 +33,15 @@ const (
 type Config struct {
 	// FlushInterval is the longest an appended entry waits in the
 	// Sender's open frame before a background flush sends it, when the
-	// caller does not Flush. 1 ms: long enough to batch the entries of a
-	// busy guest into frames of several KiB, short enough to add little to
-	// the delay of an output (whose entry the caller should Flush at once,
-	// as VM-FT forces a log flush when a packet is queued for transmit).
+	// caller does not Flush. An output's entry does not wait for it: the
+	// caller Flushes at once, as VM-FT forces a log flush when a packet is
+	// queued for transmit. Every other entry only has to reach the backup
+	// well within the lag bound and the failover timeout, and each frame
+	// costs a write here and draws an ack (a wake-up of this side) there.
+	// 5 ms: on a pinned primary of the cpu guest it cut the frames of a
+	// run from 1055 to 273 and the acks from 1705 to 274 (with the
+	// receiver's 10 ms progress acks), the primary's CPU per exit from
+	// 195 to 174 us and raised FT/plain from 0.79 to 0.88 (1 ms before).
 	FlushInterval time.Duration
 
 	// HeartbeatInterval: a side that has sent nothing for this long sends
