@@ -35,6 +35,8 @@ package replay
 //	console-read uvarint length, bytes; kind flag: eof
 //	wait         uvarint result
 //	output       uvarint length, 8-byte LE OutputHash; kind flag: packet
+//	disk-output  (tag kind 13: an output entry of OutputDisk) uvarint
+//	             length, 8-byte LE OutputHash; kind flag clear
 //	power-off    zigzag varint status
 //	checkpoint   8-byte LE PointHash sum, uvarint mask of the registers that
 //	             changed since the frame's previous checkpoint (bit i is
@@ -126,7 +128,7 @@ func (s *deltaOfDelta) value(dod int64) uint64 {
 // is zero at the start of every frame.
 type frameState struct {
 	exit  uint64
-	rip   [maxKind + 1]uint64
+	rip   [wireKindDiskOutput + 1]uint64 // by wire kind
 	tsc   deltaOfDelta
 	clock [ClockRealtime + 1]deltaOfDelta
 	regs  [18]uint64 // of the frame's previous checkpoint
@@ -258,11 +260,20 @@ func appendHeader(b []byte, h Header) []byte {
 	return binary.LittleEndian.AppendUint16(b, h.Flags)
 }
 
+// wireKindDiskOutput is the tag kind of an Output entry of OutputDisk: the
+// output body has one flag bit for its kind, taken by packet, so a third
+// kind of output has a tag kind of its own on the wire (never a Kind).
+const wireKindDiskOutput = 13
+
 // appendEntry appends the encoding of e, which passed check, and advances
 // the delta state.
 func (st *frameState) appendEntry(b []byte, e *Entry) []byte {
 	tagAt := len(b)
-	tag := byte(e.Kind)
+	wk := byte(e.Kind)
+	if e.Kind == KindOutput && e.OutputKind == OutputDisk {
+		wk = wireKindDiskOutput
+	}
+	tag := wk
 	b = append(b, 0)
 	if !e.Kind.IsControl() {
 		if d := e.Exit - st.exit; d == 1 {
@@ -271,11 +282,11 @@ func (st *frameState) appendEntry(b []byte, e *Entry) []byte {
 			b = binary.AppendUvarint(b, d)
 		}
 		st.exit = e.Exit
-		if e.RIP == st.rip[e.Kind] {
+		if e.RIP == st.rip[wk] {
 			tag |= tagSameRIP
 		} else {
-			b = binary.AppendVarint(b, int64(e.RIP-st.rip[e.Kind]))
-			st.rip[e.Kind] = e.RIP
+			b = binary.AppendVarint(b, int64(e.RIP-st.rip[wk]))
+			st.rip[wk] = e.RIP
 		}
 	}
 	switch e.Kind {
@@ -706,7 +717,11 @@ func (d *Decoder) decodeEntry() (Entry, error) {
 		return fail(p.err)
 	}
 	tag := tagBytes[0]
-	e.Kind = Kind(tag & tagKindMask)
+	wk := tag & tagKindMask
+	e.Kind = Kind(wk)
+	if wk == wireKindDiskOutput {
+		e.Kind, e.OutputKind = KindOutput, OutputDisk
+	}
 	if !e.Kind.valid() {
 		return fail(fmt.Errorf("unknown entry kind %d: %w", tag&tagKindMask, ErrCorrupt))
 	}
@@ -726,9 +741,9 @@ func (d *Decoder) decodeEntry() (Entry, error) {
 		}
 		st.exit = e.Exit
 		if tag&tagSameRIP == 0 {
-			st.rip[e.Kind] += uint64(p.varint("rip delta"))
+			st.rip[wk] += uint64(p.varint("rip delta"))
 		}
-		e.RIP = st.rip[e.Kind]
+		e.RIP = st.rip[wk]
 	}
 	flag := tag&tagKindFlag != 0
 	switch e.Kind {
@@ -779,6 +794,9 @@ func (d *Decoder) decodeEntry() (Entry, error) {
 	case KindWait:
 		e.Value = p.uvarint("wait result")
 	case KindOutput:
+		if flag && e.OutputKind == OutputDisk {
+			return fail(fmt.Errorf("disk-output entry with the kind flag set: %w", ErrCorrupt))
+		}
 		if flag {
 			e.OutputKind = OutputPacket
 		}

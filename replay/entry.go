@@ -44,8 +44,7 @@ const (
 	// KindNetRX is a received packet handed to the guest (for the NIC,
 	// coming later).
 	KindNetRX Kind = 11
-	// KindDiskRead is data a disk read put into the guest (for the block
-	// device, coming later).
+	// KindDiskRead is the data a batch of disk reads put into the guest.
 	KindDiskRead Kind = 12
 
 	// maxKind is the largest defined Kind; the codec sizes its per-kind
@@ -230,7 +229,7 @@ func (e *Entry) check() error {
 		return bad("%d data bytes, more than %d", len(e.Data), MaxDataLen)
 	case k != KindOutput && (e.OutputKind != 0 || e.Length != 0):
 		return bad("output kind or length set")
-	case e.OutputKind > OutputPacket:
+	case e.OutputKind > OutputDisk:
 		return bad("output kind %d", e.OutputKind)
 	case k != KindOutput && k != KindCheckpoint && e.Hash != 0:
 		return bad("hash set")
@@ -348,6 +347,8 @@ func (k OutputKind) String() string {
 		return "console"
 	case OutputPacket:
 		return "packet"
+	case OutputDisk:
+		return "disk"
 	}
 	return "output(" + strconv.Itoa(int(k)) + ")"
 }

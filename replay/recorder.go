@@ -226,6 +226,30 @@ func (r *Recorder) NetReceive(p ExecPoint, frames [][]byte, lens []int) (int, er
 	return n, r.log(&p, &e, false)
 }
 
+// DiskRead implements World. The batch is one DiskRead entry whose Data is
+// the buffers one after another: the guest's request says how they split.
+func (r *Recorder) DiskRead(p ExecPoint, offs []uint64, bufs [][]byte) error {
+	if err := r.begin(&p, KindDiskRead); err != nil {
+		return err
+	}
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	if len(offs) != len(bufs) || total > MaxDataLen {
+		return r.fail(fmt.Errorf("replay: recording disk-read at exit %d: %d offsets for %d buffers of %d bytes in all (at most %d)", p.Exit, len(offs), len(bufs), total, MaxDataLen))
+	}
+	if err := r.live.DiskRead(p, offs, bufs); err != nil {
+		return r.liveFailed(&p, KindDiskRead, err)
+	}
+	r.frames = r.frames[:0]
+	for _, b := range bufs {
+		r.frames = append(r.frames, b...)
+	}
+	e := Entry{Kind: KindDiskRead, Data: r.frames}
+	return r.log(&p, &e, false)
+}
+
 // Wait implements World.
 func (r *Recorder) Wait(p ExecPoint, timeoutNS uint64) (WaitResult, error) {
 	if err := r.begin(&p, KindWait); err != nil {
@@ -246,7 +270,7 @@ func (r *Recorder) Output(p ExecPoint, kind OutputKind, data []byte) error {
 	if err := r.begin(&p, KindOutput); err != nil {
 		return err
 	}
-	if kind > OutputPacket {
+	if kind > OutputDisk {
 		return r.fail(fmt.Errorf("replay: recording output at exit %d: unknown %v", p.Exit, kind))
 	}
 	e := Entry{Kind: KindOutput, OutputKind: kind, Length: uint64(len(data)), Hash: OutputHash(data)}

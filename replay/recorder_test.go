@@ -255,3 +255,5 @@ func TestDivergenceErrorFields(t *testing.T) {
 		t.Fatalf("got %+v", de)
 	}
 }
+
+func (w *plainWorld) DiskRead(ExecPoint, []uint64, [][]byte) error { return w.err }

@@ -215,6 +215,27 @@ func (r *Replayer) NetReceive(p ExecPoint, frames [][]byte, lens []int) (int, er
 	return n, nil
 }
 
+// DiskRead implements World: it copies the recorded data into the buffers,
+// which must add up to exactly what was recorded.
+func (r *Replayer) DiskRead(p ExecPoint, offs []uint64, bufs [][]byte) error {
+	e, err := r.expect(&p, KindDiskRead)
+	if err != nil {
+		return err
+	}
+	total := 0
+	for _, b := range bufs {
+		total += len(b)
+	}
+	if total != len(e.Data) {
+		return r.requestDiffers(&p, &e, fmt.Sprintf("%d bytes of disk data", len(e.Data)), fmt.Sprintf("reads of %d bytes", total))
+	}
+	rest := e.Data
+	for _, b := range bufs {
+		rest = rest[copy(b, rest):]
+	}
+	return nil
+}
+
 // Wait implements World; the recorded result comes back at once.
 func (r *Replayer) Wait(p ExecPoint, timeoutNS uint64) (WaitResult, error) {
 	e, err := r.expect(&p, KindWait)

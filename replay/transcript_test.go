@@ -197,6 +197,10 @@ func (h *harness) record(t *testing.T, d *datadriven.TestData) string {
 	case d.HasArg("wait"):
 		w.value = uintArg(t, d, "wait")
 		_, err = h.rec.Wait(p, 0)
+	case d.HasArg("disk-read"):
+		w.disk = []byte(stringArg(t, d, "disk-read"))
+		offs, bufs := diskReads(t, d)
+		err = h.rec.DiskRead(p, offs, bufs)
 	case d.HasArg("output"):
 		err = h.rec.Output(p, outputKind(d), []byte(stringArg(t, d, "output")))
 	case d.HasArg("power-off"):
@@ -242,6 +246,13 @@ func (h *harness) replay(t *testing.T, d *datadriven.TestData) string {
 		var v WaitResult
 		v, err = h.rp.Wait(p, 0)
 		out = fmt.Sprintf("wait %d", v)
+	case d.HasArg("disk-read"):
+		offs, bufs := diskReads(t, d)
+		err = h.rp.DiskRead(p, offs, bufs)
+		out = "disk-read"
+		for _, b := range bufs {
+			out += fmt.Sprintf(" %q", b)
+		}
 	case d.HasArg("output"):
 		err = h.rp.Output(p, outputKind(d), []byte(stringArg(t, d, "output")))
 		out = "output checked and dropped"
@@ -264,7 +275,17 @@ type scriptedWorld struct {
 	input   []byte
 	eof     bool
 	packets [][]byte
+	disk    []byte // what DiskRead hands out, buffer after buffer
 	trace   []string
+}
+
+func (w *scriptedWorld) DiskRead(_ ExecPoint, offs []uint64, bufs [][]byte) error {
+	rest := w.disk
+	for i, b := range bufs {
+		w.trace = append(w.trace, fmt.Sprintf("read %d bytes at %d", len(b), offs[i]))
+		rest = rest[copy(b, rest):]
+	}
+	return nil
 }
 
 func (w *scriptedWorld) NetReceive(_ ExecPoint, frames [][]byte, lens []int) (int, error) {
@@ -376,9 +397,34 @@ func clockID(d *datadriven.TestData) ClockID {
 	return ClockMonotonic
 }
 
+// diskReads reads lens=(A,B,...), the buffers' sizes, and at=(X,Y,...), their
+// offsets, 0 where absent).
+func diskReads(t *testing.T, d *datadriven.TestData) ([]uint64, [][]byte) {
+	var lens, at []string
+	d.ScanArgs(t, "lens", &lens)
+	d.MaybeScanArgs(t, "at", &at)
+	offs, bufs := make([]uint64, len(lens)), make([][]byte, len(lens))
+	for i, l := range lens {
+		n, err := strconv.Atoi(l)
+		if err != nil {
+			d.Fatalf(t, "lens: %v", err)
+		}
+		bufs[i] = make([]byte, n)
+		if i < len(at) {
+			if offs[i], err = strconv.ParseUint(at[i], 0, 64); err != nil {
+				d.Fatalf(t, "at: %v", err)
+			}
+		}
+	}
+	return offs, bufs
+}
+
 func outputKind(d *datadriven.TestData) OutputKind {
 	if d.HasArg("packet") {
 		return OutputPacket
+	}
+	if d.HasArg("disk") {
+		return OutputDisk
 	}
 	return OutputConsole
 }

@@ -86,7 +86,14 @@ type OutputKind uint8
 const (
 	OutputConsole OutputKind = 0
 	OutputPacket  OutputKind = 1
+	// OutputDisk is a batch of disk writes and flushes (EncodeDiskBatch):
+	// on shared storage a write is an external output like a packet.
+	OutputDisk OutputKind = 2
 )
+
+// MaxDiskOutput bounds the bytes of one disk output (a batch of writes
+// with their headers): the block device caps a call's data well below it.
+const MaxDiskOutput = 2 << 20
 
 // World answers every question whose answer can differ between two runs of
 // the same guest. The VMM's devices ask it and never know whether it is live
@@ -116,6 +123,10 @@ type World interface {
 	// how many frames it delivered (0 when none is pending). One call is
 	// one batch: all of it is one answer at one exit.
 	NetReceive(p ExecPoint, frames [][]byte, lens []int) (int, error)
+	// DiskRead fills each bufs[i] with the disk's bytes at offset offs[i]
+	// (len(offs) == len(bufs)). One call is one batch of reads at one exit;
+	// the disk as the guest's own earlier writes left it.
+	DiskRead(p ExecPoint, offs []uint64, bufs [][]byte) error
 	// Output hands an output of the guest to the world. A live world sends
 	// it; a recorder logs a marker and holds it under the Output Rule; a
 	// replayer checks it against the recording and drops it.

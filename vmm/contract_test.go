@@ -252,3 +252,5 @@ func TestBackendKicks(t *testing.T) {
 		})
 	})
 }
+
+func (w *scriptedWorld) DiskRead(replay.ExecPoint, []uint64, [][]byte) error { return nil }

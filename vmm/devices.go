@@ -46,7 +46,7 @@ type bus struct {
 	ports [256]outHandler
 }
 
-func newBus(nicCfg *NICConfig) bus {
+func newBus(nicCfg *NICConfig, diskCfg *DiskConfig) bus {
 	var b bus
 	b.ports[portConsoleWrite] = consoleWrite
 	b.ports[portConsoleRead] = consoleRead
@@ -58,6 +58,9 @@ func newBus(nicCfg *NICConfig) bus {
 	b.ports[portNICInfo] = n.info
 	b.ports[portNICTX] = n.transmit
 	b.ports[portNICRX] = n.receive
+	d := &disk{cfg: diskCfg}
+	b.ports[portDiskInfo] = d.info
+	b.ports[portDiskSubmit] = d.submit
 	for v := 0; v < 32; v++ {
 		b.ports[portException+v] = strayExceptionPort
 	}

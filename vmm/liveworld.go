@@ -38,6 +38,7 @@ type LiveWorld struct {
 
 	net      vnet.Backend // nil: no network
 	netReady bool         // a Pending token was taken and frames may remain
+	disk     *DiskFile    // nil: no disk (or a local disk, not the world's)
 
 	nudge chan struct{} // Nudge: the next blocking wait returns
 }
@@ -45,6 +46,13 @@ type LiveWorld struct {
 // AttachNet connects the world to a network backend: received frames
 // become NetReceive answers, packet outputs are sent through it.
 func (w *LiveWorld) AttachNet(b vnet.Backend) { w.net = b }
+
+// AttachDisk gives the world the shared disk: reads come from it, disk
+// outputs are written to it.
+func (w *LiveWorld) AttachDisk(d *DiskFile) { w.disk = d }
+
+// Disk is the attached disk, or nil.
+func (w *LiveWorld) Disk() *DiskFile { return w.disk }
 
 // maxPendingInput bounds buffered console input: the reader stops reading
 // its source (and so pushes back on it) rather than growing without bound.
@@ -237,17 +245,74 @@ func (w *LiveWorld) NetReceive(_ replay.ExecPoint, frames [][]byte, lens []int) 
 	return n, nil
 }
 
-// Output writes console output to the world's writer and sends a batch of
-// packets (frames as replay.AppendFrame wrote them) through the backend.
+// DiskRead reads the attached disk.
+func (w *LiveWorld) DiskRead(_ replay.ExecPoint, offs []uint64, bufs [][]byte) error {
+	if w.disk == nil {
+		return errors.New("vmm: a disk read but no disk attached")
+	}
+	return w.disk.ReadAt(offs, bufs)
+}
+
+// Output writes console output to the world's writer, sends a batch of
+// packets (frames as replay.AppendFrame wrote them) through the backend
+// and writes a disk batch, waiting for it when it flushes.
 func (w *LiveWorld) Output(_ replay.ExecPoint, kind replay.OutputKind, data []byte) error {
-	return SendOutput(w.out, w.net, kind, data)
+	if kind != replay.OutputDisk {
+		return SendOutput(w.out, w.net, nil, kind, data)
+	}
+	ticket, flush, err := w.StageDisk(data)
+	if err != nil {
+		return err
+	}
+	if err := SendOutput(w.out, w.net, w.disk, kind, data); err != nil {
+		return err
+	}
+	if flush {
+		return w.WaitDisk(ticket)
+	}
+	return nil
+}
+
+// StageDisk takes a disk batch at the exit that wrote it (DiskFile.Stage):
+// a holder calls it before it holds the batch.
+func (w *LiveWorld) StageDisk(data []byte) (ticket uint64, flush bool, err error) {
+	if w.disk == nil {
+		return 0, false, errors.New("vmm: a disk write but no disk attached")
+	}
+	return w.disk.Stage(data)
+}
+
+// WaitDisk waits until the batch of ticket is written: a flush's call
+// returns only then.
+func (w *LiveWorld) WaitDisk(ticket uint64) error { return w.disk.Wait(w.ctx, ticket) }
+
+// ReissueDisk writes a batch at once and waits for it (a backup going
+// live rewrites what the primary may not have completed).
+func (w *LiveWorld) ReissueDisk(batch []byte) error {
+	if len(batch) == 0 {
+		return nil
+	}
+	ticket, _, err := w.StageDisk(batch)
+	if err != nil {
+		return err
+	}
+	if err := w.disk.Apply(batch); err != nil {
+		return err
+	}
+	return w.WaitDisk(ticket)
 }
 
 // SendOutput delivers one output to its sink: console bytes to out, a
-// packet batch to net. A frame the network drops is lost on the wire, as on
-// a real NIC, not an error of the VM.
-func SendOutput(out io.Writer, net vnet.Backend, kind replay.OutputKind, data []byte) error {
+// packet batch to net, a disk batch to disk (staged already). A frame the
+// network drops is lost on the wire, as on a real NIC, not an error of
+// the VM.
+func SendOutput(out io.Writer, net vnet.Backend, disk *DiskFile, kind replay.OutputKind, data []byte) error {
 	switch kind {
+	case replay.OutputDisk:
+		if disk == nil {
+			return fmt.Errorf("vmm: a disk output but no disk")
+		}
+		return disk.Apply(data)
 	case replay.OutputConsole:
 		if _, err := out.Write(data); err != nil {
 			return fmt.Errorf("vmm: console output: %w", err)

@@ -24,9 +24,10 @@ const DefaultMemory = 64 << 20
 // Config is what, besides the image, defines a VM. Primary and backup must
 // agree on it (ConfigDigest).
 type Config struct {
-	MemSize uint64     // bytes of guest RAM; 0 means DefaultMemory
-	Cmdline string     // the guest's command line
-	NIC     *NICConfig // the guest's NIC; nil for none
+	MemSize uint64      // bytes of guest RAM; 0 means DefaultMemory
+	Cmdline string      // the guest's command line
+	NIC     *NICConfig  // the guest's NIC; nil for none
+	Disk    *DiskConfig // the guest's disk; nil for none
 }
 
 func (c Config) withDefaults() Config {
@@ -64,6 +65,10 @@ func (c Config) Text() string {
 		v.MAC = net.HardwareAddr(c.NIC.MAC[:]).String()
 		v.Addr, v.Gateway = c.NIC.Addr.String(), c.NIC.Gateway.String()
 	}
+	if c.Disk != nil {
+		v.DiskSize = ptr(c.Disk.Size)
+		v.DiskLocal = c.Disk.Local
+	}
 	b, _ := json.Marshal(v)
 	return string(b)
 }
@@ -74,6 +79,10 @@ type configText struct {
 	MAC     string  `json:"mac,omitempty"`
 	Addr    string  `json:"addr,omitempty"`
 	Gateway string  `json:"gateway,omitempty"`
+	// The disk: absent when there is none (a config without one keeps
+	// the text, and the digest, it had before disks existed).
+	DiskSize  *uint64 `json:"disk_size,omitempty"`
+	DiskLocal bool    `json:"disk_local,omitempty"`
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -105,6 +114,14 @@ func ParseConfigText(s string) (Config, error) {
 		}
 		c.NIC = &NICConfig{Addr: addr, Gateway: gw}
 		copy(c.NIC.MAC[:], mac)
+	}
+	if v.DiskSize != nil {
+		c.Disk = &DiskConfig{Size: *v.DiskSize, Local: v.DiskLocal}
+		if err := c.Disk.check(); err != nil {
+			return bad(err)
+		}
+	} else if v.DiskLocal {
+		return bad(errors.New("a local disk without a size"))
 	}
 	return c, nil
 }
@@ -168,6 +185,11 @@ func New(b backend.Backend, img *Image, cfg Config, world replay.World) (*Machin
 		return nil, errors.New("vmm: no backend given")
 	}
 	cfg = cfg.withDefaults()
+	if cfg.Disk != nil {
+		if err := cfg.Disk.check(); err != nil {
+			return nil, err
+		}
+	}
 	layout, err := newLayout(cfg.MemSize, img.End)
 	if err != nil {
 		return nil, err
@@ -180,7 +202,7 @@ func New(b backend.Backend, img *Image, cfg Config, world replay.World) (*Machin
 		m.Close()
 		return nil, err
 	}
-	m.bus = newBus(cfg.NIC)
+	m.bus = newBus(cfg.NIC, cfg.Disk)
 	return m, nil
 }
 

@@ -134,6 +134,11 @@ func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func
 	if c.Net != nil {
 		cleanup = func() { c.Net.Close() }
 	}
+	if f.df != nil {
+		c.Disk = f.df
+		closeNet := cleanup
+		cleanup = func() { closeNet(); f.closeDisk() }
+	}
 	if f.metrics != "" {
 		c.Metrics = ft.NewMetrics()
 		addr, err := c.Metrics.Serve(f.metrics)

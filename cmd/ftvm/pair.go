@@ -19,7 +19,7 @@ import (
 // released console output, stderr says who is live and why, and the exit
 // status is the guest's.
 func cmdPair(args []string) int {
-	fs := newFlagSet("pair", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC] [--kill-primary-after D] GUEST.elf [ARGS...]")
+	fs := newFlagSet("pair", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC] [--disk FILE] [--kill-primary-after D] GUEST.elf [ARGS...]")
 	g := guestFlags{cmd: "pair"}
 	g.register(fs)
 	arbiter := fs.String("arbiter", "", "go-live arbiter URL (default: file:// in a new temporary directory)")
@@ -73,6 +73,9 @@ func cmdPair(args []string) int {
 	base := []string{"--backend", be.Name(), "--vm-id", g.vmID, "--arbiter", *arbiter, "--mem", strconv.FormatUint(g.mem.v, 10)}
 	if g.net != "" {
 		base = append(base, "--net", g.net)
+	}
+	if g.disk != "" {
+		base = append(base, "--disk", g.disk)
 	}
 	if *failover != 0 {
 		base = append(base, "--failover-timeout", failover.String())

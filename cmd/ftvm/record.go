@@ -43,9 +43,13 @@ func cmdRecord(args []string) int {
 		fmt.Fprintf(os.Stderr, "ftvm record: %v\n", err)
 		return exitFailed
 	}
+	defer g.closeDisk()
 	ctx, cancel := interruptContext()
 	defer cancel()
 	live := vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout)
+	if g.df != nil {
+		live.AttachDisk(g.df)
+	}
 	netb, err := g.openNet(true)
 	if err != nil {
 		log.Abort()

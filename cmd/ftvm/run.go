@@ -35,7 +35,9 @@ type guestFlags struct {
 	pcap    string
 	vmID    string
 	spec    *vnet.Spec
-	cmd     string // the command, for messages
+	disk    string        // --disk
+	df      *vmm.DiskFile // opened by loadGuest
+	cmd     string        // the command, for messages
 }
 
 func (g *guestFlags) register(fs *flag.FlagSet) {
@@ -45,6 +47,35 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.net, "net", "", "a NIC: user,hostfwd=udp:HOSTADDR:HOSTPORT-:GUESTPORT[,...] or tap,ifname=NAME[,ip=A.B.C.D/N,gw=A.B.C.D]")
 	fs.StringVar(&g.pcap, "pcap", "", "write every frame the guest sends and receives to `FILE` (pcap)")
 	fs.StringVar(&g.vmID, "vm-id", "ftvm", "the VM's name (its default MAC derives from it)")
+	fs.StringVar(&g.disk, "disk", "", "a disk: the image `FILE` (its size is the disk's, a multiple of 4 KiB), shared by primary and backup: only the live side writes it")
+}
+
+// openDisk opens --disk, if given, into g.df and cfg.Disk.
+func (g *guestFlags) openDisk(cfg *vmm.Config) error {
+	if g.disk == "" {
+		return nil
+	}
+	path, mode, _ := strings.Cut(g.disk, ",")
+	if mode != "" {
+		return usagef("--disk %s: unknown mode %q (a shared disk is --disk FILE)", g.disk, mode)
+	}
+	d, err := vmm.OpenDiskFile(path)
+	if err != nil {
+		return err
+	}
+	g.df = d
+	cfg.Disk = &vmm.DiskConfig{Size: d.Size()}
+	return nil
+}
+
+// closeDisk writes what the guest's released writes left and closes the
+// disk, reporting an error that would lose data.
+func (g *guestFlags) closeDisk() {
+	if g.df != nil {
+		if err := g.df.Close(); err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm %s: %v\n", g.cmd, err)
+		}
+	}
 }
 
 // registerBackend adds --backend, whose default is $FTVM_BACKEND or auto.
@@ -136,6 +167,9 @@ func (g *guestFlags) loadGuest(args []string) (*vmm.Image, vmm.Config, error) {
 		cfg.NIC = &vmm.NICConfig{Addr: spec.Addr, Gateway: spec.Gateway}
 		copy(cfg.NIC.MAC[:], spec.MAC)
 	}
+	if err := g.openDisk(&cfg); err != nil {
+		return nil, vmm.Config{}, err
+	}
 	return img, cfg, nil
 }
 
@@ -174,7 +208,7 @@ func exitStatus(res vmm.Result, err error) int {
 }
 
 func cmdRun(args []string) int {
-	fs := newFlagSet("run", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC [--pcap FILE]] [--from-snapshot FILE] GUEST.elf [ARGS...]")
+	fs := newFlagSet("run", "[--backend auto|kvm|ptrace] [--mem SIZE] [--net SPEC [--pcap FILE]] [--disk FILE] [--from-snapshot FILE] GUEST.elf [ARGS...]")
 	g := guestFlags{cmd: "run"}
 	g.register(fs)
 	fromSnap := fs.String("from-snapshot", "", "start the guest from the snapshot in `FILE` (its arguments and memory size come from it)")
@@ -186,9 +220,13 @@ func cmdRun(args []string) int {
 		fmt.Fprintf(os.Stderr, "ftvm run: %v\n", err)
 		return failStatus(err)
 	}
+	defer g.closeDisk()
 	ctx, cancel := interruptContext()
 	defer cancel()
 	world := vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout)
+	if g.df != nil {
+		world.AttachDisk(g.df)
+	}
 	netb, err := g.openNet(true)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "ftvm run: --net: %v\n", err)

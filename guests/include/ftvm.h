@@ -51,6 +51,28 @@ struct ftvm_nic_info {
 	uint8_t zero2[3];
 };
 
+#define FTVM_PORT_DISK_INFO 0x30
+#define FTVM_PORT_DISK_SUBMIT 0x31
+#define FTVM_DISK_BLOCK 4096
+#define FTVM_DISK_MAX_BATCH 64
+#define FTVM_DISK_MAX_CALL (1UL << 20) /* bytes moved by one call */
+#define FTVM_DISK_READ 0
+#define FTVM_DISK_WRITE 1
+#define FTVM_DISK_FLUSH 2
+
+struct ftvm_disk_desc {
+	uint32_t op;     /* FTVM_DISK_READ, _WRITE or _FLUSH */
+	uint32_t len;    /* bytes, a multiple of FTVM_DISK_BLOCK; 0 for a flush */
+	uint64_t offset; /* bytes, a multiple of FTVM_DISK_BLOCK; 0 for a flush */
+	uint64_t addr;   /* the buffer in guest memory; 0 for a flush */
+};
+
+struct ftvm_disk_info {
+	uint64_t size;      /* bytes */
+	uint32_t block;     /* FTVM_DISK_BLOCK */
+	uint32_t max_batch; /* FTVM_DISK_MAX_BATCH */
+};
+
 #define FTVM_CLOCK_MONOTONIC 0
 #define FTVM_CLOCK_REALTIME 1
 
@@ -99,6 +121,14 @@ static inline long ftvm_nic_tx(struct ftvm_pkt_desc *d, size_t n)
 static inline long ftvm_nic_rx(struct ftvm_pkt_desc *d, size_t n)
 {
 	return FTVM_CALL3(FTVM_PORT_NIC_RX, d, n, 0);
+}
+static inline long ftvm_disk_info(struct ftvm_disk_info *info)
+{
+	return FTVM_CALL3(FTVM_PORT_DISK_INFO, info, 0, 0);
+}
+static inline long ftvm_disk_submit(struct ftvm_disk_desc *d, size_t n)
+{
+	return FTVM_CALL3(FTVM_PORT_DISK_SUBMIT, d, n, 0);
 }
 static inline __attribute__((noreturn)) void ftvm_exit(int status)
 {

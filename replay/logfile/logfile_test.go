@@ -197,3 +197,5 @@ func (w *counterWorld) NetReceive(replay.ExecPoint, [][]byte, []int) (int, error
 func (w *counterWorld) Wait(replay.ExecPoint, uint64) (replay.WaitResult, error)  { return 0, nil }
 func (w *counterWorld) Output(replay.ExecPoint, replay.OutputKind, []byte) error  { return nil }
 func (w *counterWorld) PowerOff(replay.ExecPoint, int) error                      { return nil }
+
+func (w *counterWorld) DiskRead(replay.ExecPoint, []uint64, [][]byte) error { return nil }

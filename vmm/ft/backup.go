@@ -73,7 +73,7 @@ func RunBackup(ctx context.Context, o BackupOptions) (BackupOutcome, error) {
 	o.Metrics.SetRole("backup")
 	o.Metrics.receiverMetrics(recv.Stats)
 
-	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
+	live := o.newLiveWorld(ctx)
 	goLive := o.goLiveFunc(ctx, recv, live)
 
 	start, src, err := replay.PeekStart(recv)
@@ -128,7 +128,13 @@ func (o *BackupOptions) replayThenTakeOver(ctx context.Context, cancel context.C
 		primaryReleased: recv.PrimaryReleased,
 		onRelease: func(n, bytes int) {
 			o.logf("backup: released %d outputs (%d bytes) that the primary had not reported released", n, bytes)
+		},
+		onReissue: func(blocks int) {
+			o.logf("backup: wrote again %d disk blocks that the primary may not have completed", blocks)
 		}}
+	if o.Disk != nil {
+		fw.journal = vmm.NewDiskJournal(o.Disk.Size())
+	}
 	fw.goLive = func(cause error) error {
 		o.logf("backup: the primary is gone (%v); replayed the whole log; asking the arbiter", cause)
 		if err := goLive(cause); err != nil {
@@ -217,6 +223,16 @@ func (o *BackupOptions) replayThenTakeOver(ctx context.Context, cancel context.C
 	return out, end.Err()
 }
 
+// newLiveWorld is the world a backup answers from once it is live; the
+// shared disk is attached at once (nothing touches it before go-live).
+func (o *BackupOptions) newLiveWorld(ctx context.Context) *vmm.LiveWorld {
+	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
+	if o.Disk != nil {
+		live.AttachDisk(o.Disk)
+	}
+	return live
+}
+
 // goLiveFunc returns what a backup does when its primary is lost: ask the
 // arbiter in the pairing's epoch, then take the guest's network identity
 // with the NAT mappings the primary sent.
@@ -303,7 +319,7 @@ func (o *BackupOptions) runJoined(ctx context.Context, cancel context.CancelFunc
 	o.logf("backup: joined at log seq %d (exit %d) in epoch %d, %v after connecting (%s of state); replaying on the %s backend",
 		st.Log.Seq, st.Exits, gen, time.Since(began).Round(time.Millisecond), sizeText(recv.Stats().TransferBytes), o.Backend.Name())
 	o.Metrics.SetRole("backup")
-	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
+	live := o.newLiveWorld(ctx)
 	tsc, clock := st.SeenTime()
 	return o.replayThenTakeOver(ctx, cancel, recv, rep, m, live, o.goLiveFunc(ctx, recv, live), st.Exits, tsc, clock)
 }

@@ -28,8 +28,10 @@ type failoverWorld struct {
 	// primaryReleased is the Seq up to which the primary said every
 	// output left it; final once the channel ended. Nil: assume all did.
 	primaryReleased func() uint64
-	// onRelease is told how many outputs went out at go-live.
+	// onRelease is told how many outputs went out at go-live, onReissue
+	// how many disk blocks were written again.
 	onRelease func(n int, bytes int)
+	onReissue func(blocks int)
 
 	isLive             bool
 	lastTSC, lastClock uint64
@@ -40,6 +42,11 @@ type failoverWorld struct {
 	// VM-FT, where TCP drops such a duplicate).
 	unreleased      []pendingOutput
 	unreleasedBytes int
+	// journal, with a shared disk, keeps the replayed disk writes the
+	// primary may not have completed; go-live writes them again before
+	// any other output leaves. Disk outputs are never in unreleased: a
+	// write released long ago must not be written again after a newer one.
+	journal *vmm.DiskJournal
 }
 
 // maxUnreleasedBytes bounds the outputs a backup keeps for go-live. The
@@ -129,8 +136,19 @@ func (f *failoverWorld) waitReleased(ended <-chan struct{}) bool {
 }
 
 // releaseUnreleased sends, at go-live and in their order, the outputs the
-// primary never reported released.
+// primary never reported released, after writing again the disk writes it
+// may not have completed (a reply that says a write is durable may be
+// among those outputs).
 func (f *failoverWorld) releaseUnreleased(p replay.ExecPoint) error {
+	if f.journal != nil {
+		blocks := f.journal.Blocks()
+		if err := f.live.ReissueDisk(f.journal.Batch()); err != nil {
+			return err
+		}
+		if f.onReissue != nil {
+			f.onReissue(blocks)
+		}
+	}
 	if f.primaryReleased == nil {
 		return nil
 	}
@@ -217,10 +235,25 @@ func (f *failoverWorld) NetReceive(p replay.ExecPoint, frames [][]byte, lens []i
 	return f.after.NetReceive(p, frames, lens)
 }
 
+func (f *failoverWorld) DiskRead(p replay.ExecPoint, offs []uint64, bufs [][]byte) error {
+	if !f.isLive {
+		err := f.rep.DiskRead(p, offs, bufs)
+		if live, err := f.next(p, err); !live {
+			return err
+		}
+	}
+	return f.after.DiskRead(p, offs, bufs)
+}
+
 func (f *failoverWorld) Output(p replay.ExecPoint, kind replay.OutputKind, data []byte) error {
 	if !f.isLive {
 		err := f.rep.Output(p, kind, data)
-		if err == nil {
+		switch {
+		case err == nil && kind == replay.OutputDisk:
+			if f.journal != nil {
+				err = f.journal.Observe(data)
+			}
+		case err == nil:
 			f.keepUnreleased(kind, data)
 		}
 		if live, err := f.next(p, err); !live {

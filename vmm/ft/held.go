@@ -68,6 +68,25 @@ func (h *holdingWorld) now() time.Duration { return time.Since(h.start) }
 // the channel send that entry at once (VM-FT flushes the log as soon as an
 // output waits on it).
 func (h *holdingWorld) HoldOutput(_ replay.ExecPoint, seq uint64, kind replay.OutputKind, data []byte) error {
+	if kind != replay.OutputDisk {
+		return h.hold(seq, kind, data)
+	}
+	// A disk batch: reads see it from now on; the file only once it is
+	// released. A flush's call returns when the flush is done.
+	ticket, flush, err := h.StageDisk(data)
+	if err != nil {
+		return err
+	}
+	if err := h.hold(seq, kind, data); err != nil {
+		return err
+	}
+	if flush {
+		return h.WaitDisk(ticket)
+	}
+	return nil
+}
+
+func (h *holdingWorld) hold(seq uint64, kind replay.OutputKind, data []byte) error {
 	for {
 		h.mu.Lock()
 		if h.solo {

@@ -33,7 +33,10 @@ type Common struct {
 	Stdout   io.Writer
 	// Net is the guest's network backend, or nil. The primary's is bound;
 	// the backup's is created unbound and bound when it goes live.
-	Net     vnet.Backend
+	Net vnet.Backend
+	// Disk is the guest's shared disk, or nil (none, or a local disk that
+	// each side's machine writes itself). Only the live side writes it.
+	Disk    *vmm.DiskFile
 	Channel logchannel.Config
 	Metrics *Metrics
 	// Logf reports what happens (connected, lost the backup, live, ...)
@@ -79,7 +82,7 @@ func (c *Common) hello() logchannel.Hello {
 }
 
 func (c *Common) send(kind replay.OutputKind, data []byte) error {
-	return vmm.SendOutput(c.Stdout, c.Net, kind, data)
+	return vmm.SendOutput(c.Stdout, c.Net, c.Disk, kind, data)
 }
 
 // PrimaryOptions configure RunPrimary.
@@ -129,6 +132,9 @@ func RunPrimary(ctx context.Context, o PrimaryOptions) (vmm.Result, error) {
 	live := vmm.NewLiveWorld(ctx, o.Stdin, o.Stdout)
 	if o.Net != nil {
 		live.AttachNet(o.Net)
+	}
+	if o.Disk != nil {
+		live.AttachDisk(o.Disk)
 	}
 	p := newProtection(ctx, cancel, &o.Common, live, sender, o.MaxLag)
 	defer p.close()

@@ -289,6 +289,14 @@ func (p *protection) join(s *logchannel.Sender) error {
 	var joinSeq uint64
 	switched := false
 	pc, err := m.StartPrecopy(tw, vmm.PrecopyOptions{Nudge: p.hw.LiveWorld.Nudge, AtPause: func(st *vmm.State) error {
+		// The new backup journals disk writes from the pause on: every
+		// earlier one must be on the shared disk first (a side alone
+		// released them all already; they may still be in the writer).
+		if d := p.hw.LiveWorld.Disk(); d != nil {
+			if err := d.Sync(p.ctx); err != nil {
+				return err
+			}
+		}
 		st.Log, st.LogVMID = p.rec.Position(), o.VMID
 		p.rec.CheckpointNext()
 		joinSeq = st.Log.Seq

@@ -1,0 +1,345 @@
+package vmm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"sort"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+// DiskFile is the live side's disk: a file, on storage both sides reach in
+// shared mode. Writes reach it in two steps. Stage, on the vCPU thread at
+// the exit that wrote, puts the data in an overlay that reads see at once
+// (the guest reads what it wrote); Apply, when the Output Rule lets the
+// batch leave, queues it for a writer goroutine, which writes the file in
+// order and drops the overlay blocks it wrote. Nothing touches the file
+// before Apply, and nothing blocks the caller of Apply: the acks that
+// release outputs must never wait for the disk.
+type DiskFile struct {
+	f    *os.File
+	size uint64
+
+	mu      sync.Mutex
+	overlay map[uint64]overlayBlock // block number -> newest staged data not yet written
+	staged  uint64                  // batches staged (tickets given)
+	queued  uint64                  // batches applied (queued for the writer)
+	written uint64                  // batches written (and synced where they flushed)
+	jobs    []diskJob
+	changed chan struct{} // closed and replaced when written or err changes, or a job comes
+	err     error         // the first write error: the disk is gone for this side
+	closing bool
+	done    chan struct{}
+}
+
+type overlayBlock struct {
+	data   []byte
+	ticket uint64
+}
+
+type diskJob struct {
+	ticket uint64
+	batch  []byte
+}
+
+// OpenDiskFile opens a disk image: its size is the disk's, a non-zero
+// multiple of DiskBlock of at most MaxDiskSize.
+func OpenDiskFile(path string) (*DiskFile, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fmt.Errorf("vmm: disk: %w", err)
+	}
+	fi, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("vmm: disk: %w", err)
+	}
+	size := uint64(fi.Size())
+	if !fi.Mode().IsRegular() || size == 0 || size%DiskBlock != 0 || size > MaxDiskSize {
+		f.Close()
+		return nil, fmt.Errorf("vmm: disk %s: %d bytes: a disk image is a regular file of a non-zero multiple of %d bytes, at most %d", path, size, DiskBlock, uint64(MaxDiskSize))
+	}
+	d := &DiskFile{f: f, size: size, overlay: map[uint64]overlayBlock{}, changed: make(chan struct{}), done: make(chan struct{})}
+	go d.writer()
+	return d, nil
+}
+
+// Size is the disk's size in bytes.
+func (d *DiskFile) Size() uint64 { return d.size }
+
+// Path is the file's name.
+func (d *DiskFile) Path() string { return d.f.Name() }
+
+// wakeLocked wakes everyone waiting on changed.
+func (d *DiskFile) wakeLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+// Stage takes a disk batch at the exit that wrote it: reads see its data
+// from now on. It returns the batch's ticket and whether it flushes.
+func (d *DiskFile) Stage(batch []byte) (ticket uint64, flush bool, err error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err != nil {
+		return 0, false, d.err
+	}
+	t := d.staged + 1
+	err = EachDiskRecord(batch, d.size, func(r DiskRecord) error {
+		if r.Flush {
+			flush = true
+			return nil
+		}
+		for i := 0; i < len(r.Data); i += DiskBlock {
+			blk := (r.Off + uint64(i)) / DiskBlock
+			ob := d.overlay[blk]
+			if ob.data == nil {
+				ob.data = make([]byte, DiskBlock)
+			}
+			copy(ob.data, r.Data[i:i+DiskBlock])
+			ob.ticket = t
+			d.overlay[blk] = ob
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, false, err
+	}
+	d.staged = t
+	return t, flush, nil
+}
+
+// Apply queues the next staged batch (batches are applied in the order
+// they were staged) for the writer. It never blocks.
+func (d *DiskFile) Apply(batch []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.err != nil {
+		return d.err
+	}
+	if d.queued == d.staged {
+		return errors.New("vmm: disk: a batch applied that was never staged")
+	}
+	d.queued++
+	d.jobs = append(d.jobs, diskJob{ticket: d.queued, batch: append([]byte(nil), batch...)})
+	d.wakeLocked()
+	return nil
+}
+
+// Wait blocks until the batch of ticket is written (and synced, if it
+// flushes), the disk fails, or ctx ends.
+func (d *DiskFile) Wait(ctx context.Context, ticket uint64) error {
+	for {
+		d.mu.Lock()
+		written, err, ch := d.written, d.err, d.changed
+		d.mu.Unlock()
+		switch {
+		case err != nil:
+			return err
+		case written >= ticket:
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ErrInterrupted
+		}
+	}
+}
+
+// Drain waits until everything staged so far is written: outputs that
+// are still held wait for their release first.
+func (d *DiskFile) Drain(ctx context.Context) error {
+	d.mu.Lock()
+	t := d.staged
+	d.mu.Unlock()
+	return d.Wait(ctx, t)
+}
+
+// Sync waits until everything staged is written, then syncs the file.
+func (d *DiskFile) Sync(ctx context.Context) error {
+	if err := d.Drain(ctx); err != nil {
+		return err
+	}
+	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
+		return fmt.Errorf("vmm: disk %s: %w", d.f.Name(), err)
+	}
+	return nil
+}
+
+// Pending says how many staged batches are not written yet.
+func (d *DiskFile) Pending() uint64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.staged - d.written
+}
+
+// ReadAt fills each bufs[i] with the disk at offs[i]: the file, with the
+// staged blocks not yet written laid over it.
+func (d *DiskFile) ReadAt(offs []uint64, bufs [][]byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, b := range bufs {
+		off := offs[i]
+		if off%DiskBlock != 0 || len(b)%DiskBlock != 0 || off > d.size || uint64(len(b)) > d.size-off {
+			return fmt.Errorf("vmm: disk: a read of %d bytes at %d", len(b), off)
+		}
+		if _, err := d.f.ReadAt(b, int64(off)); err != nil {
+			return fmt.Errorf("vmm: disk: reading %d bytes at %d: %w", len(b), off, err)
+		}
+		if len(d.overlay) == 0 {
+			continue
+		}
+		for j := 0; j < len(b); j += DiskBlock {
+			if ob, ok := d.overlay[(off+uint64(j))/DiskBlock]; ok {
+				copy(b[j:j+DiskBlock], ob.data)
+			}
+		}
+	}
+	return nil
+}
+
+// writer writes the queued batches in order.
+func (d *DiskFile) writer() {
+	defer close(d.done)
+	for {
+		d.mu.Lock()
+		for len(d.jobs) == 0 && !d.closing {
+			ch := d.changed
+			d.mu.Unlock()
+			<-ch
+			d.mu.Lock()
+		}
+		if len(d.jobs) == 0 {
+			d.mu.Unlock()
+			return
+		}
+		job, failed := d.jobs[0], d.err != nil
+		d.jobs = d.jobs[1:]
+		d.mu.Unlock()
+		if failed {
+			continue // nothing after a failed write may reach the file
+		}
+
+		err := EachDiskRecord(job.batch, d.size, func(r DiskRecord) error {
+			if r.Flush {
+				return unix.Fdatasync(int(d.f.Fd()))
+			}
+			_, err := d.f.WriteAt(r.Data, int64(r.Off))
+			return err
+		})
+
+		d.mu.Lock()
+		if err != nil && d.err == nil {
+			d.err = fmt.Errorf("vmm: disk %s: %w", d.f.Name(), err)
+		}
+		if err == nil {
+			_ = EachDiskRecord(job.batch, d.size, func(r DiskRecord) error {
+				for i := 0; i < len(r.Data); i += DiskBlock {
+					blk := (r.Off + uint64(i)) / DiskBlock
+					if ob, ok := d.overlay[blk]; ok && ob.ticket == job.ticket {
+						delete(d.overlay, blk)
+					}
+				}
+				return nil
+			})
+			d.written = job.ticket
+		}
+		d.wakeLocked()
+		d.mu.Unlock()
+	}
+}
+
+// Close writes what was applied, syncs and closes the file. Batches staged
+// and never applied (outputs still held when the VM stopped) are not
+// written: they never left.
+func (d *DiskFile) Close() error {
+	d.mu.Lock()
+	d.closing = true
+	d.wakeLocked()
+	d.mu.Unlock()
+	<-d.done
+	d.mu.Lock()
+	err := d.err
+	d.mu.Unlock()
+	if serr := unix.Fdatasync(int(d.f.Fd())); err == nil && serr != nil {
+		err = fmt.Errorf("vmm: disk %s: %w", d.f.Name(), serr)
+	}
+	if cerr := d.f.Close(); err == nil && cerr != nil {
+		err = cerr
+	}
+	return err
+}
+
+// DiskJournal is a backup's memory of the disk writes it replayed that the
+// primary may not have completed: at go-live it writes them again (Batch),
+// which is idempotent. A flush's call returns on the primary only once the
+// flush is done, so when the replay reaches the next flush, every write
+// before the previous flush is known durable and is forgotten: the journal
+// holds the writes since the flush before last, at most one copy of each
+// block, the newest.
+type DiskJournal struct {
+	size   uint64
+	gen    uint64 // flushes seen
+	blocks map[uint64]journalBlock
+}
+
+type journalBlock struct {
+	data []byte
+	gen  uint64
+}
+
+// NewDiskJournal makes a journal for a disk of size bytes.
+func NewDiskJournal(size uint64) *DiskJournal {
+	return &DiskJournal{size: size, blocks: map[uint64]journalBlock{}}
+}
+
+// Observe takes a replayed disk batch.
+func (j *DiskJournal) Observe(batch []byte) error {
+	return EachDiskRecord(batch, j.size, func(r DiskRecord) error {
+		if r.Flush {
+			j.gen++
+			for blk, b := range j.blocks {
+				if b.gen+1 < j.gen {
+					delete(j.blocks, blk)
+				}
+			}
+			return nil
+		}
+		for i := 0; i < len(r.Data); i += DiskBlock {
+			blk := (r.Off + uint64(i)) / DiskBlock
+			b := j.blocks[blk]
+			if b.data == nil {
+				b.data = make([]byte, DiskBlock)
+			}
+			copy(b.data, r.Data[i:i+DiskBlock])
+			b.gen = j.gen
+			j.blocks[blk] = b
+		}
+		return nil
+	})
+}
+
+// Blocks says how many blocks the journal holds.
+func (j *DiskJournal) Blocks() int { return len(j.blocks) }
+
+// Batch is a disk batch that writes every block the journal holds, in
+// block order, then flushes; nil when it holds none.
+func (j *DiskJournal) Batch() []byte {
+	if len(j.blocks) == 0 {
+		return nil
+	}
+	blks := make([]uint64, 0, len(j.blocks))
+	for blk := range j.blocks {
+		blks = append(blks, blk)
+	}
+	sort.Slice(blks, func(a, b int) bool { return blks[a] < blks[b] })
+	var batch []byte
+	for _, blk := range blks {
+		batch = EncodeDiskWrite(batch, blk*DiskBlock, j.blocks[blk].data)
+	}
+	return EncodeDiskFlush(batch)
+}
