@@ -260,10 +260,13 @@ static int parse_op(const uint8_t *p, size_t n)
 
 /* Run the request p[0:n] (everything after "<client-id> <request-id> ") and append the rest
  * of the reply to r. */
+static int last_op; /* the op execute ran last */
+
 static void execute(const uint8_t *p, size_t n, struct reply *r)
 {
 	size_t oplen = token(p, n);
 	int op = parse_op(p, oplen);
+	last_op = op;
 	if (op == OP_HELLO) { /* a client's first request, with no effect but its session */
 		put_str(r, oplen == n ? "OK" : "ERR syntax");
 		return;
@@ -353,10 +356,16 @@ static void execute(const uint8_t *p, size_t n, struct reply *r)
 	}
 }
 
-const char *kv_handle(const uint8_t *req, size_t len, size_t *reply_len)
+int kv_changed;
+
+/* kv_handle, or with restore, a request from the store's own log: run it whatever the
+ * client table says (the table is rebuilt by these very requests). */
+static const char *handle(const uint8_t *req, size_t len, size_t *reply_len, int restore)
 {
 	uint64_t cid, rid;
-	kv_stats.requests++;
+	kv_changed = 0;
+	if (!restore)
+		kv_stats.requests++;
 
 	/* One trailing newline (or CRLF) is not part of the request: nc and friends add it. */
 	if (len > 0 && req[len - 1] == '\n')
@@ -378,6 +387,8 @@ const char *kv_handle(const uint8_t *req, size_t len, size_t *reply_len)
 	}
 
 	struct kv_client *c = client_get(cid);
+	if (restore)
+		goto run;
 	if (c != NULL && rid == c->last_rid) {
 		kv_stats.duplicates++;
 		*reply_len = c->reply_len;
@@ -403,19 +414,36 @@ const char *kv_handle(const uint8_t *req, size_t len, size_t *reply_len)
 		*reply_len = r.len;
 		return scratch;
 	}
+run:
 	if (c == NULL)
 		c = client_new(cid);
 	c->last_rid = rid;
 	struct reply r = { c->reply, 0 };
 	put_header(&r, cid, rid);
+	last_op = OP_BAD;
 	if (n2 == rest) /* "<client-id> <request-id>" and nothing else */
 		put_str(&r, "ERR syntax");
 	else
 		execute(p + n2 + 1, rest - n2 - 1, &r);
 	c->reply_len = (uint16_t)r.len;
-	kv_stats.executed++;
+	/* Everything but a GET changes what a later request sees: the store, or the
+	 * session a retry is answered from. */
+	kv_changed = last_op != OP_GET;
+	if (!restore)
+		kv_stats.executed++;
 	*reply_len = r.len;
 	return c->reply;
+}
+
+const char *kv_handle(const uint8_t *req, size_t len, size_t *reply_len)
+{
+	return handle(req, len, reply_len, 0);
+}
+
+void kv_restore(const uint8_t *req, size_t len)
+{
+	size_t n;
+	handle(req, len, &n, 1);
 }
 
 void kv_udp_handler(const struct udp_dgram *d, void *ctx)

@@ -34,6 +34,12 @@ void kv_init(void);
  * *reply_len, or returns NULL when the datagram gets no reply. */
 const char *kv_handle(const uint8_t *req, size_t len, size_t *reply_len);
 
+/* Set by kv_handle: the request it ran changed state (anything but a GET, including a
+ * session's first request); 0 for a GET, a duplicate, or no request run. A store that
+ * persists logs exactly these requests and feeds them to kv_restore at boot. */
+extern int kv_changed;
+void kv_restore(const uint8_t *req, size_t len);
+
 /* The UDP handler: kv_handle, and the reply (if any) back to the sender with udp_send. */
 void kv_udp_handler(const struct udp_dgram *d, void *ctx);
 
