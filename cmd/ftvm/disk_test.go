@@ -1,10 +1,16 @@
 package main
 
 import (
+	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/anishathalye/porcupine"
+	"github.com/ftvm/ftvm/bench/kv"
 )
 
 // newDisk makes a zeroed disk image of size bytes.
@@ -68,5 +74,49 @@ func TestDiskRecordReplay(t *testing.T) {
 	out, _, status = ftvm(t, "", "run", "--disk", disk, guest("disk"), "verify=200", "seed=10")
 	if status != 1 || !strings.Contains(out, "differs") {
 		t.Fatalf("another seed must not verify (the check could not fail): status %d %q", status, out)
+	}
+}
+
+// TestDiskFailoverThenColdRestart: kvstore keeps its data on a shared disk
+// (disk=1) under ftvm pair; kill -9 of the primary under load. The backup
+// goes live after writing again what the primary may not have completed,
+// and the clients' history is linearizable. Then, with both sides gone,
+// the guest starts cold from the disk alone: one GET of every key joins
+// the history, so a lost acknowledged write makes it not linearizable.
+func TestDiskFailoverThenColdRestart(t *testing.T) {
+	requireBackend(t)
+	disk := newDisk(t, 16<<20)
+	out, stderr := pairTrialGuest(t, 7, 2500*time.Millisecond, has("backup: LIVE since"), []string{"disk=1"},
+		"--disk", disk, "--kill-primary-after", "800ms", "--no-reprotect")
+	if !strings.Contains(stderr, "backup: LIVE since") || !strings.Contains(stderr, "disk blocks that the primary may not have completed") {
+		t.Fatalf("the backup did not go live writing its journal again:\n%s", stderr)
+	}
+	checkHistory(t, out, stderr)
+
+	port := freeUDPPort(t)
+	wait := startFTVM(t, "run", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), "--disk", disk, guest("kvstore"), "disk=1", "requests=5") // HELLO and 4 GETs
+	c, err := kv.Dial(fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	calls := out.Calls
+	for k := 0; k < 4; k++ {
+		call := kv.Call{Client: 99, Op: kv.Get, Key: fmt.Sprintf("k%d", k), Start: time.Now()}
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		r, err := c.Do(ctx, kv.Get, call.Key, "")
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		call.Reply, call.Done, call.End = r, true, time.Now()
+		calls = append(calls, call)
+	}
+	if res, _ := kv.CheckLinearizable(calls, 30*time.Second); res != porcupine.Ok {
+		t.Fatalf("after a cold restart from the disk, the history of %d calls is %v: an acknowledged write was lost", len(calls), res)
+	}
+	runOut, _, _ := wait()
+	if !strings.Contains(runOut, "restored") {
+		t.Fatalf("the cold start restored nothing:\n%s", runOut)
 	}
 }

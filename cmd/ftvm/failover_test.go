@@ -33,9 +33,16 @@ func pairTrial(t *testing.T, seed int64, duration time.Duration, pairFlags ...st
 // emulation (CI's QEMU) runs far behind the clients'.
 func pairTrialUntil(t *testing.T, seed int64, duration time.Duration, until func(stderr string) bool, pairFlags ...string) (kv.Outcome, string) {
 	t.Helper()
+	return pairTrialGuest(t, seed, duration, until, nil, pairFlags...)
+}
+
+// pairTrialGuest is pairTrialUntil with arguments for the kvstore guest.
+func pairTrialGuest(t *testing.T, seed int64, duration time.Duration, until func(stderr string) bool, guestArgs []string, pairFlags ...string) (kv.Outcome, string) {
+	t.Helper()
 	port := freeUDPPort(t)
 	args := append([]string{"pair", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port)}, pairFlags...)
-	cmd := exec.Command(ftvmBin, append(args, guest("kvstore"))...)
+	args = append(append(args, guest("kvstore")), guestArgs...)
+	cmd := exec.Command(ftvmBin, args...)
 	var errb syncBuf
 	cmd.Stderr = &errb
 	if err := cmd.Start(); err != nil {
