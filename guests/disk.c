@@ -126,9 +126,9 @@ int main(struct ftvm_boot_info *bi)
 		return 3;
 	}
 	uint64_t blocks = info.size / FTVM_DISK_BLOCK;
-	if (batch < 1 || batch > MAXB || nwrite < 0 || nverify < 0 || (uint64_t)nwrite > blocks ||
+	if (batch < 1 || batch > MAXB - (flush != 0) || nwrite < 0 || nverify < 0 || (uint64_t)nwrite > blocks ||
 	    (uint64_t)nverify > blocks) {
-		printf("error: want 1 <= batch <= %d and write, verify <= %lu blocks\n", MAXB, blocks);
+		printf("error: want 1 <= batch <= %d (%d with flush=1) and write, verify <= %lu blocks\n", MAXB, MAXB - 1, blocks);
 		return 2;
 	}
 	printf("disk: %lu blocks of %u bytes\n", blocks, info.block);
