@@ -44,6 +44,7 @@ type outHandler func(x *exitContext) (done bool, status int, err error)
 // bus maps the 256 ports reachable with out imm8 to their devices.
 type bus struct {
 	ports [256]outHandler
+	disk  *disk
 }
 
 func newBus(nicCfg *NICConfig, diskCfg *DiskConfig) bus {
@@ -59,6 +60,7 @@ func newBus(nicCfg *NICConfig, diskCfg *DiskConfig) bus {
 	b.ports[portNICTX] = n.transmit
 	b.ports[portNICRX] = n.receive
 	d := &disk{cfg: diskCfg}
+	b.disk = d
 	b.ports[portDiskInfo] = d.info
 	b.ports[portDiskSubmit] = d.submit
 	for v := 0; v < 32; v++ {

@@ -1,8 +1,14 @@
 package vmm
 
 import (
+	"context"
+	"crypto/sha256"
 	"encoding/binary"
+	"encoding/hex"
 	"fmt"
+	"hash/crc64"
+	"io"
+	"os"
 
 	"github.com/ftvm/ftvm/replay"
 )
@@ -23,6 +29,27 @@ type DiskConfig struct {
 	// not logged. Otherwise the disk is shared and only the live side
 	// touches it.
 	Local bool
+	// Digest, for a local disk, is the SHA-256 (hex) of the copies when
+	// the VM starts: part of the config digest, so a pair whose copies
+	// differ is refused at its handshake.
+	Digest string
+	// File is this side's copy of a local disk: not part of the config
+	// (each side has its own), the device reads and writes it.
+	File *DiskFile
+}
+
+// DiskDigest is the SHA-256 (hex) of a disk image's bytes.
+func DiskDigest(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", fmt.Errorf("vmm: disk: %w", err)
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("vmm: disk %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 const (
@@ -41,20 +68,26 @@ const (
 	diskOpWrite = 1
 	diskOpFlush = 2
 
-	// batch record tags (EncodeDiskWrite, EncodeDiskFlush)
+	// batch record tags (EncodeDiskWrite, EncodeDiskFlush, a local disk's
+	// hash records)
 	batchWrite = 'W'
 	batchFlush = 'F'
+	batchHash  = 'H'
 )
 
 // MaxDiskSize bounds a disk: offsets stay far from overflowing.
 const MaxDiskSize = 1 << 40
 
 type disk struct {
-	cfg   *DiskConfig
+	cfg *DiskConfig
+	// local is this side's copy of a local disk (AttachLocalDisk); nil
+	// for a shared disk, which the World reads and writes.
+	local *DiskFile
 	reqs  []diskReq // scratch: the validated requests
 	offs  []uint64  // scratch: a read batch
 	bufs  [][]byte
 	batch []byte // scratch: a write batch
+	hash  [9]byte
 }
 
 // diskInfo: RDI = 16 bytes to fill: size u64, block size u32, max batch u32.
@@ -101,7 +134,11 @@ func (d *disk) submit(x *exitContext) (bool, int, error) {
 			d.offs = append(d.offs, r.off)
 			d.bufs = append(d.bufs, r.buf)
 		}
-		if err := x.world.DiskRead(x.point, d.offs, d.bufs); err != nil {
+		if d.cfg.Local {
+			if err := d.readLocal(x); err != nil {
+				return false, 0, err
+			}
+		} else if err := x.world.DiskRead(x.point, d.offs, d.bufs); err != nil {
 			return false, 0, err
 		}
 	} else {
@@ -113,12 +150,68 @@ func (d *disk) submit(x *exitContext) (bool, int, error) {
 				d.batch = EncodeDiskFlush(d.batch)
 			}
 		}
-		if err := x.world.Output(x.point, replay.OutputDisk, d.batch); err != nil {
+		out := d.batch
+		if d.cfg.Local {
+			var err error
+			if out, err = d.writeLocal(x); err != nil {
+				return false, 0, err
+			}
+		}
+		if err := x.world.Output(x.point, replay.OutputDisk, out); err != nil {
 			return false, 0, err
 		}
 	}
 	x.setResult(uint64(len(reqs)))
 	return false, 0, nil
+}
+
+// readLocal reads a local disk: each side its own copy, nothing logged
+// but a hash of what was read, an output that the backup's replay checks
+// against its own, so copies that differ where the guest reads are a
+// divergence, caught at that read.
+func (d *disk) readLocal(x *exitContext) error {
+	if d.local == nil {
+		return x.fault("a read of the local disk, but this side has no copy attached")
+	}
+	if err := d.local.ReadAt(d.offs, d.bufs); err != nil {
+		return err
+	}
+	h := crc64.New(diskHashTable)
+	for _, b := range d.bufs {
+		h.Write(b)
+	}
+	return x.world.Output(x.point, replay.OutputDisk, encodeDiskHash(d.hash[:0], h.Sum64()))
+}
+
+// writeLocal writes this side's copy of a local disk (a flush waits for
+// it), and returns the output that stands for the batch: its hash.
+func (d *disk) writeLocal(x *exitContext) ([]byte, error) {
+	if d.local == nil {
+		return nil, x.fault("a write to the local disk, but this side has no copy attached")
+	}
+	ticket, flush, err := d.local.Stage(d.batch)
+	if err != nil {
+		return nil, err
+	}
+	if !d.local.scratch {
+		if err := d.local.Apply(d.batch); err != nil {
+			return nil, err
+		}
+		if flush {
+			if err := d.local.Wait(context.Background(), ticket); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return encodeDiskHash(d.hash[:0], crc64.Checksum(d.batch, diskHashTable)), nil
+}
+
+var diskHashTable = crc64.MakeTable(crc64.ECMA)
+
+// encodeDiskHash appends a hash record: what a local disk's call logs.
+func encodeDiskHash(b []byte, h uint64) []byte {
+	b = append(b, batchHash)
+	return binary.LittleEndian.AppendUint64(b, h)
 }
 
 // validate checks count descriptors at addr and returns the requests.
@@ -186,7 +279,10 @@ func EncodeDiskWrite(b []byte, off uint64, data []byte) []byte {
 func EncodeDiskFlush(b []byte) []byte { return append(b, batchFlush) }
 
 // DiskRecord is one record of a disk batch; Data aliases the batch.
+// A Hash record stands for a local disk's call (its data stays out of the
+// batch): no disk does anything with it.
 type DiskRecord struct {
+	Hash  bool
 	Flush bool
 	Off   uint64
 	Data  []byte
@@ -205,6 +301,14 @@ func EachDiskRecord(batch []byte, size uint64, f func(DiskRecord) error) error {
 			if err := f(DiskRecord{Flush: true}); err != nil {
 				return err
 			}
+		case batchHash:
+			if len(rest) < 8 {
+				return fmt.Errorf("vmm: disk batch: a short hash record")
+			}
+			if err := f(DiskRecord{Hash: true}); err != nil {
+				return err
+			}
+			rest = rest[8:]
 		case batchWrite:
 			off, k := binary.Uvarint(rest)
 			if k <= 0 {
@@ -234,5 +338,22 @@ func (c *DiskConfig) check() error {
 	if c.Size == 0 || c.Size%DiskBlock != 0 || c.Size > MaxDiskSize {
 		return fmt.Errorf("vmm: a disk of %d bytes: the size is a non-zero multiple of %d, at most %d", c.Size, DiskBlock, uint64(MaxDiskSize))
 	}
+	if c.Digest != "" && !c.Local {
+		return fmt.Errorf("vmm: a shared disk with a digest")
+	}
+	if c.File != nil && (!c.Local || c.File.Size() != c.Size) {
+		return fmt.Errorf("vmm: the local disk's copy %s does not fit the VM's disk (%d bytes, local %t)", c.File.Path(), c.Size, c.Local)
+	}
 	return nil
+}
+
+// diskHashesOnly reports whether a batch holds only hash records: the
+// output of a local disk's call, which has nothing to write anywhere.
+func diskHashesOnly(batch []byte) bool {
+	only := true
+	err := EachDiskRecord(batch, MaxDiskSize, func(r DiskRecord) error {
+		only = only && r.Hash
+		return nil
+	})
+	return err == nil && only
 }

@@ -33,6 +33,9 @@ type DiskFile struct {
 	err     error         // the first write error: the disk is gone for this side
 	closing bool
 	done    chan struct{}
+	// scratch: writes stay in the overlay and never reach the file (a
+	// replay of a local disk, which must not change the copy it reads).
+	scratch bool
 }
 
 type overlayBlock struct {
@@ -47,8 +50,18 @@ type diskJob struct {
 
 // OpenDiskFile opens a disk image: its size is the disk's, a non-zero
 // multiple of DiskBlock of at most MaxDiskSize.
-func OpenDiskFile(path string) (*DiskFile, error) {
-	f, err := os.OpenFile(path, os.O_RDWR, 0)
+func OpenDiskFile(path string) (*DiskFile, error) { return openDiskFile(path, false) }
+
+// OpenDiskScratch opens a disk image read-only: writes stay in memory, for
+// a replay that must leave the image as it was.
+func OpenDiskScratch(path string) (*DiskFile, error) { return openDiskFile(path, true) }
+
+func openDiskFile(path string, scratch bool) (*DiskFile, error) {
+	flag := os.O_RDWR
+	if scratch {
+		flag = os.O_RDONLY
+	}
+	f, err := os.OpenFile(path, flag, 0)
 	if err != nil {
 		return nil, fmt.Errorf("vmm: disk: %w", err)
 	}
@@ -62,7 +75,7 @@ func OpenDiskFile(path string) (*DiskFile, error) {
 		f.Close()
 		return nil, fmt.Errorf("vmm: disk %s: %d bytes: a disk image is a regular file of a non-zero multiple of %d bytes, at most %d", path, size, DiskBlock, uint64(MaxDiskSize))
 	}
-	d := &DiskFile{f: f, size: size, overlay: map[uint64]overlayBlock{}, changed: make(chan struct{}), done: make(chan struct{})}
+	d := &DiskFile{f: f, size: size, overlay: map[uint64]overlayBlock{}, changed: make(chan struct{}), done: make(chan struct{}), scratch: scratch}
 	go d.writer()
 	return d, nil
 }
@@ -89,6 +102,9 @@ func (d *DiskFile) Stage(batch []byte) (ticket uint64, flush bool, err error) {
 	}
 	t := d.staged + 1
 	err = EachDiskRecord(batch, d.size, func(r DiskRecord) error {
+		if r.Hash {
+			return nil
+		}
 		if r.Flush {
 			flush = true
 			return nil
@@ -122,6 +138,9 @@ func (d *DiskFile) Apply(batch []byte) error {
 	}
 	if d.queued == d.staged {
 		return errors.New("vmm: disk: a batch applied that was never staged")
+	}
+	if d.scratch {
+		return errors.New("vmm: disk: a write to a disk opened for replay")
 	}
 	d.queued++
 	d.jobs = append(d.jobs, diskJob{ticket: d.queued, batch: append([]byte(nil), batch...)})
@@ -225,6 +244,9 @@ func (d *DiskFile) writer() {
 		}
 
 		err := EachDiskRecord(job.batch, d.size, func(r DiskRecord) error {
+			if r.Hash {
+				return nil
+			}
 			if r.Flush {
 				return unix.Fdatasync(int(d.f.Fd()))
 			}
@@ -265,6 +287,9 @@ func (d *DiskFile) Close() error {
 	d.mu.Lock()
 	err := d.err
 	d.mu.Unlock()
+	if d.scratch {
+		return d.f.Close()
+	}
 	if serr := unix.Fdatasync(int(d.f.Fd())); err == nil && serr != nil {
 		err = fmt.Errorf("vmm: disk %s: %w", d.f.Name(), serr)
 	}
@@ -300,6 +325,9 @@ func NewDiskJournal(size uint64) *DiskJournal {
 // Observe takes a replayed disk batch.
 func (j *DiskJournal) Observe(batch []byte) error {
 	return EachDiskRecord(batch, j.size, func(r DiskRecord) error {
+		if r.Hash {
+			return nil
+		}
 		if r.Flush {
 			j.gen++
 			for blk, b := range j.blocks {

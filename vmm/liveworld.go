@@ -257,7 +257,7 @@ func (w *LiveWorld) DiskRead(_ replay.ExecPoint, offs []uint64, bufs [][]byte) e
 // packets (frames as replay.AppendFrame wrote them) through the backend
 // and writes a disk batch, waiting for it when it flushes.
 func (w *LiveWorld) Output(_ replay.ExecPoint, kind replay.OutputKind, data []byte) error {
-	if kind != replay.OutputDisk {
+	if kind != replay.OutputDisk || w.disk == nil {
 		return SendOutput(w.out, w.net, nil, kind, data)
 	}
 	ticket, flush, err := w.StageDisk(data)
@@ -310,6 +310,9 @@ func SendOutput(out io.Writer, net vnet.Backend, disk *DiskFile, kind replay.Out
 	switch kind {
 	case replay.OutputDisk:
 		if disk == nil {
+			if diskHashesOnly(data) {
+				return nil // a local disk's: the machine wrote its copy itself
+			}
 			return fmt.Errorf("vmm: a disk output but no disk")
 		}
 		return disk.Apply(data)

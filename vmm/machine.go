@@ -67,7 +67,7 @@ func (c Config) Text() string {
 	}
 	if c.Disk != nil {
 		v.DiskSize = ptr(c.Disk.Size)
-		v.DiskLocal = c.Disk.Local
+		v.DiskLocal, v.DiskDigest = c.Disk.Local, c.Disk.Digest
 	}
 	b, _ := json.Marshal(v)
 	return string(b)
@@ -81,8 +81,9 @@ type configText struct {
 	Gateway string  `json:"gateway,omitempty"`
 	// The disk: absent when there is none (a config without one keeps
 	// the text, and the digest, it had before disks existed).
-	DiskSize  *uint64 `json:"disk_size,omitempty"`
-	DiskLocal bool    `json:"disk_local,omitempty"`
+	DiskSize   *uint64 `json:"disk_size,omitempty"`
+	DiskLocal  bool    `json:"disk_local,omitempty"`
+	DiskDigest string  `json:"disk_sha256,omitempty"`
 }
 
 func ptr[T any](v T) *T { return &v }
@@ -116,7 +117,7 @@ func ParseConfigText(s string) (Config, error) {
 		copy(c.NIC.MAC[:], mac)
 	}
 	if v.DiskSize != nil {
-		c.Disk = &DiskConfig{Size: *v.DiskSize, Local: v.DiskLocal}
+		c.Disk = &DiskConfig{Size: *v.DiskSize, Local: v.DiskLocal, Digest: v.DiskDigest}
 		if err := c.Disk.check(); err != nil {
 			return bad(err)
 		}
@@ -203,6 +204,9 @@ func New(b backend.Backend, img *Image, cfg Config, world replay.World) (*Machin
 		return nil, err
 	}
 	m.bus = newBus(cfg.NIC, cfg.Disk)
+	if cfg.Disk != nil && cfg.Disk.Local {
+		m.bus.disk.local = cfg.Disk.File
+	}
 	return m, nil
 }
 

@@ -77,22 +77,38 @@ func TestDiskRecordReplay(t *testing.T) {
 	}
 }
 
-// TestDiskFailoverThenColdRestart: kvstore keeps its data on a shared disk
-// (disk=1) under ftvm pair; kill -9 of the primary under load. The backup
-// goes live after writing again what the primary may not have completed,
-// and the clients' history is linearizable. Then, with both sides gone,
-// the guest starts cold from the disk alone: one GET of every key joins
-// the history, so a lost acknowledged write makes it not linearizable.
+// TestDiskFailoverThenColdRestart: kvstore keeps its data on its disk
+// (disk=1) under ftvm pair; kill -9 of the primary under load. With a
+// shared disk, the backup goes live after writing again what the primary
+// may not have completed; with a local one, its own copy has every write
+// it replayed. Either way the clients' history is linearizable. Then, with
+// both sides gone, the guest starts cold from the surviving disk alone:
+// one GET of every key joins the history, so a lost acknowledged write
+// makes it not linearizable.
 func TestDiskFailoverThenColdRestart(t *testing.T) {
 	requireBackend(t)
-	disk := newDisk(t, 16<<20)
-	out, stderr := pairTrialGuest(t, 7, 2500*time.Millisecond, has("backup: LIVE since"), []string{"disk=1"},
-		"--disk", disk, "--kill-primary-after", "800ms", "--no-reprotect")
-	if !strings.Contains(stderr, "backup: LIVE since") || !strings.Contains(stderr, "disk blocks that the primary may not have completed") {
-		t.Fatalf("the backup did not go live writing its journal again:\n%s", stderr)
+	for _, mode := range []string{"shared", "local"} {
+		t.Run(mode, func(t *testing.T) {
+			disk := newDisk(t, 16<<20)
+			arg, survivor, want := disk, disk, "disk blocks that the primary may not have completed"
+			if mode == "local" {
+				arg, survivor, want = disk+",local", disk+".backup", "backup: LIVE since"
+			}
+			out, stderr := pairTrialGuest(t, 7, 2500*time.Millisecond, has("backup: LIVE since"), []string{"disk=1"},
+				"--disk", arg, "--kill-primary-after", "800ms", "--no-reprotect")
+			if !strings.Contains(stderr, "backup: LIVE since") || !strings.Contains(stderr, want) {
+				t.Fatalf("the backup did not go live (%q):\n%s", want, stderr)
+			}
+			checkHistory(t, out, stderr)
+			coldRestartReads(t, survivor, out.Calls)
+		})
 	}
-	checkHistory(t, out, stderr)
+}
 
+// coldRestartReads starts kvstore disk=1 on disk alone, GETs every key,
+// and checks the history with those reads added.
+func coldRestartReads(t *testing.T, disk string, calls []kv.Call) {
+	t.Helper()
 	port := freeUDPPort(t)
 	wait := startFTVM(t, "run", "--net", fmt.Sprintf("user,hostfwd=udp:127.0.0.1:%d-:7000", port), "--disk", disk, guest("kvstore"), "disk=1", "requests=5") // HELLO and 4 GETs
 	c, err := kv.Dial(fmt.Sprintf("127.0.0.1:%d", port))
@@ -100,7 +116,6 @@ func TestDiskFailoverThenColdRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	calls := out.Calls
 	for k := 0; k < 4; k++ {
 		call := kv.Call{Client: 99, Op: kv.Get, Key: fmt.Sprintf("k%d", k), Start: time.Now()}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)

@@ -135,7 +135,7 @@ func (f *ftFlags) common(args []string, role string, bind bool) (ft.Common, func
 		cleanup = func() { c.Net.Close() }
 	}
 	if f.df != nil {
-		c.Disk = f.df
+		c.Disk = f.sharedDisk()
 		closeNet := cleanup
 		cleanup = func() { closeNet(); f.closeDisk() }
 	}

@@ -2,10 +2,12 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -74,8 +76,30 @@ func cmdPair(args []string) int {
 	if g.net != "" {
 		base = append(base, "--net", g.net)
 	}
-	if g.disk != "" {
+	primaryDisk, backupDisk := g.disk, g.disk
+	if path, ok := strings.CutSuffix(g.disk, ",local"); ok {
+		// Each side its own copy: the backup's is made here, a copy of the
+		// primary's, which the handshake then proves equal (its digest is
+		// in the configuration). A backup that would join later has no
+		// copy: a local disk is not re-protected.
+		copyPath := path + ".backup"
+		if err := copyFile(path, copyPath); err != nil {
+			fmt.Fprintf(os.Stderr, "ftvm pair: the backup's copy of the local disk: %v\n", err)
+			return exitFailed
+		}
+		backupDisk = copyPath + ",local"
+		if !*noReprotect {
+			pairLog("the disk is local: after a failover the guest runs unprotected (a backup that joins would need a copy of the disk)")
+			*noReprotect = true
+		}
+	} else if g.disk != "" {
 		base = append(base, "--disk", g.disk)
+	}
+	withDisk := func(d string, args []string) []string {
+		if d == "" || !strings.HasSuffix(d, ",local") {
+			return args
+		}
+		return append(args, "--disk", d)
 	}
 	if *failover != 0 {
 		base = append(base, "--failover-timeout", failover.String())
@@ -111,7 +135,7 @@ func cmdPair(args []string) int {
 		primaryTLS, backupTLS = tlsArgs("primary"), tlsArgs("backup")
 		channel = "mutual TLS, throwaway CA in " + dir
 	}
-	primaryArgs := append(append([]string{"primary", "--backup", addr, "--join-listen", joinAddrs[0]}, primaryTLS...), with("--metrics", *metricsP, common)...)
+	primaryArgs := withDisk(primaryDisk, append(append([]string{"primary", "--backup", addr, "--join-listen", joinAddrs[0]}, primaryTLS...), with("--metrics", *metricsP, common)...))
 	if g.pcap != "" {
 		primaryArgs = append(primaryArgs, "--pcap", g.pcap)
 	}
@@ -121,7 +145,7 @@ func cmdPair(args []string) int {
 	sup := &ft.PairSupervisor{
 		Exe:               exe,
 		PrimaryArgs:       append(primaryArgs, fs.Args()...),
-		BackupArgs:        append(append(append([]string{"backup", "--listen", addr, "--join-listen", joinAddrs[1]}, backupTLS...), with("--metrics", *metricsB, common)...), fs.Args()...),
+		BackupArgs:        append(withDisk(backupDisk, append(append([]string{"backup", "--listen", addr, "--join-listen", joinAddrs[1]}, backupTLS...), with("--metrics", *metricsB, common)...)), fs.Args()...),
 		PrimaryJoinListen: joinAddrs[0], BackupJoinListen: joinAddrs[1],
 		Failovers: *failovers,
 		Stdin:     os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
@@ -171,4 +195,26 @@ func freeTCPAddr() (string, error) {
 	}
 	defer ln.Close()
 	return ln.Addr().String(), nil
+}
+
+// copyFile copies src to dst (made or replaced), synced.
+func copyFile(src, dst string) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	if err := out.Sync(); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
 }

@@ -47,8 +47,8 @@ func cmdRecord(args []string) int {
 	ctx, cancel := interruptContext()
 	defer cancel()
 	live := vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout)
-	if g.df != nil {
-		live.AttachDisk(g.df)
+	if d := g.sharedDisk(); d != nil {
+		live.AttachDisk(d)
 	}
 	netb, err := g.openNet(true)
 	if err != nil {

@@ -47,7 +47,7 @@ func (g *guestFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&g.net, "net", "", "a NIC: user,hostfwd=udp:HOSTADDR:HOSTPORT-:GUESTPORT[,...] or tap,ifname=NAME[,ip=A.B.C.D/N,gw=A.B.C.D]")
 	fs.StringVar(&g.pcap, "pcap", "", "write every frame the guest sends and receives to `FILE` (pcap)")
 	fs.StringVar(&g.vmID, "vm-id", "ftvm", "the VM's name (its default MAC derives from it)")
-	fs.StringVar(&g.disk, "disk", "", "a disk: the image `FILE` (its size is the disk's, a multiple of 4 KiB), shared by primary and backup: only the live side writes it")
+	fs.StringVar(&g.disk, "disk", "", "a disk: the image `FILE` (its size is the disk's, a multiple of 4 KiB), shared by primary and backup (only the live side writes it); FILE,local: each side has a copy of its own and writes it")
 }
 
 // openDisk opens --disk, if given, into g.df and cfg.Disk.
@@ -56,8 +56,8 @@ func (g *guestFlags) openDisk(cfg *vmm.Config) error {
 		return nil
 	}
 	path, mode, _ := strings.Cut(g.disk, ",")
-	if mode != "" {
-		return usagef("--disk %s: unknown mode %q (a shared disk is --disk FILE)", g.disk, mode)
+	if mode != "" && mode != "local" {
+		return usagef("--disk %s: unknown mode %q (FILE for a shared disk, FILE,local for a copy on each side)", g.disk, mode)
 	}
 	d, err := vmm.OpenDiskFile(path)
 	if err != nil {
@@ -65,7 +65,24 @@ func (g *guestFlags) openDisk(cfg *vmm.Config) error {
 	}
 	g.df = d
 	cfg.Disk = &vmm.DiskConfig{Size: d.Size()}
+	if mode == "local" {
+		// Both sides' copies must be the same when the VM starts: their
+		// digest is part of the configuration the handshake compares.
+		if cfg.Disk.Digest, err = vmm.DiskDigest(path); err != nil {
+			return err
+		}
+		cfg.Disk.Local, cfg.Disk.File = true, d
+	}
 	return nil
+}
+
+// sharedDisk is the disk the world reads and writes: --disk FILE, not a
+// local one (which the machine's device writes itself).
+func (g *guestFlags) sharedDisk() *vmm.DiskFile {
+	if g.df == nil || strings.HasSuffix(g.disk, ",local") {
+		return nil
+	}
+	return g.df
 }
 
 // closeDisk writes what the guest's released writes left and closes the
@@ -224,8 +241,8 @@ func cmdRun(args []string) int {
 	ctx, cancel := interruptContext()
 	defer cancel()
 	world := vmm.NewLiveWorld(ctx, os.Stdin, os.Stdout)
-	if g.df != nil {
-		world.AttachDisk(g.df)
+	if d := g.sharedDisk(); d != nil {
+		world.AttachDisk(d)
 	}
 	netb, err := g.openNet(true)
 	if err != nil {

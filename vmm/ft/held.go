@@ -68,8 +68,8 @@ func (h *holdingWorld) now() time.Duration { return time.Since(h.start) }
 // the channel send that entry at once (VM-FT flushes the log as soon as an
 // output waits on it).
 func (h *holdingWorld) HoldOutput(_ replay.ExecPoint, seq uint64, kind replay.OutputKind, data []byte) error {
-	if kind != replay.OutputDisk {
-		return h.hold(seq, kind, data)
+	if kind != replay.OutputDisk || h.Disk() == nil {
+		return h.hold(seq, kind, data) // a local disk's outputs are hashes
 	}
 	// A disk batch: reads see it from now on; the file only once it is
 	// released. A flush's call returns when the flush is done.

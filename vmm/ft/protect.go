@@ -241,6 +241,10 @@ func (p *protection) join(s *logchannel.Sender) error {
 		s.Close()
 		return errors.New("the guest is not running")
 	}
+	if d := o.Config.Disk; d != nil && d.Local {
+		s.Close()
+		return errors.New("the guest's disk is local: a backup that joins would need a copy of it, which is not transferred (a shared disk can be re-protected)")
+	}
 	gen, err := TakeEpoch(p.ctx, o.Arbiter, o.VMID, o.Claimant)
 	if err != nil {
 		s.Close()
