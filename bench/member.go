@@ -55,6 +55,9 @@ type MemberSpec struct {
 	// CPUProfile, if set, is where the member writes a CPU profile of
 	// the whole process while its VM runs.
 	CPUProfile string
+	// Disk is the VM's disk image (this member's copy of a local one).
+	Disk      string
+	DiskLocal bool
 }
 
 // MemberStats are one member process's figures, measured by the process
@@ -174,6 +177,11 @@ func runMember(ctx context.Context, spec MemberSpec, stderr io.Writer) (MemberSt
 	logf := func(format string, args ...any) {
 		fmt.Fprintf(stderr, "bench member %s: %s\n", spec.Role, fmt.Sprintf(format, args...))
 	}
+	disk, err := openBenchDisk(spec.Disk, spec.DiskLocal, &cfg)
+	if err != nil {
+		return st, err
+	}
+	defer disk.Close()
 	var before runtime.MemStats
 	runtime.ReadMemStats(&before)
 	began := time.Now()
@@ -189,6 +197,9 @@ func runMember(ctx context.Context, spec MemberSpec, stderr io.Writer) (MemberSt
 			defer nb.Close()
 			live.AttachNet(nb)
 		}
+		if disk.shared != nil {
+			live.AttachDisk(disk.shared)
+		}
 		fmt.Fprintln(stderr, memberReadyLine)
 		var end session.End
 		end, runErr = session.RunOn(ctx, be, img, cfg, live)
@@ -201,6 +212,7 @@ func runMember(ctx context.Context, spec MemberSpec, stderr io.Writer) (MemberSt
 		if common.Net != nil {
 			defer common.Net.Close()
 		}
+		common.Disk = disk.shared
 		if spec.Role == RolePrimary {
 			var ps ft.PrimaryStats
 			_, runErr = ft.RunPrimary(ctx, ft.PrimaryOptions{Common: common, BackupAddr: spec.Addr,

@@ -56,6 +56,10 @@ type vmSpec struct {
 	// ImagePath and NetSpec are Image and Net as a member process gets
 	// them: the ELF file and the --net spec.
 	ImagePath, NetSpec string
+	// Disk is the disk image, or ""; DiskLocal gives each side a copy of
+	// its own: the backup's is Disk+".backup", which the caller makes.
+	Disk      string
+	DiskLocal bool
 	// Ready, if set, is called once the VM runs, and the VM is stopped when
 	// it returns (for servers that never exit).
 	Ready func(ctx context.Context)
@@ -88,10 +92,18 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 	} else {
 		close(readyDone)
 	}
+	pdisk, err := openBenchDisk(spec.Disk, spec.DiskLocal, &spec.Config)
+	if err != nil {
+		return vmRun{Err: err}
+	}
+	defer pdisk.Close()
 	began := time.Now()
 	switch mode {
 	case Plain, Record:
 		live := vmm.NewLiveWorld(ctx, strings.NewReader(spec.Stdin), stdout)
+		if pdisk.shared != nil {
+			live.AttachDisk(pdisk.shared)
+		}
 		nb, err := openNet(true)
 		if err != nil {
 			return vmRun{Err: err}
@@ -110,7 +122,7 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 		enc.Flush()
 		run.Log = log.Bytes()
 	case FT, FTNoTLS:
-		run.Err = runFT(ctx, spec, stdout, openNet, arbDir, mode == FTNoTLS, &run)
+		run.Err = runFT(ctx, spec, pdisk, stdout, openNet, arbDir, mode == FTNoTLS, &run)
 	}
 	run.Elapsed = time.Since(began)
 	if spec.Ready != nil && errors.Is(run.Err, vmm.ErrInterrupted) {
@@ -122,7 +134,20 @@ func startVM(ctx context.Context, mode Mode, spec vmSpec, arbDir string) vmRun {
 	return run
 }
 
-func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool) (vnet.Backend, error), arbDir string, inClear bool, run *vmRun) error {
+func runFT(ctx context.Context, spec vmSpec, pdisk vmDisk, stdout io.Writer, openNet func(bool) (vnet.Backend, error), arbDir string, inClear bool, run *vmRun) error {
+	bcfg := spec.Config
+	bdisk := pdisk // a shared disk: the backup opens it too, as on another host
+	if spec.Disk != "" {
+		path := spec.Disk
+		if spec.DiskLocal {
+			path += ".backup"
+		}
+		var err error
+		if bdisk, err = openBenchDisk(path, spec.DiskLocal, &bcfg); err != nil {
+			return err
+		}
+		defer bdisk.Close()
+	}
 	arb, err := splitbrain.Open("file://" + arbDir)
 	if err != nil {
 		return err
@@ -151,8 +176,12 @@ func runFT(ctx context.Context, spec vmSpec, stdout io.Writer, openNet func(bool
 		if inClear {
 			channel = logchannel.Config{InsecureNoTLS: true}
 		}
-		return ft.Common{Backend: spec.Backend, Image: spec.Image, Config: spec.Config, VMID: "bench", Generation: gen, Arbiter: arb,
-			Claimant: role, Stdin: in, Stdout: out, Net: nb, Channel: channel}
+		cfg, disk := spec.Config, pdisk.shared
+		if role == "backup" {
+			cfg, disk = bcfg, bdisk.shared
+		}
+		return ft.Common{Backend: spec.Backend, Image: spec.Image, Config: cfg, VMID: "bench", Generation: gen, Arbiter: arb,
+			Claimant: role, Stdin: in, Stdout: out, Net: nb, Disk: disk, Channel: channel}
 	}
 	bnet, err := openNet(false)
 	if err != nil {
@@ -195,4 +224,42 @@ func (l *lockedBuilder) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.b.Write(p)
+}
+
+// vmDisk is a VM's disk in a benchmark: shared (the world's) or a local
+// copy (in the config).
+type vmDisk struct {
+	shared, local *vmm.DiskFile
+}
+
+// openBenchDisk opens path ("" for none) and puts the disk in cfg.
+func openBenchDisk(path string, local bool, cfg *vmm.Config) (vmDisk, error) {
+	if path == "" {
+		return vmDisk{}, nil
+	}
+	d, err := vmm.OpenDiskFile(path)
+	if err != nil {
+		return vmDisk{}, err
+	}
+	cfg.Disk = &vmm.DiskConfig{Size: d.Size()}
+	if !local {
+		return vmDisk{shared: d}, nil
+	}
+	digest, err := vmm.DiskDigest(path)
+	if err != nil {
+		d.Close()
+		return vmDisk{}, err
+	}
+	cfg.Disk.Local, cfg.Disk.Digest, cfg.Disk.File = true, digest, d
+	return vmDisk{local: d}, nil
+}
+
+// Close closes the disk, whichever it is.
+func (b vmDisk) Close() {
+	if b.shared != nil {
+		b.shared.Close()
+	}
+	if b.local != nil {
+		b.local.Close()
+	}
 }

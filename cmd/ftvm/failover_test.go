@@ -188,7 +188,7 @@ func TestBenchQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, want := range []string{"the " + b.Name() + " backend", "Table 1 analog", "| cpu |", "| kvstore |", "netsink receive", "netsource transmit",
-		"Output Rule added", "silent death", "Re-protection after a failover", "| 64 MiB | idle | 1 |", "| 64 MiB | kvstore, 3 clients | 1 |", "Log composition"} {
+		"Output Rule added", "| disk read shared |", "| disk write local |", "silent death", "Re-protection after a failover", "| 64 MiB | idle | 1 |", "| 64 MiB | kvstore, 3 clients | 1 |", "Log composition"} {
 		if !strings.Contains(string(report), want) {
 			t.Errorf("report lacks %q", want)
 		}
