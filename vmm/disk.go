@@ -189,7 +189,7 @@ func (d *disk) writeLocal(x *exitContext) ([]byte, error) {
 	if d.local == nil {
 		return nil, x.fault("a write to the local disk, but this side has no copy attached")
 	}
-	ticket, flush, err := d.local.Stage(d.batch)
+	ticket, flush, err := d.local.Stage(context.Background(), d.batch)
 	if err != nil {
 		return nil, err
 	}

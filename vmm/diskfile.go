@@ -28,6 +28,11 @@ type DiskFile struct {
 	staged  uint64                  // batches staged (tickets given)
 	queued  uint64                  // batches applied (queued for the writer)
 	written uint64                  // batches written (and synced where they flushed)
+	// unwritten is the bytes of the batches staged and not yet written:
+	// Stage waits while it is over maxUnwrittenDisk, so a guest that
+	// writes faster than the file takes it is held back, not buffered
+	// without end.
+	unwritten int
 	jobs    []diskJob
 	changed chan struct{} // closed and replaced when written or err changes, or a job comes
 	err     error         // the first write error: the disk is gone for this side
@@ -92,11 +97,28 @@ func (d *DiskFile) wakeLocked() {
 	d.changed = make(chan struct{})
 }
 
+// maxUnwrittenDisk bounds the bytes staged and not yet written.
+const maxUnwrittenDisk = 32 << 20
+
 // Stage takes a disk batch at the exit that wrote it: reads see its data
-// from now on. It returns the batch's ticket and whether it flushes.
-func (d *DiskFile) Stage(batch []byte) (ticket uint64, flush bool, err error) {
+// from now on. It returns the batch's ticket and whether it flushes. While
+// too much is staged and not yet written it waits (ctx ends the wait):
+// what is staged is written once it is released, which acks do, not the
+// caller.
+func (d *DiskFile) Stage(ctx context.Context, batch []byte) (ticket uint64, flush bool, err error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	for !d.scratch && d.err == nil && d.unwritten > 0 && d.unwritten+len(batch) > maxUnwrittenDisk {
+		ch := d.changed
+		d.mu.Unlock()
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			d.mu.Lock()
+			return 0, false, ErrInterrupted
+		}
+		d.mu.Lock()
+	}
 	if d.err != nil {
 		return 0, false, d.err
 	}
@@ -125,6 +147,9 @@ func (d *DiskFile) Stage(batch []byte) (ticket uint64, flush bool, err error) {
 		return 0, false, err
 	}
 	d.staged = t
+	if !d.scratch {
+		d.unwritten += len(batch)
+	}
 	return t, flush, nil
 }
 
@@ -269,6 +294,7 @@ func (d *DiskFile) writer() {
 				return nil
 			})
 			d.written = job.ticket
+			d.unwritten -= len(job.batch)
 		}
 		d.wakeLocked()
 		d.mu.Unlock()

@@ -279,7 +279,7 @@ func (w *LiveWorld) StageDisk(data []byte) (ticket uint64, flush bool, err error
 	if w.disk == nil {
 		return 0, false, errors.New("vmm: a disk write but no disk attached")
 	}
-	return w.disk.Stage(data)
+	return w.disk.Stage(w.ctx, data)
 }
 
 // WaitDisk waits until the batch of ticket is written: a flush's call
