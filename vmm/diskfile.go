@@ -33,11 +33,11 @@ type DiskFile struct {
 	// writes faster than the file takes it is held back, not buffered
 	// without end.
 	unwritten int
-	jobs    []diskJob
-	changed chan struct{} // closed and replaced when written or err changes, or a job comes
-	err     error         // the first write error: the disk is gone for this side
-	closing bool
-	done    chan struct{}
+	jobs      []diskJob
+	changed   chan struct{} // closed and replaced when written or err changes, or a job comes
+	err       error         // the first write error: the disk is gone for this side
+	closing   bool
+	done      chan struct{}
 	// scratch: writes stay in the overlay and never reach the file (a
 	// replay of a local disk, which must not change the copy it reads).
 	scratch bool
