@@ -27,10 +27,11 @@ type protection struct {
 	ctx    context.Context
 	cancel context.CancelFunc // stops the run (a halt)
 
-	rec  *replay.Recorder
-	sink *gatedSink
-	hw   *holdingWorld
-	thr  *throttledSink
+	rec     *replay.Recorder
+	sink    *gatedSink
+	hw      *holdingWorld
+	thr     *throttledSink
+	console *consoleQueue // where released console output goes
 
 	machine atomic.Pointer[vmm.Machine]
 	gen     atomic.Uint64 // the epoch claims are made in
@@ -69,7 +70,9 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 		inner = sender
 	}
 	p.sink = newGatedSink(inner)
-	p.hw = newHoldingWorld(ctx, live, o.send, p.sink.Flush, o.Metrics)
+	p.console = newConsoleQueue(o.Stdout, maxConsoleQueued)
+	p.hw = newHoldingWorld(ctx, live, p.send, p.sink.Flush, o.Metrics)
+	p.console.onRoom = p.hw.resume
 	if maxLag == 0 {
 		maxLag = logchannel.DefaultMaxLag
 	}
@@ -100,6 +103,17 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 	p.hw.reportReleased, p.hw.mayRelease = sender.Released, sender.MayRelease
 	p.attach(sender)
 	return p
+}
+
+// send delivers a released output: console output to the console queue,
+// which never blocks (errConsoleFull when it has no room), packets to the
+// network backend at once (the TAP device and the user network's UDP
+// sockets take a frame without waiting for anyone).
+func (p *protection) send(kind replay.OutputKind, data []byte) error {
+	if kind == replay.OutputConsole {
+		return p.console.offer(data)
+	}
+	return vmm.SendOutput(nil, p.o.Net, kind, data)
 }
 
 // discardSink takes entries while nothing records them (before the first
@@ -333,9 +347,12 @@ func (p *protection) join(s *logchannel.Sender) error {
 	return nil
 }
 
-// close stops sharing the NAT and closes the channel of a backup that
-// joined (the caller closes the one it dialed).
+// close stops sharing the NAT, closes the channel of a backup that
+// joined (the caller closes the one it dialed), and waits until the
+// console output released so far is written: a guest's last words must
+// appear before ftvm exits, whichever way the run ended.
 func (p *protection) close() {
+	defer p.console.flush()
 	if s := p.joining.Load(); s != nil {
 		// The run ended under a transfer: end it, so that the machine's
 		// RAM is released now rather than when the backup gives up.
@@ -377,8 +394,11 @@ func (p *protection) drain() error {
 		case <-changed:
 		}
 	}
-	if p.hw.sendErr != nil {
-		return p.hw.sendErr
+	if err := p.console.flush(); err != nil {
+		return err
+	}
+	if err := p.hw.sendError(); err != nil {
+		return err
 	}
 	if s := p.current(); s != nil {
 		_ = s.FlushReports()
