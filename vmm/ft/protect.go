@@ -136,7 +136,9 @@ func (p *protection) attach(sender *logchannel.Sender) {
 	}
 	p.mu.Unlock()
 	p.thr.lag = sender.WaitLag
-	go p.pumpAcks(sender)
+	// The channel's reader releases the outputs an ack covers itself, a
+	// hand-off to another goroutine less per ack; Ack never blocks.
+	sender.OnAck(p.hw.Ack)
 	go p.watch(sender)
 }
 
@@ -145,19 +147,6 @@ func (p *protection) current() *logchannel.Sender {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.sender
-}
-
-func (p *protection) pumpAcks(s *logchannel.Sender) {
-	for {
-		select {
-		case seq := <-s.Acks():
-			p.hw.Ack(seq)
-		case <-s.PeerLost():
-			return
-		case <-p.ctx.Done():
-			return
-		}
-	}
 }
 
 // watch decides, when the backup behind s is lost, whether this side
