@@ -83,7 +83,11 @@ type Sender struct {
 	flowBlockedTime, lagWaitDur time.Duration
 
 	ackCh chan uint64
-	wg    sync.WaitGroup
+	// ackMu orders the deliveries of acks: to onAckFn once OnAck set it,
+	// else on ackCh.
+	ackMu   sync.Mutex
+	onAckFn func(uint64)
+	wg      sync.WaitGroup
 
 	// The state transfer of a joining pairing (Hello.Join).
 	join     bool
@@ -443,6 +447,17 @@ func (s *Sender) onAck(seq, exit uint64, now time.Duration) error {
 	s.notifyLocked()
 	s.st.Unlock()
 	if grew {
+		s.ackMu.Lock()
+		defer s.ackMu.Unlock()
+		if s.onAckFn != nil {
+			// Not once the Sender stopped: the acks of a lost backup
+			// must not release outputs once the loss is being decided
+			// on (the decision releases them, or not).
+			if !s.dead.Load() {
+				s.onAckFn(seq)
+			}
+			return nil
+		}
 		// Only this goroutine sends on ackCh, and the channel holds one
 		// value: drop a value the consumer has not taken (acks are
 		// cumulative) and the send cannot block.
@@ -661,6 +676,26 @@ func (s *Sender) Acked() uint64 {
 // reader of the connection never waits for it. The channel is never
 // closed; select on PeerLost too.
 func (s *Sender) Acks() <-chan uint64 { return s.ackCh }
+
+// OnAck makes the reader of the connection call f with the highest
+// acknowledged Seq each time it grows, in order, instead of delivering it
+// on Acks; an ack already waiting on Acks goes to f at once. That saves a
+// hand-off to another goroutine, and the wake-up of a thread it may cost,
+// per ack: the acks are what releases held outputs. f runs on the reader:
+// it must not block, nor wait for anything this Sender does. Once the
+// Sender has stopped, f gets no more acks.
+func (s *Sender) OnAck(f func(seq uint64)) {
+	s.ackMu.Lock()
+	defer s.ackMu.Unlock()
+	s.onAckFn = f
+	select {
+	case seq := <-s.ackCh:
+		if !s.dead.Load() {
+			f(seq)
+		}
+	default:
+	}
+}
 
 // WaitAcked blocks until the backup has acknowledged seq, the Sender
 // stops (its error) or ctx ends.

@@ -46,9 +46,16 @@ type holdingWorld struct {
 	// mayRelease, if set, is asked before acknowledged outputs leave
 	// (logchannel.Sender.MayRelease): an error means the backup may have
 	// gone live meanwhile, and they wait in blocked, in order, for the
-	// arbiter: goSolo sends them if this side won.
+	// arbiter (fenced): goSolo sends them if this side won.
 	mayRelease func() error
-	blocked    []outputrule.Released
+	fenced     bool
+	// blocked are acknowledged outputs that have not left, in order:
+	// fenced, or behind one that a sink could not take yet (send returned
+	// errConsoleFull; resume sends them on). Their bytes count against
+	// maxHeldBytes with the held ones', so that the vCPU waits while a
+	// sink is stuck.
+	blocked      []outputrule.Released
+	blockedBytes int
 }
 
 var _ replay.OutputHolder = (*holdingWorld)(nil)
@@ -90,11 +97,24 @@ func (h *holdingWorld) hold(seq uint64, kind replay.OutputKind, data []byte) err
 	for {
 		h.mu.Lock()
 		if h.solo {
-			err := h.send(kind, data)
+			done, err := h.passLocked(seq, kind, data)
+			if done {
+				h.mu.Unlock()
+				return err
+			}
+			wake := h.waitAckLocked()
 			h.mu.Unlock()
-			return err
+			select {
+			case <-wake:
+			case <-h.ctx.Done():
+				return vmm.ErrInterrupted
+			}
+			continue
 		}
-		err := h.rule.Hold(seq, kind, data, h.now())
+		err := outputrule.ErrFull
+		if h.roomLocked(len(data)) {
+			err = h.rule.Hold(seq, kind, data, h.now())
+		}
 		if err == nil {
 			h.lastHeld = seq
 			h.m.held(h.rule.Held())
@@ -119,7 +139,37 @@ func (h *holdingWorld) hold(seq uint64, kind replay.OutputKind, data []byte) err
 	}
 }
 
-// Ack is called in order for each acknowledgement from the backup.
+// passLocked sends an output of a side alone at once, or, while earlier
+// outputs wait for a sink, queues it behind them. It returns false, having
+// done nothing, when the outputs waiting are at the bound: the caller
+// waits for room (wakeLocked) and tries again.
+func (h *holdingWorld) passLocked(seq uint64, kind replay.OutputKind, data []byte) (bool, error) {
+	if len(h.blocked) == 0 {
+		err := h.send(kind, data)
+		if !errors.Is(err, errConsoleFull) {
+			return true, err
+		}
+	} else if h.blockedBytes+len(data) > maxHeldBytes {
+		return false, nil
+	}
+	h.blocked = append(h.blocked, outputrule.Released{Seq: seq, Kind: kind, Data: append([]byte(nil), data...)})
+	h.blockedBytes += len(data)
+	return true, nil
+}
+
+// roomLocked says whether an output of n bytes may be held now that
+// acknowledged outputs wait for a sink: their bytes count too.
+func (h *holdingWorld) roomLocked(n int) bool {
+	if h.blockedBytes == 0 {
+		return true // the Rule checks its own bound
+	}
+	_, held := h.rule.Held()
+	return h.blockedBytes+held+n <= maxHeldBytes
+}
+
+// Ack is called in order for each acknowledgement from the backup, on the
+// logging channel's reader: it must not block, and does not (a sink that
+// cannot take an output refuses it, and the outputs wait in blocked).
 func (h *holdingWorld) Ack(seq uint64) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -149,17 +199,32 @@ func (h *holdingWorld) wakeLocked() {
 func (h *holdingWorld) goSolo() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	h.solo = true
+	h.solo, h.fenced = true, false
 	blocked := h.blocked
-	h.blocked = nil
+	h.blocked, h.blockedBytes = nil, 0
 	h.releaseLocked(append(blocked, h.rule.Ack(^uint64(0), h.now())...))
+	h.wakeLocked()
+}
+
+// resume sends on the outputs that waited for a sink once it has room
+// (consoleQueue.onRoom), unless they wait for the arbiter.
+func (h *holdingWorld) resume() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fenced || len(h.blocked) == 0 {
+		return
+	}
+	blocked := h.blocked
+	h.blocked, h.blockedBytes = nil, 0
+	h.releaseLocked(blocked)
 	h.wakeLocked()
 }
 
 // protectAgain makes outputs wait for a backup again: one that joined with
 // the state after entry seq, whose acks (and only those) release every
 // later output. Nothing is held when it is called: a side alone released
-// everything at once.
+// everything at once (some of it may still wait in blocked for the
+// console, and leaves first).
 func (h *holdingWorld) protectAgain(seq uint64, reportReleased func(uint64), mayRelease func() error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -169,6 +234,13 @@ func (h *holdingWorld) protectAgain(seq uint64, reportReleased func(uint64), may
 	h.rule.Ack(seq, h.now())
 	h.reportReleased = reportReleased
 	h.m.held(h.rule.Held())
+}
+
+// sendError returns the first error of a sink an output was released to.
+func (h *holdingWorld) sendError() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sendErr
 }
 
 // pending reports whether every held output has left and, if not, a
@@ -191,14 +263,24 @@ func (h *holdingWorld) releaseLocked(rel []outputrule.Released) {
 		// side paused (SIGSTOP) in the middle of a batch must not send
 		// the rest when it wakes. Outputs leave in order: once one waits,
 		// so do the later ones.
-		if !h.solo && (len(h.blocked) > 0 || h.mayRelease != nil && h.mayRelease() != nil) {
-			h.blocked = append(h.blocked, rel[i:]...)
+		wait := len(h.blocked) > 0
+		if !wait && !h.solo && h.mayRelease != nil && h.mayRelease() != nil {
+			wait, h.fenced = true, true
+		}
+		if !wait {
+			err := h.send(r.Kind, r.Data)
+			if wait = errors.Is(err, errConsoleFull); !wait && err != nil && h.sendErr == nil {
+				h.sendErr = err
+			}
+		}
+		if wait {
+			for _, b := range rel[i:] {
+				h.blocked = append(h.blocked, b)
+				h.blockedBytes += len(b.Data)
+			}
 			break
 		}
 		sent++
-		if err := h.send(r.Kind, r.Data); err != nil && h.sendErr == nil {
-			h.sendErr = err
-		}
 		h.m.released(r.Delay)
 		if h.record {
 			h.delays = append(h.delays, r.Delay)

@@ -81,10 +81,6 @@ func (c *Common) hello() logchannel.Hello {
 		ImageSHA256: c.Image.Hash, ConfigDigest: vmm.ConfigDigest(c.Config)}
 }
 
-func (c *Common) send(kind replay.OutputKind, data []byte) error {
-	return vmm.SendOutput(c.Stdout, c.Net, c.Disk, kind, data)
-}
-
 // PrimaryOptions configure RunPrimary.
 type PrimaryOptions struct {
 	Common

@@ -27,10 +27,11 @@ type protection struct {
 	ctx    context.Context
 	cancel context.CancelFunc // stops the run (a halt)
 
-	rec  *replay.Recorder
-	sink *gatedSink
-	hw   *holdingWorld
-	thr  *throttledSink
+	rec     *replay.Recorder
+	sink    *gatedSink
+	hw      *holdingWorld
+	thr     *throttledSink
+	console *consoleQueue // where released console output goes
 
 	machine atomic.Pointer[vmm.Machine]
 	gen     atomic.Uint64 // the epoch claims are made in
@@ -69,7 +70,9 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 		inner = sender
 	}
 	p.sink = newGatedSink(inner)
-	p.hw = newHoldingWorld(ctx, live, o.send, p.sink.Flush, o.Metrics)
+	p.console = newConsoleQueue(o.Stdout, maxConsoleQueued)
+	p.hw = newHoldingWorld(ctx, live, p.send, p.sink.Flush, o.Metrics)
+	p.console.onRoom = p.hw.resume
 	if maxLag == 0 {
 		maxLag = logchannel.DefaultMaxLag
 	}
@@ -102,6 +105,18 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 	return p
 }
 
+// send delivers a released output: console output to the console queue,
+// which never blocks (errConsoleFull when it has no room), packets to the
+// network backend at once (the TAP device and the user network's UDP
+// sockets take a frame without waiting for anyone), a disk batch to the
+// shared disk's writer (DiskFile.Apply queues it and never blocks).
+func (p *protection) send(kind replay.OutputKind, data []byte) error {
+	if kind == replay.OutputConsole {
+		return p.console.offer(data)
+	}
+	return vmm.SendOutput(nil, p.o.Net, p.o.Disk, kind, data)
+}
+
 // discardSink takes entries while nothing records them (before the first
 // join of a side that starts alone; the gated sink drops them anyway).
 type discardSink struct{}
@@ -122,7 +137,9 @@ func (p *protection) attach(sender *logchannel.Sender) {
 	}
 	p.mu.Unlock()
 	p.thr.lag = sender.WaitLag
-	go p.pumpAcks(sender)
+	// The channel's reader releases the outputs an ack covers itself, a
+	// hand-off to another goroutine less per ack; Ack never blocks.
+	sender.OnAck(p.hw.Ack)
 	go p.watch(sender)
 }
 
@@ -131,19 +148,6 @@ func (p *protection) current() *logchannel.Sender {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.sender
-}
-
-func (p *protection) pumpAcks(s *logchannel.Sender) {
-	for {
-		select {
-		case seq := <-s.Acks():
-			p.hw.Ack(seq)
-		case <-s.PeerLost():
-			return
-		case <-p.ctx.Done():
-			return
-		}
-	}
 }
 
 // watch decides, when the backup behind s is lost, whether this side
@@ -345,9 +349,12 @@ func (p *protection) join(s *logchannel.Sender) error {
 	return nil
 }
 
-// close stops sharing the NAT and closes the channel of a backup that
-// joined (the caller closes the one it dialed).
+// close stops sharing the NAT, closes the channel of a backup that
+// joined (the caller closes the one it dialed), and waits until the
+// console output released so far is written: a guest's last words must
+// appear before ftvm exits, whichever way the run ended.
 func (p *protection) close() {
+	defer p.console.flush()
 	if s := p.joining.Load(); s != nil {
 		// The run ended under a transfer: end it, so that the machine's
 		// RAM is released now rather than when the backup gives up.
@@ -389,8 +396,11 @@ func (p *protection) drain() error {
 		case <-changed:
 		}
 	}
-	if p.hw.sendErr != nil {
-		return p.hw.sendErr
+	if err := p.console.flush(); err != nil {
+		return err
+	}
+	if err := p.hw.sendError(); err != nil {
+		return err
 	}
 	if s := p.current(); s != nil {
 		_ = s.FlushReports()
