@@ -149,9 +149,10 @@ static struct ent *store(const uint8_t *k, size_t kn, const uint8_t *a, size_t a
 	size_t need = sizeof(struct ent) + kn + an + bn;
 	if (old && mem_cap(old) >= need) {
 		uint8_t *v = old->data + kn;
-		if (a != v)
+		if (an > 0 && a != v)
 			memmove(v, a, an);
-		memmove(v + an, b, bn);
+		if (bn > 0)
+			memmove(v + an, b, bn);
 		old->vlen = (uint32_t)(an + bn);
 		return old;
 	}
@@ -163,8 +164,10 @@ static struct ent *store(const uint8_t *k, size_t kn, const uint8_t *a, size_t a
 	e->vlen = (uint32_t)(an + bn);
 	e->pad = 0;
 	memcpy(e->data, k, kn);
-	memcpy(e->data + kn, a, an);
-	memcpy(e->data + kn + an, b, bn);
+	if (an > 0)
+		memcpy(e->data + kn, a, an);
+	if (bn > 0)
+		memcpy(e->data + kn + an, b, bn);
 	if (old) {
 		e->next = old->next;
 		*pp = e;
@@ -251,7 +254,8 @@ static int reserve(uint8_t **buf, uint32_t len, uint32_t *cap, size_t n, size_t 
 	uint8_t *nb = mem_alloc(want);
 	if (nb == NULL)
 		return -1;
-	memcpy(nb, *buf, len);
+	if (len > 0)
+		memcpy(nb, *buf, len);
 	mem_free(*buf);
 	*buf = nb;
 	*cap = (uint32_t)mem_cap(nb);
