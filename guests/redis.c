@@ -1,7 +1,10 @@
 /* redis: a Redis-protocol (RESP) server over TCP, for unmodified clients (redis-cli,
  * redis-benchmark).
  *
- *   redis [port=6379] [conns=256]
+ *   redis [port=6379] [conns=256] [commands=N]
+ *
+ * commands=N (default 0: never) makes the server exit 0 once it has executed N commands and
+ * transmitted what they answered: a run with a definite end, for record/replay.
  *
  * TCP is lwIP's (lwip/, NO_SYS, the raw callback API) over the VMM's NIC (lwip/ftvmif.c);
  * the commands, the parser and the store are resp.c (see resp.h for what is supported and
@@ -21,7 +24,7 @@
 #include "lwip/tcp.h"
 #include "lwip/ftvmif.h"
 
-const char *const guest_args[] = { "port", "conns", 0 };
+const char *const guest_args[] = { "port", "conns", "commands", 0 };
 
 #define MAX_CONNS 256 /* MEMP_NUM_TCP_PCB */
 
@@ -195,6 +198,7 @@ int main(struct ftvm_boot_info *bi)
 {
 	long port = arg_long(bi, "port", 6379);
 	max_conns = arg_long(bi, "conns", MAX_CONNS);
+	long commands = arg_long(bi, "commands", 0);
 	char ip[16];
 
 	if (port < 1 || port > 65535) {
@@ -225,8 +229,13 @@ int main(struct ftvm_boot_info *bi)
 	printf("redis: listening on %s:%ld (tcp, lwIP %s), %lu MiB for data\n",
 	       ip4addr_ntoa_r(netif_ip4_addr(&ftvmif_netif), ip, sizeof ip), port,
 	       LWIP_VERSION_STRING, (unsigned long)((bi->heap_end - bi->heap_start) >> 20));
-	for (;;) {
+	while (commands <= 0 || resp_stats.commands < (uint64_t)commands) {
 		ftvmif_wait();
 		ftvmif_poll();
 	}
+	ftvmif_flush();
+	printf("redis: executed %lu commands on %lu connections (%lu reset, %lu refused); exiting\n",
+	       (unsigned long)resp_stats.commands, (unsigned long)accepted, (unsigned long)resets,
+	       (unsigned long)refused);
+	return 0;
 }
