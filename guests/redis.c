@@ -46,8 +46,9 @@ static void conn_free(struct conn *c)
 	memset(c, 0, sizeof *c);
 }
 
-/* Close c's pcb gracefully (after what was written), or abort it. */
-static void conn_close(struct conn *c)
+/* Close c's pcb gracefully (after what was written), or abort it. Returns ERR_ABRT when it
+ * aborted the pcb: a callback must then return ERR_ABRT to lwIP. */
+static err_t conn_close(struct conn *c)
 {
 	struct tcp_pcb *pcb = c->pcb;
 	tcp_arg(pcb, NULL);
@@ -56,8 +57,11 @@ static void conn_close(struct conn *c)
 	tcp_err(pcb, NULL);
 	tcp_poll(pcb, NULL, 0);
 	conn_free(c);
-	if (tcp_close(pcb) != ERR_OK)
+	if (tcp_close(pcb) != ERR_OK) { /* no memory for the FIN */
 		tcp_abort(pcb);
+		return ERR_ABRT;
+	}
+	return ERR_OK;
 }
 
 /* Hand as much output to TCP as its send buffer takes. */
@@ -85,8 +89,9 @@ static void send_out(struct conn *c)
 		tcp_output(c->pcb);
 }
 
-/* Move pending input into the parser, execute, send. Returns -1 when c was closed. */
-static int pump(struct conn *c)
+/* Move pending input into the parser, execute, send; close c when it is done. Returns what
+ * the calling lwIP callback must return: ERR_ABRT when c's pcb was aborted, else ERR_OK. */
+static err_t pump(struct conn *c)
 {
 	for (;;) {
 		while (c->pending && resp_in_room(&c->rc) > 0) {
@@ -105,11 +110,9 @@ static int pump(struct conn *c)
 			break;
 	}
 	if ((c->rc.closing || (c->peer_closed && c->pending == NULL)) &&
-	    resp_out_pending(&c->rc) == 0) {
-		conn_close(c);
-		return -1;
-	}
-	return 0;
+	    resp_out_pending(&c->rc) == 0)
+		return conn_close(c);
+	return ERR_OK;
 }
 
 static err_t on_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p, err_t err)
@@ -130,26 +133,21 @@ static err_t on_recv(void *arg, struct tcp_pcb *pcb, struct pbuf *p, err_t err)
 	} else {
 		c->pending = p;
 	}
-	pump(c);
-	return ERR_OK;
+	return pump(c);
 }
 
 static err_t on_sent(void *arg, struct tcp_pcb *pcb, u16_t len)
 {
 	(void)pcb;
 	(void)len;
-	if (arg)
-		pump(arg);
-	return ERR_OK;
+	return arg ? pump(arg) : ERR_OK;
 }
 
 /* Every 2 s while open: retry what an earlier allocation failure left waiting. */
 static err_t on_poll(void *arg, struct tcp_pcb *pcb)
 {
 	(void)pcb;
-	if (arg)
-		pump(arg);
-	return ERR_OK;
+	return arg ? pump(arg) : ERR_OK;
 }
 
 /* The pcb is gone already (reset by the peer, or aborted). */
