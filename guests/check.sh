@@ -49,7 +49,7 @@ for elf in "$@"; do
 		esac
 	done
 	case " $ports " in *" 0x1 "*) ;; *) err "$name: no console write (out %al,\$0x1)" ;; esac
-	case $name in kvstore | netsink | netsource)
+	case $name in kvstore | netsink | netsource | redis)
 		for p in 0x20 0x21 0x22 0x4; do
 			case " $ports " in *" $p "*) ;; *) err "$name: no out to port $p (NIC info, transmit, receive, wait)" ;; esac
 		done ;;

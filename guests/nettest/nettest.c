@@ -1,5 +1,5 @@
 /* Host-side tests of the network stack (rt/net.c), the kvstore request handling (kv.c),
- * netsink and netsource, against the fake NIC of fakenic.c. Built and run by
+ * netsink and netsource, the redis guest's RESP parser and executor (resp.c, in resptest.c), against the fake NIC of fakenic.c. Built and run by
  * `make -C guests check`; prints one line per test and exits 1 on any failure.
  *
  * Frames are built and checked here with an independent checksum (ref_csum), and the
@@ -11,6 +11,8 @@
 
 #include "fakenic.h"
 #include "kv.h"
+#include "check.h"
+#include "resptest.h"
 
 /* netsink.c and netsource.c, built with NET_HOST_TEST (no main). */
 extern uint64_t netsink_packets, netsink_bytes;
@@ -20,20 +22,8 @@ void netsource_handler(const struct udp_dgram *d, void *ctx);
 void netsource_step(void);
 int netsource_busy(void);
 
-static int failures, checks;
-static const char *current;
-
-#define CHECK(cond, ...)                                                          \
-	do {                                                                      \
-		checks++;                                                         \
-		if (!(cond)) {                                                    \
-			failures++;                                               \
-			fprintf(stderr, "FAIL %s (%s:%d): %s: ", current, __FILE__, \
-				__LINE__, #cond);                                 \
-			fprintf(stderr, __VA_ARGS__);                             \
-			fprintf(stderr, "\n");                                    \
-		}                                                                 \
-	} while (0)
+int failures, checks;
+const char *current;
 
 static const uint8_t OUR_MAC[6] = { 0x52, 0x54, 0x00, 0x12, 0x34, 0x56 };
 static const uint8_t GW_MAC[6] = { 0x52, 0x55, 0x0a, 0x00, 0x02, 0x02 };
@@ -1192,6 +1182,7 @@ int main(void)
 		{ "kv_burst", test_kv_burst },
 		{ "netsink", test_netsink },
 		{ "netsource", test_netsource },
+		RESP_TESTS
 	};
 	for (size_t i = 0; i < sizeof tests / sizeof tests[0]; i++) {
 		int before = failures;
