@@ -85,8 +85,9 @@ func cmdRecord(args []string) int {
 }
 
 func cmdReplay(args []string) int {
-	fs := newFlagSet("replay", "--log FILE [--from-snapshot FILE] [--backend NAME] GUEST.elf")
+	fs := newFlagSet("replay", "--log FILE [--from-snapshot FILE] [--disk FILE] [--backend NAME] GUEST.elf")
 	logPath := fs.String("log", "", "replay the log in `FILE`")
+	diskPath := fs.String("disk", "", "for a log of a VM with a local disk: its copy as it was when the recording started, in `FILE` (read only: the replay's writes stay in memory)")
 	fromSnap := fs.String("from-snapshot", "", "start from the snapshot in `FILE` (taken while recording the log) and replay the rest of the log")
 	quiet := fs.Bool("quiet", false, "do not show the guest's console output")
 	var backendName string
@@ -133,6 +134,10 @@ func cmdReplay(args []string) int {
 	var end session.End
 	if *fromSnap != "" {
 		end, err = replayFromSnapshot(ctx, pick, img, *fromSnap, log, wrap)
+	} else if *diskPath != "" {
+		end, err = session.ReplayWithLocalDisk(ctx, pick, img, log, wrap, func(cfg *vmm.Config) error {
+			return attachReplayDisk(cfg, *diskPath)
+		})
 	} else {
 		end, err = session.Replay(ctx, pick, img, log, wrap)
 	}
@@ -251,4 +256,23 @@ func logStats(dec *replay.Decoder) int {
 		return exitFailed
 	}
 	return 0
+}
+
+// attachReplayDisk opens path for the replay of a local-disk log: read only
+// (writes stay in memory), and only if it is the copy the recording
+// started from.
+func attachReplayDisk(cfg *vmm.Config, path string) error {
+	digest, err := vmm.DiskDigest(path)
+	if err != nil {
+		return err
+	}
+	if digest != cfg.Disk.Digest {
+		return fmt.Errorf("the disk %s is not the copy the recording started from (sha256 %.16s…, recorded %.16s…)", path, digest, cfg.Disk.Digest)
+	}
+	d, err := vmm.OpenDiskScratch(path)
+	if err != nil {
+		return err
+	}
+	cfg.Disk.File = d
+	return nil
 }

@@ -89,12 +89,19 @@ func RecordWith(ctx context.Context, b backend.Backend, img *vmm.Image, cfg vmm.
 // log's. A divergence is a
 // *replay.DivergenceError; a damaged log is an error naming where.
 func Replay(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
-	return replayFrom(ctx, pick, img, nil, src, wrap)
+	return replayFrom(ctx, pick, img, nil, src, wrap, nil)
+}
+
+// ReplayWithLocalDisk is Replay of a log whose VM had a local disk, whose
+// reads are not in the log: disk gets the recorded config and attaches
+// the copy as it was when the recording started (cfg.Disk.File).
+func ReplayWithLocalDisk(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, src replay.Source, wrap func(*replay.Replayer) replay.World, disk func(cfg *vmm.Config) error) (End, error) {
+	return replayFrom(ctx, pick, img, nil, src, wrap, disk)
 }
 
 // replayFrom is Replay, from the snapshot st on if st is not nil
 // (ReplayFromSnapshot).
-func replayFrom(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, st *vmm.State, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
+func replayFrom(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, st *vmm.State, src replay.Source, wrap func(*replay.Replayer) replay.World, disk func(*vmm.Config) error) (End, error) {
 	start, src, err := replay.PeekStart(src)
 	if err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
@@ -102,6 +109,14 @@ func replayFrom(ctx context.Context, pick func() (backend.Backend, error), img *
 	cfg, err := vmm.ParseConfigText(start.Config)
 	if err != nil {
 		return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+	}
+	if disk != nil && cfg.Disk != nil && cfg.Disk.Local {
+		if err := disk(&cfg); err != nil {
+			return End{}, fmt.Errorf("%w: %w", ErrRefused, err)
+		}
+	}
+	if cfg.Disk != nil && cfg.Disk.Local && cfg.Disk.File == nil {
+		return End{}, fmt.Errorf("%w: the recording's VM had a local disk, whose reads are not in the log: the replay needs its copy as it was when the recording started", ErrRefused)
 	}
 	if st != nil {
 		if err := snapshotFitsLog(st, img, cfg, start); err != nil {

@@ -162,7 +162,7 @@ func RunFromSnapshot(ctx context.Context, b backend.Backend, img *vmm.Image, st 
 // configuration or recording, or was not taken while recording, is
 // ErrRefused.
 func ReplayFromSnapshot(ctx context.Context, pick func() (backend.Backend, error), img *vmm.Image, st *vmm.State, src replay.Source, wrap func(*replay.Replayer) replay.World) (End, error) {
-	return replayFrom(ctx, pick, img, st, src, wrap)
+	return replayFrom(ctx, pick, img, st, src, wrap, nil)
 }
 
 // snapshotFitsLog says why st cannot start a replay of the log whose
