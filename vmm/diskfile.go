@@ -25,6 +25,8 @@ type DiskFile struct {
 
 	mu      sync.Mutex
 	overlay map[uint64]overlayBlock // block number -> newest staged data not yet written
+	free    [][]byte                // overlay buffers to reuse: no allocation per block written
+	spare   [][]byte                // job buffers to reuse, likewise per batch
 	staged  uint64                  // batches staged (tickets given)
 	queued  uint64                  // batches applied (queued for the writer)
 	written uint64                  // batches written (and synced where they flushed)
@@ -135,7 +137,7 @@ func (d *DiskFile) Stage(ctx context.Context, batch []byte) (ticket uint64, flus
 			blk := (r.Off + uint64(i)) / DiskBlock
 			ob := d.overlay[blk]
 			if ob.data == nil {
-				ob.data = make([]byte, DiskBlock)
+				ob.data = d.blockBuf()
 			}
 			copy(ob.data, r.Data[i:i+DiskBlock])
 			ob.ticket = t
@@ -153,6 +155,16 @@ func (d *DiskFile) Stage(ctx context.Context, batch []byte) (ticket uint64, flus
 	return t, flush, nil
 }
 
+// blockBuf is a block's buffer for the overlay, reused if one is free.
+func (d *DiskFile) blockBuf() []byte {
+	if n := len(d.free); n > 0 {
+		b := d.free[n-1]
+		d.free = d.free[:n-1]
+		return b
+	}
+	return make([]byte, DiskBlock)
+}
+
 // Apply queues the next staged batch (batches are applied in the order
 // they were staged) for the writer. It never blocks.
 func (d *DiskFile) Apply(batch []byte) error {
@@ -168,7 +180,11 @@ func (d *DiskFile) Apply(batch []byte) error {
 		return errors.New("vmm: disk: a write to a disk opened for replay")
 	}
 	d.queued++
-	d.jobs = append(d.jobs, diskJob{ticket: d.queued, batch: append([]byte(nil), batch...)})
+	var buf []byte
+	if n := len(d.spare); n > 0 {
+		buf, d.spare = d.spare[n-1][:0], d.spare[:n-1]
+	}
+	d.jobs = append(d.jobs, diskJob{ticket: d.queued, batch: append(buf, batch...)})
 	d.wakeLocked()
 	return nil
 }
@@ -289,12 +305,18 @@ func (d *DiskFile) writer() {
 					blk := (r.Off + uint64(i)) / DiskBlock
 					if ob, ok := d.overlay[blk]; ok && ob.ticket == job.ticket {
 						delete(d.overlay, blk)
+						if len(d.free) < maxUnwrittenDisk/DiskBlock {
+							d.free = append(d.free, ob.data)
+						}
 					}
 				}
 				return nil
 			})
 			d.written = job.ticket
 			d.unwritten -= len(job.batch)
+		}
+		if len(d.spare) < 4 {
+			d.spare = append(d.spare, job.batch)
 		}
 		d.wakeLocked()
 		d.mu.Unlock()
