@@ -358,6 +358,7 @@ type DiskJournal struct {
 	size   uint64
 	gen    uint64 // flushes seen
 	blocks map[uint64]journalBlock
+	free   [][]byte // buffers of forgotten blocks, to reuse
 }
 
 type journalBlock struct {
@@ -381,6 +382,9 @@ func (j *DiskJournal) Observe(batch []byte) error {
 			for blk, b := range j.blocks {
 				if b.gen+1 < j.gen {
 					delete(j.blocks, blk)
+					if len(j.free) < maxUnwrittenDisk/DiskBlock {
+						j.free = append(j.free, b.data)
+					}
 				}
 			}
 			return nil
@@ -389,7 +393,11 @@ func (j *DiskJournal) Observe(batch []byte) error {
 			blk := (r.Off + uint64(i)) / DiskBlock
 			b := j.blocks[blk]
 			if b.data == nil {
-				b.data = make([]byte, DiskBlock)
+				if n := len(j.free); n > 0 {
+					b.data, j.free = j.free[n-1], j.free[:n-1]
+				} else {
+					b.data = make([]byte, DiskBlock)
+				}
 			}
 			copy(b.data, r.Data[i:i+DiskBlock])
 			b.gen = j.gen
