@@ -618,3 +618,49 @@ func TestRedisLinearizableFailover(t *testing.T) {
 		"largest latency %v, longest time no call completed after the kill %v (failover timeout %v, the default)",
 		clients, keys, rc.seed, len(out.Calls), out.MaxLatency.Round(time.Millisecond), resp.MaxGapSince(out.Calls, killed).Round(time.Millisecond), logchannel.DefaultFailoverTimeout)
 }
+
+// TestRedisFrozenPrimaryFenced freezes (SIGSTOP) the primary of an ftvm
+// pair over TAP under RESP clients: a hung host, silence and no reset. The
+// frozen primary still holds the TAP device; once the backup has won the
+// arbiter the pair's supervisor fences the primary (kill -9: it lost), the
+// device is free, and the backup goes live. The clients carry on with no
+// error, and the history is linearizable with every acknowledged write.
+func TestRedisFrozenPrimaryFenced(t *testing.T) {
+	requireBackend(t)
+	requireNetns(t)
+	requireRedisTools(t)
+	host, client := redisNet(t)
+	log, _, _ := startRedisPair(t, host, client, "--stop-primary-after", "2s")
+
+	const clients, keys = 4, 3
+	rc := startRESPClients(t, client, clients, keys)
+	var frozen time.Time
+	for deadline := time.Now().Add(time.Minute); log.find(regexp.MustCompile(`freezing the primary`)) == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the primary was never frozen:\n%s", log.String())
+		}
+	}
+	frozen = time.Now()
+	before := rc.completed.Load()
+	for _, want := range []string{`fencing the primary`, `backup: LIVE`} {
+		for deadline := time.Now().Add(time.Minute); log.find(regexp.MustCompile(want)) == nil; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the pair's log:\n%s", want, log.String())
+			}
+		}
+	}
+	if busy := log.find(regexp.MustCompile(`going live: binding`)); busy != nil {
+		t.Fatalf("the backup could not take the TAP device:\n%s", log.String())
+	}
+	if after := rc.completed.Load() + 1000; !rc.waitCompleted(after, time.Minute) {
+		rc.end()
+		t.Fatalf("the RESP clients did not carry on after the failover (%d calls; %s)\npair:\n%s", rc.completed.Load(), rc.out.FirstErr, log.String())
+	}
+	out := rc.check(t, keys, log)
+	if got := redisCLI(t, client, "PING"); got != "PONG" {
+		t.Fatalf("redis-cli PING after the failover = %q", got)
+	}
+	t.Logf("SIGSTOP of the primary under %d RESP clients (%d calls before the freeze, %d in all): fenced once the backup won the arbiter, no call without reply, linearizable; "+
+		"largest latency %v, longest time no call completed after the freeze %v (failover timeout %v)",
+		clients, before, len(out.Calls), out.MaxLatency.Round(time.Millisecond), resp.MaxGapSince(out.Calls, frozen).Round(time.Millisecond), logchannel.DefaultFailoverTimeout)
+}
