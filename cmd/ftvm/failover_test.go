@@ -193,6 +193,18 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
+	// The redis-benchmark row runs where namespaces and redis-benchmark
+	// are; elsewhere the report must say it did not.
+	_, noTools := exec.LookPath("redis-benchmark")
+	if why := hosts.Available(); why == nil && noTools == nil {
+		for _, want := range []string{"| redis-benchmark | ", "### redis-benchmark per test", "| SET | ", "| GET | "} {
+			if !strings.Contains(string(report), want) {
+				t.Errorf("report lacks %q (the redis-benchmark row)", want)
+			}
+		}
+	} else if !strings.Contains(string(report), "**Not run: redis-benchmark**") {
+		t.Errorf("report neither has the redis-benchmark row nor says why not (%v %v):\n%s", why, noTools, report)
+	}
 	for _, f := range []string{"results.json", "ratios.png", "failover.png"} {
 		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
