@@ -75,7 +75,7 @@ func (o Options) start(ctx context.Context, m Mode, place Placement, spec vmSpec
 	if !o.inProcesses() {
 		return startVM(ctx, m, spec, arbDir)
 	}
-	pr := procRun{FTVM: o.FTVM, ImagePath: spec.ImagePath, Net: spec.NetSpec, Place: place}
+	pr := procRun{FTVM: o.FTVM, ImagePath: spec.ImagePath, Net: spec.NetSpec, Netns: spec.Netns, Place: place}
 	if place.profile != "" {
 		pr.ProfileDir, pr.Profile = filepath.Join(o.CPUProfileDir, o.Backend.Name()), place.profile+"-"+string(m)
 	}
@@ -139,6 +139,10 @@ type Results struct {
 	Table1        []Throughput
 	Table2        []Throughput
 	KVLatency     map[string]map[string]float64 // mode -> p50/p99/p999 (ms)
+	// RedisLatency: redis-benchmark's figures per test and placement.
+	RedisLatency []RedisLatency `json:",omitempty"`
+	// NotRun: the parts of the bench that could not run here, and why.
+	NotRun []NotRun `json:",omitempty"`
 	// OutputDelay: the delay the Output Rule added on kvstore (ms).
 	OutputDelay map[string]float64
 	// OutputDelayBy: the same per placement.
@@ -206,7 +210,7 @@ type Step struct {
 }
 
 // Steps are the benchmark's parts, in the order they run.
-var Steps = []Step{{"cpu", benchCPU}, {"echo", benchEcho}, {"kvstore", benchKV}, {"net", benchNet}, {"disk", benchDisk}, {"log", benchLog},
+var Steps = []Step{{"cpu", benchCPU}, {"echo", benchEcho}, {"kvstore", benchKV}, {"redis", benchRedis}, {"net", benchNet}, {"disk", benchDisk}, {"log", benchLog},
 	{"failover", benchFailover}, {"reprotect", benchReprotect}}
 
 // alternate runs plain and FT alternately reps times in every placement,

@@ -17,7 +17,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/anishathalye/porcupine"
 	"github.com/ftvm/ftvm/bench/hosts"
 	"github.com/ftvm/ftvm/bench/kv"
 	"github.com/ftvm/ftvm/logchannel"
@@ -81,6 +80,11 @@ type ChaosOptions struct {
 	Backend string
 	Trials  int
 	Faults  []string // default ChaosFaults, taken in turn
+	// TCPTrials more trials run the redis guest with RESP clients over TCP
+	// (hosts only), the faults TCPFaults (default TCPChaosFaults) taken in
+	// turn; after the kvstore trials.
+	TCPTrials int
+	TCPFaults []string
 	// LogDir, if set, receives the logs of every failed trial's processes.
 	LogDir string
 	// Parallel trials run at once (default 1). On hosts they cannot
@@ -105,6 +109,8 @@ type ChaosTrial struct {
 	N     int
 	Seed  uint64
 	Fault string
+	// Service is the guest and its clients: kvstore (UDP) or redis (TCP).
+	Service string
 	// At is when the fault hit, after the pair was up.
 	At time.Duration
 	// Calls the clients completed; Failed never got a reply.
@@ -145,7 +151,7 @@ type ChaosTrial struct {
 
 // ChaosRow sums up the trials of one fault kind.
 type ChaosRow struct {
-	Fault                       string
+	Service, Fault              string
 	Trials                      int
 	UnavailP50, UnavailP99, Max float64 // ms
 	Failed, SplitBrains         int
@@ -198,6 +204,17 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 			return nil, fmt.Errorf("chaos: the %s fault needs hosts (network namespaces)", f)
 		}
 	}
+	if o.TCPTrials > 0 && len(o.TCPFaults) == 0 {
+		o.TCPFaults = TCPChaosFaults()
+	}
+	for _, f := range o.TCPFaults {
+		if !slices.Contains(TCPChaosFaults(), f) {
+			return nil, fmt.Errorf("chaos: no fault %q for TCP clients (theirs: %s)", f, strings.Join(TCPChaosFaults(), ", "))
+		}
+	}
+	if o.TCPTrials > 0 && !o.Hosts {
+		return nil, errors.New("chaos: TCP clients need hosts (network namespaces): user networking forwards only UDP")
+	}
 	if o.FailoverTimeout == 0 {
 		o.FailoverTimeout = 500 * time.Millisecond
 	}
@@ -215,14 +232,19 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 	began := time.Now()
 	r := &ChaosResults{Date: began.UTC().Format(time.RFC3339), Backend: o.Backend, Seed: o.Seed, Hosts: o.Hosts, Parallel: max(o.Parallel, 1)}
 	rng := rand.New(rand.NewPCG(o.Seed, 0xc4a05))
-	all := make([]ChaosTrial, o.Trials)
+	all := make([]ChaosTrial, o.Trials+o.TCPTrials)
 	for i := range all {
-		all[i] = ChaosTrial{N: i, Seed: rng.Uint64(), Fault: o.Faults[i%len(o.Faults)]}
+		all[i] = ChaosTrial{N: i, Seed: rng.Uint64(), Service: ServiceKV}
+		if i < o.Trials {
+			all[i].Fault = o.Faults[i%len(o.Faults)]
+		} else {
+			all[i].Fault, all[i].Service = o.TCPFaults[(i-o.Trials)%len(o.TCPFaults)], ServiceRedis
+		}
 		if o.TrialSeed != 0 {
 			all[i].Seed = o.TrialSeed
 		}
 	}
-	ran := make([]bool, o.Trials)
+	ran := make([]bool, len(all))
 	next := make(chan int)
 	var wg sync.WaitGroup
 	for w := 0; w < max(o.Parallel, 1); w++ {
@@ -246,6 +268,9 @@ func RunChaos(ctx context.Context, o ChaosOptions) (*ChaosResults, error) {
 				if tr.ThenKilled {
 					then = " (then kill-primary)"
 				}
+				if tr.Service == ServiceRedis {
+					then += ", redis over TCP"
+				}
 				o.Logf("trial %d (%s%s, seed %d, at %v): %s; %d calls, unavailable %.0f ms, live %s%s", i, tr.Fault, then, tr.Seed, tr.At.Round(time.Millisecond),
 					status, tr.Calls, tr.Unavailable, tr.Live, errSuffix(tr.Err))
 			}
@@ -267,57 +292,73 @@ feed:
 		}
 	}
 	r.Elapsed = time.Since(began).Round(time.Second).String()
-	for _, f := range ChaosFaults {
-		row := ChaosRow{Fault: f}
-		var gaps []float64
-		for _, t := range r.Trials {
-			if t.Fault != f {
-				continue
-			}
-			row.Trials++
-			if t.DuringTransfer {
-				row.DuringTransfer++
-			}
-			if t.LateDuplicates > 0 {
-				row.LateDuplicates += t.LateDuplicates
-				row.LateDuplicateTrials++
-			}
-			if t.ServiceLost {
-				row.ServiceLost++
-			} else {
-				gaps = append(gaps, t.Unavailable)
-			}
-			bad := false
-			if t.Failed > 0 && !t.ServiceLost {
-				row.Failed++
-				bad = true
-			}
-			if t.SplitBrain {
-				row.SplitBrains++
-				bad = true
-			}
-			if t.Err == "" && !t.Linearizable {
-				row.Violations++
-				bad = true
-			}
-			if t.Err != "" {
-				row.Errors++
-				bad = true
-			}
-			if bad {
-				row.FailedSeeds = append(row.FailedSeeds, t.Seed)
-			}
+	for _, svc := range ChaosServices {
+		for _, f := range ChaosFaults {
+			r.addRow(svc, f)
 		}
-		if row.Trials == 0 {
-			continue
-		}
-		if len(gaps) > 0 {
-			sort.Float64s(gaps)
-			row.UnavailP50, row.UnavailP99, row.Max = gaps[len(gaps)/2], gaps[min(len(gaps)-1, int(0.99*float64(len(gaps))))], gaps[len(gaps)-1]
-		}
-		r.Rows = append(r.Rows, row)
 	}
 	return r, ctx.Err()
+}
+
+// addRow sums up the trials of service svc and fault f, if any.
+func (r *ChaosResults) addRow(svc, f string) {
+	row := ChaosRow{Service: svc, Fault: f}
+	var gaps []float64
+	for _, t := range r.Trials {
+		if t.Fault != f || t.service() != svc {
+			continue
+		}
+		row.Trials++
+		if t.DuringTransfer {
+			row.DuringTransfer++
+		}
+		if t.LateDuplicates > 0 {
+			row.LateDuplicates += t.LateDuplicates
+			row.LateDuplicateTrials++
+		}
+		if t.ServiceLost {
+			row.ServiceLost++
+		} else {
+			gaps = append(gaps, t.Unavailable)
+		}
+		bad := false
+		if t.Failed > 0 && !t.ServiceLost {
+			row.Failed++
+			bad = true
+		}
+		if t.SplitBrain {
+			row.SplitBrains++
+			bad = true
+		}
+		if t.Err == "" && !t.Linearizable {
+			row.Violations++
+			bad = true
+		}
+		if t.Err != "" {
+			row.Errors++
+			bad = true
+		}
+		if bad {
+			row.FailedSeeds = append(row.FailedSeeds, t.Seed)
+		}
+	}
+	if row.Trials == 0 {
+		return
+	}
+	if len(gaps) > 0 {
+		sort.Float64s(gaps)
+		row.UnavailP50, row.UnavailP99, row.Max = gaps[len(gaps)/2], gaps[min(len(gaps)-1, int(0.99*float64(len(gaps))))], gaps[len(gaps)-1]
+	}
+	r.Rows = append(r.Rows, row)
+}
+
+// service is the trial's (kvstore in reports from before there was a
+// choice).
+func (t *ChaosTrial) service() string {
+	if t.Service == "" {
+		return ServiceKV
+	}
+	return t.Service
 }
 
 // ok says whether the trial kept the promise.
@@ -515,6 +556,12 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 		return args
 	}
 	guest := []string{filepath.Join(o.GuestDir, "kvstore.elf")}
+	if tr.service() == ServiceRedis {
+		if cn.hosts == nil || strings.HasPrefix(tr.Fault, "join-") {
+			return fmt.Errorf("chaos: the %s fault with TCP clients needs hosts and is not a join fault", tr.Fault)
+		}
+		guest = []string{filepath.Join(o.GuestDir, "redis.elf")}
+	}
 	if strings.HasPrefix(tr.Fault, "join-") {
 		guest = append(guest, chaosJoinFill)
 	}
@@ -562,7 +609,7 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 	}
 	defer stopOnce()
 	type ran struct {
-		out kv.Outcome
+		h   chaosHistory
 		err error
 	}
 	clients := make(chan ran, 1)
@@ -570,10 +617,8 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 	wctx, abandonCalls := context.WithCancel(ctx)
 	defer abandonCalls()
 	go func() {
-		w := kv.Workload{Clients: chaosClients, Keys: chaosKeys, Duration: 10 * time.Minute, Seed: int64(tr.Seed), OpTimeout: time.Minute, Stop: stop}
-		w.Dial, w.Completed = cn.dialClient, &completed
-		out, err := w.Run(wctx, cn.clientAddr)
-		clients <- ran{out, err}
+		h, err := runChaosClients(wctx, cn, tr.service(), tr.Seed, stop, &completed)
+		clients <- ran{h, err}
 	}()
 
 	// The fault's moment counts from the clients' first reply: reaching
@@ -609,15 +654,13 @@ func chaosTrial(ctx context.Context, o ChaosOptions, tr *ChaosTrial) (err error)
 		if survivor != nil {
 			// The survivor's state must hold every acknowledged write: read
 			// every key once more, into the history that porcupine checks.
-			final, err := chaosFinalReads(ctx, cn, chaosKeys, chaosClients)
-			if err != nil {
+			if err := res.h.finalReads(ctx, cn); err != nil {
 				return fmt.Errorf("reading every key from the %s after the trial: %w", survivor.name, err)
 			}
-			res.out.Calls = append(res.out.Calls, final...)
 		}
-		tr.Calls, tr.Failed, tr.Unavailable = len(res.out.Calls), res.out.Failed, ms(kv.MaxGapSince(res.out.Calls, faultAt))
-		verdict, _ := kv.CheckLinearizable(res.out.Calls, time.Minute)
-		tr.Linearizable = verdict == porcupine.Ok
+		var gap time.Duration
+		tr.Calls, tr.Failed, gap, tr.Linearizable = res.h.verdict(faultAt)
+		tr.Unavailable = ms(gap)
 		if survivor != nil && survivor.ended() {
 			return fmt.Errorf("the %s, which went on, ended with status %d:\n%s", survivor.name, survivor.status(), survivor.log.String())
 		}
@@ -848,8 +891,9 @@ func (r *ChaosResults) WriteReport(dir string) error {
 		"link-delay (40 ± 20 ms each way), link-loss (5% each way), link-reorder (25% of packets sent at once, the others held 10 ms): for 1-2.5 s; clients-cut: the primary's host off the LAN for as long (its logging link stays). After these four, if the pair is still whole 3 failover timeouts later, the primary is killed, so the backup shows it holds every acknowledged write. " +
 		"stall-backup: the backup's replay stops (a failpoint; its acks and heartbeats go on) as long as a freeze. " +
 		"join-*: after a kill -9 of the primary, a new backup joins the side that went live (from the primary's host, 128 MiB of the guest's 256 MiB filled), and 0-1 s after it began (mostly during the state transfer) it is killed, frozen, or cut off (join-partition), or the live side is killed (join-kill-live: a new backup that had not joined must not go live, and nothing runs the guest; one that had must take over). After the others a second backup joins if the first did not make it, and the live side is killed: the new backup must take over. " +
-		"A split brain is both sides going on, the losing side still running a minute after the winner went on, or (on hosts) both putting the guest's frames on the wire. Unavailability is the longest time no client got a reply from the fault on (clients resend every 200 ms).\n\n")
-	b.WriteString("| fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | notes | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+		"redis trials (TCP clients): the redis guest (RESP over lwIP's TCP) instead of kvstore, and 3 clients of `bench/resp`, each on one TCP connection for the whole trial, doing SET (unique values), APPEND and GET on 4 shared keys, without retries of their own: only TCP's retransmissions carry a call across the fault, and a connection reset or an error reply counts as a call without reply; the same final GETs, porcupine check, wire check and unavailability (no join faults: their guest fills memory with a kvstore argument). " +
+		"A split brain is both sides going on, the losing side still running a minute after the winner went on, or (on hosts) both putting the guest's frames on the wire. Unavailability is the longest time no client got a reply from the fault on (kvstore's clients resend every 200 ms; redis's wait for TCP's retransmissions).\n\n")
+	b.WriteString("| service | fault | trials | unavailable p50 | p99 | max | calls without reply | split brains | linearizability violations | errors | notes | seeds of failed trials |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n")
 	for _, row := range r.Rows {
 		seeds := make([]string, len(row.FailedSeeds))
 		for i, s := range row.FailedSeeds {
@@ -865,7 +909,11 @@ func (r *ChaosResults) WriteReport(dir string) error {
 		if row.ServiceLost > 0 {
 			notes = append(notes, fmt.Sprintf("%d left no side (the new backup had not joined; not in the unavailability)", row.ServiceLost))
 		}
-		fmt.Fprintf(&b, "| %s | %d | %.0f ms | %.0f ms | %.0f ms | %d | %d | %d | %d | %s | %s |\n", row.Fault, row.Trials, row.UnavailP50, row.UnavailP99, row.Max,
+		svc := row.Service
+		if svc == "" {
+			svc = ServiceKV
+		}
+		fmt.Fprintf(&b, "| %s | %s | %d | %.0f ms | %.0f ms | %.0f ms | %d | %d | %d | %d | %s | %s |\n", svc, row.Fault, row.Trials, row.UnavailP50, row.UnavailP99, row.Max,
 			row.Failed, row.SplitBrains, row.Violations, row.Errors, strings.Join(notes, "; "), strings.Join(seeds, " "))
 	}
 	var failed []ChaosTrial
@@ -875,10 +923,10 @@ func (r *ChaosResults) WriteReport(dir string) error {
 		}
 	}
 	if len(failed) > 0 {
-		b.WriteString("\n## Failed trials\n\nReplay one with `ftvm chaos --trials 1 --faults FAULT --trial-seed SEED`.\n\n")
+		b.WriteString("\n## Failed trials\n\nReplay one with `ftvm chaos --trials 1 --faults FAULT --trial-seed SEED`, a redis one with `ftvm chaos --trials 0 --tcp-trials 1 --tcp-faults FAULT --trial-seed SEED`.\n\n")
 		for _, t := range failed {
-			fmt.Fprintf(&b, "- trial %d, %s, seed %d, fault at %v: %d calls, %d without reply, linearizable %v, split brain %v: %s",
-				t.N, t.Fault, t.Seed, t.At.Round(time.Millisecond), t.Calls, t.Failed, t.Linearizable, t.SplitBrain, firstLine(t.Err))
+			fmt.Fprintf(&b, "- trial %d, %s, %s, seed %d, fault at %v: %d calls, %d without reply, linearizable %v, split brain %v: %s",
+				t.N, t.service(), t.Fault, t.Seed, t.At.Round(time.Millisecond), t.Calls, t.Failed, t.Linearizable, t.SplitBrain, firstLine(t.Err))
 			if len(t.Logs) > 0 {
 				fmt.Fprintf(&b, " (logs: %s)", strings.Join(t.Logs, ", "))
 			}

@@ -54,6 +54,7 @@ type procRun struct {
 	FTVM       string
 	ImagePath  string
 	Net        string // the --net spec of spec.Net
+	Netns      string // "": the processes run in this one's network namespace
 	Place      Placement
 	ProfileDir string // "": no CPU profiles
 	Profile    string // the profiles' name prefix
@@ -93,6 +94,11 @@ func startProcVM(ctx context.Context, mode Mode, spec vmSpec, pr procRun, arbDir
 		a := []string{pr.FTVM, "bench", "--member", file}
 		if cpu != "" {
 			a = append([]string{"taskset", "-c", cpu}, a...)
+		}
+		if pr.Netns != "" {
+			// ip netns exec replaces itself with the command: the
+			// process started is the member itself.
+			a = append([]string{"ip", "netns", "exec", pr.Netns}, a...)
 		}
 		return a, nil
 	}

@@ -146,6 +146,7 @@ var vmftNotes = map[string]string{
 	"cpu":                "VM-FT SPECJbb2005 0.98 / 1.5 Mbit/s; kernel compile 0.95 / 3.0 Mbit/s",
 	"echo":               "no direct analog (interactive console)",
 	"kvstore":            "VM-FT Oracle Swingbench 0.99 / 12 Mbit/s; MS-SQL DVD Store 0.94 / 18 Mbit/s",
+	"redis-benchmark":    "VM-FT Oracle Swingbench 0.99 / 12 Mbit/s; MS-SQL DVD Store 0.94 / 18 Mbit/s (its database rows)",
 	"netsink receive":    "VM-FT receive 940 -> 604 Mbit/s (log 730) on a 1 Gbit logging link, -> 860 (log 990) on 10 Gbit",
 	"netsource transmit": "VM-FT transmit 940 -> 855 Mbit/s (log 42) on 1 Gbit, -> 935 (log 60) on 10 Gbit",
 }
@@ -219,6 +220,18 @@ func (r *Results) markdown() string {
 		b.WriteString("\n")
 	}
 	table("Table 1 analog: FT overhead and logging bandwidth", r.Table1)
+	for _, nr := range r.NotRun {
+		fmt.Fprintf(&b, "**Not run: %s**: %s.\n\n", nr.Workload, nr.Why)
+	}
+	if len(r.RedisLatency) > 0 {
+		b.WriteString("### redis-benchmark per test\n\nThe redis guest (RESP over lwIP's TCP in the guest) under Debian's unmodified `redis-benchmark`, from a network namespace of its own over a veth and a bridge to the VM's TAP device (the VM's processes in a namespace of their own, the logging channel on its loopback). Latencies are redis-benchmark's own p50 and p99 per request (ms), the median over the repetitions with the range in parentheses; under FT every reply waits for the backup's ack of its log entry (the Output Rule).\n\n" +
+			"| test | placement | plain requests/s | FT requests/s | FT/plain | plain p50 | plain p99 | FT p50 | FT p99 |\n|---|---|---|---|---|---|---|---|---|\n")
+		for _, l := range r.RedisLatency {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", l.Test, l.Placement, stat(l.PlainRPS, "%.0f"), stat(l.FTRPS, "%.0f"), stat(l.RPSRatio, "%.3f"),
+				stat(l.PlainP50, "%.3f"), stat(l.PlainP99, "%.3f"), stat(l.FTP50, "%.3f"), stat(l.FTP99, "%.3f"))
+		}
+		b.WriteString("\n")
+	}
 	table("Table 2 analog: network throughput", r.Table2)
 	b.WriteString("![FT/plain throughput ratios](ratios.png)\n\n")
 	r.breakdownMarkdown(&b)

@@ -56,6 +56,9 @@ type vmSpec struct {
 	// ImagePath and NetSpec are Image and Net as a member process gets
 	// them: the ELF file and the --net spec.
 	ImagePath, NetSpec string
+	// Netns, if set, is the network namespace member processes run in
+	// (their TAP device is there).
+	Netns string
 	// Disk is the disk image, or ""; DiskLocal gives each side a copy of
 	// its own: the backup's is Disk+".backup", which the caller makes.
 	Disk      string

@@ -193,6 +193,18 @@ func TestBenchQuick(t *testing.T) {
 			t.Errorf("report lacks %q", want)
 		}
 	}
+	// The redis-benchmark row runs where namespaces and redis-benchmark
+	// are; elsewhere the report must say it did not.
+	_, noTools := exec.LookPath("redis-benchmark")
+	if why := hosts.Available(); why == nil && noTools == nil {
+		for _, want := range []string{"| redis-benchmark | ", "### redis-benchmark per test", "| SET | ", "| GET | "} {
+			if !strings.Contains(string(report), want) {
+				t.Errorf("report lacks %q (the redis-benchmark row)", want)
+			}
+		}
+	} else if !strings.Contains(string(report), "**Not run: redis-benchmark**") {
+		t.Errorf("report neither has the redis-benchmark row nor says why not (%v %v):\n%s", why, noTools, report)
+	}
 	for _, f := range []string{"results.json", "ratios.png", "failover.png"} {
 		if st, err := os.Stat(dir + "/" + f); err != nil || st.Size() == 0 {
 			t.Errorf("%s: %v", f, err)
@@ -270,6 +282,7 @@ func TestChaosQuick(t *testing.T) {
 	faults := []string{"kill-primary", "kill-backup", "freeze-primary", "freeze-backup", "partition", "partition-to-backup", "partition-to-primary", "stall-backup"}
 	joins := []string{"join-kill-joiner", "join-freeze-joiner", "join-kill-live"}
 	hostsOnly := []string{"link-delay", "link-loss", "link-reorder", "clients-cut", "join-partition"}
+	var tcp []string // the faults of the redis trials with TCP clients (hosts only)
 	switch why := hosts.Available(); {
 	case os.Getenv("FTVM_KVMQ") == "1":
 		// .ci/kvm-in-qemu's minimal guest has neither namespaces (no tun,
@@ -288,6 +301,7 @@ func TestChaosQuick(t *testing.T) {
 	default:
 		args = append(args, "--hosts", "on")
 		faults = append(append(append(faults, "arbiter-down"), joins...), hostsOnly...)
+		tcp = []string{"kill-primary", "freeze-primary", "partition"} // --quick's
 	}
 	env := os.Environ()
 	// arbiter-down needs versitygw, the S3 server .ci/install-s3.sh puts
@@ -312,8 +326,13 @@ func TestChaosQuick(t *testing.T) {
 		t.Fatalf("ftvm chaos --quick: %v\n%s\n%s", err, out, report)
 	}
 	for _, f := range faults {
-		if !strings.Contains(string(report), "| "+f+" | 1 |") {
+		if !strings.Contains(string(report), "| kvstore | "+f+" | 1 |") {
 			t.Errorf("the report has no row for one %s trial:\n%s", f, report)
+		}
+	}
+	for _, f := range tcp {
+		if !strings.Contains(string(report), "| redis | "+f+" | 1 |") {
+			t.Errorf("the report has no row for one %s trial with TCP clients:\n%s", f, report)
 		}
 	}
 	t.Logf("%s", report)

@@ -27,7 +27,7 @@ func cmdPair(args []string) int {
 	arbiter := fs.String("arbiter", "", "go-live arbiter URL (default: file:// in a new temporary directory)")
 	killAfter := fs.Duration("kill-primary-after", 0, "kill -9 the primary this long after it connected to its backup, to watch the backup take over")
 	killBackupAfter := fs.Duration("kill-backup-after", 0, "kill -9 the backup this long after the pair is up, to watch the primary carry on alone")
-	stopAfter := fs.Duration("stop-primary-after", 0, "SIGSTOP the primary this long after the pair is up (a hung host: no connection reset, only silence), kill it 30 s later")
+	stopAfter := fs.Duration("stop-primary-after", 0, "SIGSTOP the primary this long after the pair is up (a hung host: no connection reset, only silence); it is killed once the backup wins the arbiter (fenced), or 30 s later")
 	failover := fs.Duration("failover-timeout", 0, "passed to both sides (default: theirs)")
 	failovers := fs.Int("failovers", 1, "with --kill-primary-after: kill the live side this many times, each time that long after a new backup joined it")
 	noReprotect := fs.Bool("no-reprotect", false, "after a failover, run the guest unprotected instead of starting a new backup that joins the live side")

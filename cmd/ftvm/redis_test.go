@@ -2,18 +2,24 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/anishathalye/porcupine"
+	"github.com/ftvm/ftvm/bench/hosts"
+	"github.com/ftvm/ftvm/bench/resp"
 	"github.com/ftvm/ftvm/logchannel"
 )
 
@@ -273,24 +279,20 @@ func (l *lineLog) String() string {
 	return strings.Join(l.lines, "\n")
 }
 
-// TestRedisFailoverOverTAP is issue 18's goal: a redis-benchmark run and an
-// interactive redis-cli session, both across a kill -9 of the primary of an
-// ftvm pair, end with no client-side error (no connection reset), every
-// request completed, and every INCR executed exactly once. It logs the
-// largest request latency across the failover.
-func TestRedisFailoverOverTAP(t *testing.T) {
-	requireBackend(t)
-	requireNetns(t)
-	requireRedisTools(t)
-	host, client := redisNet(t)
-
-	pair := exec.Command("ip", "netns", "exec", host, ftvmBin, "pair", "--no-reprotect", "--net", redisTAP, guest("redis"))
+// startRedisPair runs the redis guest under ftvm pair --no-reprotect (with
+// extra flags) over TAP in host, waits until it answers from client and its
+// primary records with the backup connected, and returns the pair's log and
+// its members' pids. The pair ends with the test.
+func startRedisPair(t *testing.T, host, client string, extra ...string) (log *lineLog, primary, backup int) {
+	t.Helper()
+	args := append([]string{"netns", "exec", host, ftvmBin, "pair", "--no-reprotect", "--net", redisTAP}, extra...)
+	pair := exec.Command("ip", append(args, guest("redis"))...)
 	stderr, err := pair.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
 	pair.Stdout = io.Discard
-	var log lineLog
+	log = &lineLog{}
 	if err := pair.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -312,13 +314,29 @@ func TestRedisFailoverOverTAP(t *testing.T) {
 	if m == nil {
 		t.Fatalf("no primary pid in the pair's output:\n%s", log.String())
 	}
-	primary, _ := strconv.Atoi(m[1])
+	primary, _ = strconv.Atoi(m[1])
+	backup, _ = strconv.Atoi(m[2])
 	// Wait until the primary records with its backup connected.
 	for deadline := time.Now().Add(30 * time.Second); log.find(regexp.MustCompile(`primary: connected to the backup`)) == nil; time.Sleep(100 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the pair never connected:\n%s", log.String())
 		}
 	}
+	return log, primary, backup
+}
+
+// TestRedisFailoverOverTAP is issue 18's goal: a redis-benchmark run and an
+// interactive redis-cli session, both across a kill -9 of the primary of an
+// ftvm pair, end with no client-side error (no connection reset), every
+// request completed, and every INCR executed exactly once. It logs the
+// largest request latency across the failover.
+func TestRedisFailoverOverTAP(t *testing.T) {
+	requireBackend(t)
+	requireNetns(t)
+	requireRedisTools(t)
+	host, client := redisNet(t)
+
+	log, primary, _ := startRedisPair(t, host, client)
 
 	// Size the run to outlast the kill by a few seconds, whatever this
 	// machine's speed under FT.
@@ -462,4 +480,187 @@ func TestRedisRecordReplay(t *testing.T) {
 	if status != 0 || repOut != recOut || !strings.Contains(errOut, "verified") || !strings.Contains(errOut, "net-rx=") {
 		t.Fatalf("replay: status %d\nstdout %q (recorded %q)\n%s", status, repOut, recOut, errOut)
 	}
+}
+
+// respClients runs the RESP workload (bench/resp: clients doing SET, APPEND
+// and GET on shared keys, each on a TCP connection of its own) from the
+// client namespace against the redis guest until stop is closed.
+type respClients struct {
+	completed atomic.Int64
+	stop      chan struct{}
+	done      chan struct{}
+	out       resp.Outcome
+	err       error
+	seed      int64
+	dial      func(addr string) (*resp.Client, error)
+}
+
+func startRESPClients(t *testing.T, client string, clients, keys int) *respClients {
+	t.Helper()
+	rc := &respClients{stop: make(chan struct{}), done: make(chan struct{}), seed: time.Now().UnixNano()}
+	rc.dial = func(addr string) (*resp.Client, error) {
+		var c *resp.Client
+		err := hosts.Do(client, func() (err error) {
+			c, err = resp.Dial(addr, 10*time.Second)
+			return err
+		})
+		return c, err
+	}
+	go func() {
+		defer close(rc.done)
+		w := resp.Workload{Clients: clients, Keys: keys, Duration: 5 * time.Minute, Seed: rc.seed, Stop: rc.stop, Dial: rc.dial, Completed: &rc.completed}
+		rc.out, rc.err = w.Run(context.Background(), redisIP+":6379")
+	}()
+	t.Cleanup(rc.end)
+	return rc
+}
+
+// waitCompleted waits (at most d) until the clients have completed n calls
+// in all; false if they ended or d passed first.
+func (rc *respClients) waitCompleted(n int64, d time.Duration) bool {
+	for deadline := time.Now().Add(d); rc.completed.Load() < n; time.Sleep(10 * time.Millisecond) {
+		select {
+		case <-rc.done:
+			return false
+		default:
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+	return true
+}
+
+// end stops the clients and waits for them.
+func (rc *respClients) end() {
+	select {
+	case <-rc.stop:
+	default:
+		close(rc.stop)
+	}
+	<-rc.done
+}
+
+// check ends the clients, reads every key once more from the server into
+// the history, and checks it: no call without a reply (no reset, no
+// timeout), no error reply, 0 lost acknowledged writes, linearizable. It
+// returns the workload's outcome.
+func (rc *respClients) check(t *testing.T, keys int, log *lineLog) resp.Outcome {
+	t.Helper()
+	rc.end()
+	if rc.err != nil {
+		t.Fatalf("the RESP clients: %v", rc.err)
+	}
+	out := rc.out
+	if out.Failed > 0 || out.Errors > 0 {
+		t.Fatalf("RESP clients (seed %d): %d of %d calls without a reply (first: %s), %d error replies\npair:\n%s",
+			rc.seed, out.Failed, len(out.Calls), out.FirstErr, out.Errors, log.String())
+	}
+	c, err := rc.dial(redisIP + ":6379")
+	if err != nil {
+		t.Fatalf("connecting for the final reads: %v", err)
+	}
+	defer c.Close()
+	const final = 1 << 20
+	reads, err := resp.FinalReads(context.Background(), c, keys, final)
+	if err != nil {
+		t.Fatalf("final reads: %v", err)
+	}
+	calls := append(out.Calls, reads...)
+	if lost := resp.LostWrites(calls, final); lost > 0 {
+		t.Errorf("%d acknowledged writes missing from the final values (seed %d)", lost, rc.seed)
+	}
+	verdict, info := resp.CheckLinearizable(calls, time.Minute)
+	if verdict != porcupine.Ok {
+		file := filepath.Join(t.TempDir(), "history.html")
+		porcupine.VisualizePath(resp.Model, info, file)
+		t.Fatalf("the history of %d calls is not linearizable (%v; seed %d; %s)", len(calls), verdict, rc.seed, file)
+	}
+	return out
+}
+
+// TestRedisLinearizableFailover runs Go RESP clients (SET with unique
+// values, APPEND and GET on a few shared keys, each client on one TCP
+// connection) against the redis guest of an ftvm pair over TAP across a
+// kill -9 of the primary, then GETs every key from the backup that went
+// live: no client sees an error (no reset: the connections carry on), no
+// acknowledged write is lost, and porcupine finds the history
+// linearizable. It logs the largest latency across the failover.
+func TestRedisLinearizableFailover(t *testing.T) {
+	requireBackend(t)
+	requireNetns(t)
+	requireRedisTools(t)
+	host, client := redisNet(t)
+	log, primary, _ := startRedisPair(t, host, client)
+
+	const clients, keys = 4, 3
+	rc := startRESPClients(t, client, clients, keys)
+	if !rc.waitCompleted(1000, time.Minute) {
+		rc.end()
+		t.Fatalf("the RESP clients did not complete 1000 calls (%d; %v %s)", rc.completed.Load(), rc.err, rc.out.FirstErr)
+	}
+	killed := time.Now()
+	if err := syscall.Kill(primary, syscall.SIGKILL); err != nil {
+		t.Fatalf("kill -9 the primary (pid %d): %v", primary, err)
+	}
+	for deadline := time.Now().Add(time.Minute); log.find(regexp.MustCompile(`backup: LIVE`)) == nil; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the backup never went live:\n%s", log.String())
+		}
+	}
+	// Carry on well past the takeover.
+	if after := rc.completed.Load() + 1000; !rc.waitCompleted(after, time.Minute) {
+		rc.end()
+		t.Fatalf("the RESP clients did not carry on after the failover (%d calls; %s)\npair:\n%s", rc.completed.Load(), rc.out.FirstErr, log.String())
+	}
+	out := rc.check(t, keys, log)
+	t.Logf("kill -9 of the primary under %d RESP clients (SET/APPEND/GET on %d keys, seed %d): %d calls, none without reply, linearizable, 0 lost acknowledged writes; "+
+		"largest latency %v, longest time no call completed after the kill %v (failover timeout %v, the default)",
+		clients, keys, rc.seed, len(out.Calls), out.MaxLatency.Round(time.Millisecond), resp.MaxGapSince(out.Calls, killed).Round(time.Millisecond), logchannel.DefaultFailoverTimeout)
+}
+
+// TestRedisFrozenPrimaryFenced freezes (SIGSTOP) the primary of an ftvm
+// pair over TAP under RESP clients: a hung host, silence and no reset. The
+// frozen primary still holds the TAP device; once the backup has won the
+// arbiter the pair's supervisor fences the primary (kill -9: it lost), the
+// device is free, and the backup goes live. The clients carry on with no
+// error, and the history is linearizable with every acknowledged write.
+func TestRedisFrozenPrimaryFenced(t *testing.T) {
+	requireBackend(t)
+	requireNetns(t)
+	requireRedisTools(t)
+	host, client := redisNet(t)
+	log, _, _ := startRedisPair(t, host, client, "--stop-primary-after", "2s")
+
+	const clients, keys = 4, 3
+	rc := startRESPClients(t, client, clients, keys)
+	var frozen time.Time
+	for deadline := time.Now().Add(time.Minute); log.find(regexp.MustCompile(`freezing the primary`)) == nil; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the primary was never frozen:\n%s", log.String())
+		}
+	}
+	frozen = time.Now()
+	before := rc.completed.Load()
+	for _, want := range []string{`fencing the primary`, `backup: LIVE`} {
+		for deadline := time.Now().Add(time.Minute); log.find(regexp.MustCompile(want)) == nil; time.Sleep(10 * time.Millisecond) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q in the pair's log:\n%s", want, log.String())
+			}
+		}
+	}
+	if busy := log.find(regexp.MustCompile(`going live: binding`)); busy != nil {
+		t.Fatalf("the backup could not take the TAP device:\n%s", log.String())
+	}
+	if after := rc.completed.Load() + 1000; !rc.waitCompleted(after, time.Minute) {
+		rc.end()
+		t.Fatalf("the RESP clients did not carry on after the failover (%d calls; %s)\npair:\n%s", rc.completed.Load(), rc.out.FirstErr, log.String())
+	}
+	out := rc.check(t, keys, log)
+	if got := redisCLI(t, client, "PING"); got != "PONG" {
+		t.Fatalf("redis-cli PING after the failover = %q", got)
+	}
+	t.Logf("SIGSTOP of the primary under %d RESP clients (%d calls before the freeze, %d in all): fenced once the backup won the arbiter, no call without reply, linearizable; "+
+		"largest latency %v, longest time no call completed after the freeze %v (failover timeout %v)",
+		clients, before, len(out.Calls), out.MaxLatency.Round(time.Millisecond), resp.MaxGapSince(out.Calls, frozen).Round(time.Millisecond), logchannel.DefaultFailoverTimeout)
 }

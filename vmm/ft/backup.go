@@ -245,6 +245,7 @@ func (o *BackupOptions) goLiveFunc(ctx context.Context, recv *logchannel.Receive
 			o.Metrics.SetRole("halted")
 			return err
 		}
+		o.logf("%s in epoch %d; taking the guest's place", lineWonArbiter, o.Generation)
 		if o.Net != nil {
 			// The NAT first: a client's packet read between the bind and
 			// the restore got a gateway port of an empty table, one the
@@ -341,12 +342,14 @@ func (o *BackupOptions) accept(ctx context.Context) (*logchannel.Receiver, error
 
 // bindRetrying binds the guest's network identity, waiting while another
 // process still holds it: a fenced primary on the same host keeps its
-// forwarded ports until it halts. It gives up after 30 s.
+// forwarded ports (EADDRINUSE) or its TAP device (EBUSY) until it halts or
+// is killed (ftvm pair kills a primary that lost the arbiter: see
+// PairSupervisor). It gives up after 30 s.
 func bindRetrying(ctx context.Context, bind func() error, logf func(string, ...any)) error {
 	deadline := time.Now().Add(30 * time.Second)
 	for logged := false; ; {
 		err := bind()
-		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) && !errors.Is(err, syscall.EBUSY) || time.Now().After(deadline) {
 			return err
 		}
 		if !logged {

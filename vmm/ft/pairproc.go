@@ -44,7 +44,8 @@ type PairSupervisor struct {
 	// after the pair is up (the primary has connected to its backup and
 	// records); StopPrimaryAfter: SIGSTOP the primary (a hung host:
 	// silence, no connection reset) as long after, then kill it 30 s
-	// later. 0: never. Counting from the start instead would, on a slow
+	// later, or as soon as the backup wins the arbiter (fencing, as after
+	// any takeover). 0: never. Counting from the start instead would, on a slow
 	// machine, kill a primary that never had a backup, which no backup
 	// can take over from.
 	KillPrimaryAfter, KillBackupAfter, StopPrimaryAfter time.Duration
@@ -67,6 +68,9 @@ const (
 	lineProtected = "primary: PROTECTED again"
 	lineWentLive  = "backup: LIVE since"
 	lineAlone     = "carrying on alone"
+	// lineWonArbiter: a backup won the go-live test-and-set; the side it
+	// took over from lost, and may be fenced.
+	lineWonArbiter = "backup: won the arbiter"
 )
 
 // Run starts the backup, then the primary, and returns the pair's exit
@@ -85,14 +89,15 @@ func (s *PairSupervisor) Run() int {
 	start := func(name string, args []string, joinListen string, feed bool) (*member, error) {
 		m := pairMember(s.Exe, name, args, out)
 		m.joinListen = joinListen
-		m.up, m.live, m.alone = make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
+		m.up, m.live, m.won, m.alone = make(chan struct{}), make(chan struct{}), make(chan struct{}), make(chan struct{}, 1)
 		var c *consoleSwitch
 		if feed {
 			c = console
 		}
 		up := closer(m.up)
 		stderr := io.MultiWriter(s.Stderr, &lineWatch{want: linePaired, on: up}, &lineWatch{want: lineProtected, on: up},
-			&lineWatch{want: lineWentLive, on: closer(m.live)}, &lineWatch{want: lineAlone, on: token(m.alone)})
+			&lineWatch{want: lineWentLive, on: closer(m.live)}, &lineWatch{want: lineWonArbiter, on: closer(m.won)},
+			&lineWatch{want: lineAlone, on: token(m.alone)})
 		if err := m.start(c, stderr); err != nil {
 			return nil, err
 		}
@@ -124,6 +129,26 @@ func (s *PairSupervisor) Run() int {
 			}
 		}()
 	}
+	// fence kills the side a backup takes over from once that backup has
+	// won the arbiter (STONITH): it lost, and whatever it still holds on
+	// this machine, a frozen primary its TAP device say, the backup needs
+	// to go live. Dead or halted already, it is left alone.
+	fence := func(old, backup *member) {
+		go func() {
+			select {
+			case <-backup.won:
+			case <-backup.done:
+				return
+			}
+			select {
+			case <-old.done:
+			default:
+				logf("the %s won the arbiter: fencing the %s (kill -9), which lost and may still hold the guest's network", backup.name, old.name)
+				old.kill()
+			}
+		}()
+	}
+	fence(primary, backup)
 	// after runs f d after live is up (protected), unless it ends first.
 	after := func(live *member, d time.Duration, f func()) {
 		if d <= 0 {
@@ -188,6 +213,7 @@ func (s *PairSupervisor) Run() int {
 					return live.waitStatus(logf)
 				}
 				next++
+				fence(live, joiner)
 				standby, standbyDone = joiner, joiner.done
 				continue
 			}
@@ -223,6 +249,7 @@ func (s *PairSupervisor) Run() int {
 			return standby.waitStatus(logf)
 		}
 		next++
+		fence(standby, joiner)
 		live, standby = standby, joiner
 	}
 }
@@ -266,6 +293,7 @@ type member struct {
 	// went live as a backup.
 	joinListen string
 	up, live   chan struct{}
+	won        chan struct{} // closed when it won the arbiter as a backup
 	alone      chan struct{} // a token each time it lost its backup and carries on alone
 }
 
