@@ -47,6 +47,10 @@ type Options struct {
 	// CPUProfileDir, if set, gets a CPU profile of each side of one extra
 	// plain and FT run of every workload (not counted in the figures).
 	CPUProfileDir string
+	// ChannelTimeout is the logging channel's failover timeout in the
+	// plain-versus-FT runs (0: the channel's default). Under emulation a
+	// starved side can miss a second of heartbeats.
+	ChannelTimeout time.Duration
 }
 
 func (o Options) reps() int {
@@ -72,6 +76,7 @@ func (o Options) placements() []Placement {
 
 // start runs spec in mode in place: in member processes if it can.
 func (o Options) start(ctx context.Context, m Mode, place Placement, spec vmSpec, arbDir string) vmRun {
+	spec.FailoverTimeout = o.ChannelTimeout
 	if !o.inProcesses() {
 		return startVM(ctx, m, spec, arbDir)
 	}

@@ -58,6 +58,8 @@ type MemberSpec struct {
 	// Disk is the VM's disk image (this member's copy of a local one).
 	Disk      string
 	DiskLocal bool
+	// FailoverTimeout is the logging channel's (0: its default).
+	FailoverTimeout time.Duration
 }
 
 // MemberStats are one member process's figures, measured by the process
@@ -262,6 +264,7 @@ func memberCommon(ctx context.Context, spec MemberSpec, img *vmm.Image, cfg vmm.
 		}
 		channel = logchannel.Config{TLS: creds}
 	}
+	channel.FailoverTimeout = spec.FailoverTimeout
 	nb, err := openNet(spec.Role == RolePrimary)
 	if err != nil {
 		return ft.Common{}, err

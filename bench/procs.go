@@ -73,7 +73,7 @@ func startProcVM(ctx context.Context, mode Mode, spec vmSpec, pr procRun, arbDir
 	defer os.RemoveAll(work)
 	member := func(role string) MemberSpec {
 		ms := MemberSpec{Role: role, Backend: spec.Backend.Name(), Image: pr.ImagePath, Cmdline: spec.Config.Cmdline, Net: pr.Net,
-			Stats: filepath.Join(work, role+".json"), Disk: spec.Disk, DiskLocal: spec.DiskLocal}
+			Stats: filepath.Join(work, role+".json"), Disk: spec.Disk, DiskLocal: spec.DiskLocal, FailoverTimeout: spec.FailoverTimeout}
 		if spec.DiskLocal && role == RoleBackup {
 			ms.Disk += ".backup"
 		}

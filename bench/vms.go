@@ -63,6 +63,8 @@ type vmSpec struct {
 	// its own: the backup's is Disk+".backup", which the caller makes.
 	Disk      string
 	DiskLocal bool
+	// FailoverTimeout is the logging channel's (0: its default).
+	FailoverTimeout time.Duration
 	// Ready, if set, is called once the VM runs, and the VM is stopped when
 	// it returns (for servers that never exit).
 	Ready func(ctx context.Context)
@@ -179,6 +181,7 @@ func runFT(ctx context.Context, spec vmSpec, pdisk vmDisk, stdout io.Writer, ope
 		if inClear {
 			channel = logchannel.Config{InsecureNoTLS: true}
 		}
+		channel.FailoverTimeout = spec.FailoverTimeout
 		cfg, disk := spec.Config, pdisk.shared
 		if role == "backup" {
 			cfg, disk = bcfg, bdisk.shared

@@ -24,6 +24,7 @@ func cmdBench(args []string) int {
 	trials := fs.Int("failover-trials", 0, "failover trials per failure setting (default 2 with --quick, 50 without)")
 	profiles := fs.String("cpuprofile-dir", "", "write CPU profiles of each side of one extra run per workload into `DIR`/BACKEND and summarise them in the report")
 	only := fs.String("only", "", "run only these parts, comma-separated: "+stepNames())
+	channelTimeout := fs.Duration("channel-timeout", 0, "the logging channel's failover timeout in the plain-versus-FT runs (default: the channel's own); under emulation a starved side can miss a second of heartbeats")
 	member := fs.String("member", "", "internal: run one VM process of a benchmark as the spec `FILE` says")
 	if err := fs.Parse(args); err != nil {
 		return exitUsage
@@ -79,7 +80,7 @@ func cmdBench(args []string) int {
 	for _, b := range bes {
 		fmt.Fprintf(os.Stderr, "ftvm bench: backend %s\n", b.Name())
 		res, err := bench.Run(ctx, bench.Options{Quick: *quick, Only: onlySteps, GuestDir: *guests, FTVM: exe, Backend: b,
-			Reps: *reps, FailoverTrials: *trials, CPUProfileDir: *profiles,
+			Reps: *reps, FailoverTrials: *trials, CPUProfileDir: *profiles, ChannelTimeout: *channelTimeout,
 			Logf: func(f string, a ...any) {
 				fmt.Fprintf(os.Stderr, "ftvm bench %s %s: %s\n", b.Name(), time.Now().Format("15:04:05"), fmt.Sprintf(f, a...))
 			}})

@@ -170,7 +170,13 @@ func TestKillBackup(t *testing.T) {
 func TestBenchQuick(t *testing.T) {
 	b := requireBackend(t)
 	dir := t.TempDir()
-	cmd := exec.Command(ftvmBin, "bench", "--quick", "--backend", b.Name(), "--out", dir, "--guests", "../../guests/build")
+	args := []string{"bench", "--quick", "--backend", b.Name(), "--out", dir, "--guests", "../../guests/build"}
+	if os.Getenv("FTVM_KVMQ") == "1" {
+		// Under emulation (CI's QEMU, one vCPU) a starved side can miss a
+		// second of heartbeats: the pair would part in mid-run.
+		args = append(args, "--channel-timeout", "10s")
+	}
+	cmd := exec.Command(ftvmBin, args...)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("ftvm bench --quick: %v\n%s", err, out)
