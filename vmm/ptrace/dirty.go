@@ -44,6 +44,18 @@ type dirtyLog struct {
 	pagemap *os.File // /proc/PID/pagemap: holds the guest's mm
 	rw      [][2]uint64
 	started bool
+	// scan holds PAGEMAP_SCAN's argument and the regions the kernel
+	// writes, on the heap with the vcpu: the argument holds the regions'
+	// address as an integer, and an object on a goroutine's stack moves
+	// when the stack grows (at a call, between taking the address and the
+	// system call), after which the kernel would write the written pages
+	// into the stack's old copy and the scan would report none of them.
+	scan *pageScan
+}
+
+type pageScan struct {
+	arg     pmScanArg
+	regions [scanRegionsPerIoctl]pageRegion
 }
 
 // setupDirtyLog gives the guest process an asynchronous write-protect
