@@ -234,14 +234,15 @@ func (p *Precopy) rounds() error {
 	if err := p.enc.header(uint64(len(m.ram))); err != nil {
 		return err
 	}
+	// Round 0: the local disk's chunks that differ from the receiver's,
+	// then every non-zero page, found as a snapshot finds them.
+	t := time.Now()
+	before := p.enc.n
 	if p.opt.Disk != nil {
 		if err := p.diskPass(); err != nil {
 			return err
 		}
 	}
-	// Round 0: every non-zero page, found as a snapshot finds them.
-	t := time.Now()
-	before := p.enc.n
 	var sent uint64
 	err := eachNonZeroPage(m.ramFile, m.ram, func(first, n uint64) error {
 		sent += n
