@@ -61,6 +61,12 @@
 // has received and taken, which the primary counts as progress, so a
 // long transfer on a slow link or into a slow restore is not a lost peer.
 //
+// Before the transfer, a joining backup may send a join offer
+// (Receiver.SendOffer): what it already holds, such as the chunk hashes of
+// its copy of a local disk, so that the state transfer leaves out what is
+// equal. The primary reads it whole (Sender.Offer, at most MaxJoinOffer
+// bytes); the channel does not look inside it.
+//
 // # Security
 //
 // The channel runs over mutual TLS 1.3 unless Config.InsecureNoTLS says to
@@ -73,7 +79,7 @@
 // good only in the session it was sent in. Everything below runs inside
 // the TLS session.
 //
-// # Wire protocol, version 3
+// # Wire protocol, version 4
 //
 // Both directions start with a preamble, then messages:
 //
@@ -136,6 +142,9 @@
 //	'G' transfer progress  joining pairing only: transfer bytes received
 //	               uint64 LE and taken by Read uint64 LE, sent when they
 //	               grow, at most every heartbeat tick
+//	'O' join offer joining pairing only, once, in pieces: flags
+//	               u8 (bit 0: the last piece), then up to 64 KiB of the
+//	               offer; at most MaxJoinOffer (4 MiB) in all, one offer
 //
 // The backup acks when it has decoded every frame of the log messages it
 // has read, so one ack may cover several frames that arrived together. An
@@ -143,7 +152,8 @@
 // message of a type the receiving side does not expect, over the length
 // limit, of the wrong size or with a bad CRC, a log frame that does not
 // decode, a transfer message in a pairing without a join or after the
-// transfer's end, a log message before it, and an end whose length or
+// transfer's end, a log message before it, an offer piece after the
+// offer's last or past MaxJoinOffer, and an end whose length or
 // CRC differ from the bytes that came, end the session: the side that sees it closes the connection and
 // reports its peer lost, naming what was wrong.
 package logchannel

@@ -85,6 +85,12 @@ type Receiver struct {
 	transferBytes atomic.Uint64 // received
 	transferTaken atomic.Uint64 // returned by Transfer's Read
 
+	// offer: the join offer's messages waiting for the writer
+	// (SendOffer); offerQueued once it was given.
+	offerMu     sync.Mutex
+	offer       []byte
+	offerQueued bool
+
 	wake     chan struct{} // cap 1: the writer has something to send
 	done     chan struct{}
 	doneOnce sync.Once
@@ -619,6 +625,9 @@ func (r *Receiver) writeLoop() {
 				buf = appendControl(buf, msgTransferProgress, f[:])
 				sentReceived, sentTaken, lastTransferReport = received, taken, now
 			}
+		}
+		if r.transfer != nil {
+			buf = append(buf, r.takeOffer()...)
 		}
 		if len(buf) == 0 && time.Duration(now-lastSend) >= r.cfg.HeartbeatInterval {
 			buf = appendStamp(buf, msgHeartbeat, now)

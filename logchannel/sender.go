@@ -103,6 +103,8 @@ type Sender struct {
 	firstSeq  uint64
 	// transferBytes are the transfer's stream bytes sent, for Stats.
 	transferBytes atomic.Uint64
+	// offer is the joining backup's offer (Offer), nil without a join.
+	offer *offerIn
 }
 
 var _ replay.Sink = (*Sender)(nil)
@@ -132,6 +134,7 @@ func newSender(conn net.Conn, mr *msgReader, cfg Config, join bool) (*Sender, er
 	if join {
 		s.transfer = &TransferWriter{s: s}
 		s.transferred = make(chan struct{})
+		s.offer = &offerIn{done: make(chan struct{})}
 	}
 	s.enc = replay.NewEncoderSize(senderWriter{s}, cfg.FrameSize)
 	s.pol = newSenderPolicy(senderLimits{
@@ -378,7 +381,7 @@ func (s *Sender) Peer() string { return s.conn.RemoteAddr().String() }
 func (s *Sender) readLoop() {
 	defer s.wg.Done()
 	for {
-		t, size, err := s.mr.readHeader(msgAck, msgHeartbeat, msgEcho, msgTransferProgress)
+		t, size, err := s.mr.readHeader(msgAck, msgHeartbeat, msgEcho, msgTransferProgress, msgJoinOffer)
 		if err != nil {
 			s.lose(readFailed(s.peer, err))
 			return
@@ -387,13 +390,15 @@ func (s *Sender) readLoop() {
 		switch {
 		case t == msgAck:
 			want = ackLen
-		case t == msgTransferProgress && !s.join:
+		case (t == msgTransferProgress || t == msgJoinOffer) && !s.join:
 			s.lose(readFailed(s.peer, s.mr.protocolError("%v message in a pairing without a join", t)))
 			return
 		case t == msgTransferProgress:
 			want = transferProgressLen
+		case t == msgJoinOffer:
+			want = offerLen
 		}
-		f, err := s.mr.readControl(t, size, want, true)
+		f, err := s.mr.readControl(t, size, want, t != msgJoinOffer)
 		if err != nil {
 			s.lose(readFailed(s.peer, err))
 			return
@@ -420,6 +425,14 @@ func (s *Sender) readLoop() {
 		case msgTransferProgress:
 			s.st.Lock()
 			s.pol.transferProgress(leUint64(f[0:]), leUint64(f[8:]), now)
+			s.st.Unlock()
+		case msgJoinOffer:
+			if err := s.readOffer(f); err != nil {
+				s.lose(readFailed(s.peer, err))
+				return
+			}
+			s.st.Lock()
+			s.pol.heard(now)
 			s.st.Unlock()
 		}
 	}

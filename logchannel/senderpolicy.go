@@ -166,6 +166,10 @@ func (p *senderPolicy) transferProgress(received, taken uint64, at time.Duration
 	}
 }
 
+// heard takes a message that is only a sign of life (a piece of the
+// join offer), received at at.
+func (p *senderPolicy) heard(at time.Duration) { p.lastHeard = at }
+
 // heartbeat takes the backup's heartbeat, stamped stamp, received at at:
 // an echo is due.
 func (p *senderPolicy) heartbeat(stamp int64, at time.Duration) {

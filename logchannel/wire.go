@@ -22,8 +22,9 @@ const (
 	// in every version, so that two versions can always tell each other
 	// why they refuse.
 	// Version 2 added the hello's session binding; version 3 the hello's
-	// flags (a joining pairing) and the state transfer's messages.
-	ProtocolVersion uint16 = 3
+	// flags (a joining pairing) and the state transfer's messages; version
+	// 4 the join offer.
+	ProtocolVersion uint16 = 4
 
 	// MaxMessageLen bounds the body of a message: one log frame of at most
 	// replay.MaxFrameLen bytes plus its lengths, CRC and the stream header
@@ -72,6 +73,10 @@ const (
 	// and taken so far. A backup working through a long transfer is not
 	// stalled, although the log frames behind it wait for their acks.
 	msgTransferProgress msgType = 'G'
+	// msgJoinOffer, backup -> primary, in a joining pairing only: a piece
+	// of what the backup already holds (SendOffer), which the transfer
+	// may leave out.
+	msgJoinOffer msgType = 'O'
 )
 
 func (t msgType) String() string {
@@ -98,6 +103,8 @@ func (t msgType) String() string {
 		return "transfer-end"
 	case msgTransferProgress:
 		return "transfer-progress"
+	case msgJoinOffer:
+		return "join-offer"
 	}
 	return fmt.Sprintf("type %#02x %s", byte(t), strconv.QuoteRune(rune(t)))
 }

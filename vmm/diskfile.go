@@ -43,6 +43,11 @@ type DiskFile struct {
 	// scratch: writes stay in the overlay and never reach the file (a
 	// replay of a local disk, which must not change the copy it reads).
 	scratch bool
+	// track, while a transfer of a local disk runs (StartTracking), has
+	// a bit for each chunk of 1<<trackShift bytes written since the last
+	// TakeDirty: what the joining side must be sent again.
+	track      []uint64
+	trackShift uint
 }
 
 type overlayBlock struct {
@@ -132,6 +137,11 @@ func (d *DiskFile) Stage(ctx context.Context, batch []byte) (ticket uint64, flus
 		if r.Flush {
 			flush = true
 			return nil
+		}
+		if d.track != nil {
+			for c := r.Off >> d.trackShift; c <= (r.Off+uint64(len(r.Data))-1)>>d.trackShift; c++ {
+				d.track[c/64] |= 1 << (c % 64)
+			}
 		}
 		for i := 0; i < len(r.Data); i += DiskBlock {
 			blk := (r.Off + uint64(i)) / DiskBlock
@@ -225,6 +235,64 @@ func (d *DiskFile) Sync(ctx context.Context) error {
 		return err
 	}
 	if err := unix.Fdatasync(int(d.f.Fd())); err != nil {
+		return fmt.Errorf("vmm: disk %s: %w", d.f.Name(), err)
+	}
+	return nil
+}
+
+// StartTracking begins to remember the chunks (of chunk bytes, a power of
+// two) that writes staged from now on touch, for TakeDirty. One tracker
+// at a time: a transfer to a joining backup.
+func (d *DiskFile) StartTracking(chunk uint64) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if chunk == 0 || chunk&(chunk-1) != 0 || chunk < DiskBlock {
+		return fmt.Errorf("vmm: disk: tracking chunks of %d bytes", chunk)
+	}
+	if d.track != nil {
+		return errors.New("vmm: disk: a transfer already tracks the disk's writes")
+	}
+	chunks := (d.size + chunk - 1) / chunk
+	d.track = make([]uint64, (chunks+63)/64)
+	for d.trackShift = 0; 1<<d.trackShift < chunk; d.trackShift++ {
+	}
+	return nil
+}
+
+// TakeDirty sets in dst (a bit per chunk, as long as StartTracking's) the
+// chunks written since tracking started or the last TakeDirty, and
+// forgets them.
+func (d *DiskFile) TakeDirty(dst []uint64) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for i, w := range d.track {
+		dst[i] |= w
+		d.track[i] = 0
+	}
+}
+
+// StopTracking ends StartTracking.
+func (d *DiskFile) StopTracking() {
+	d.mu.Lock()
+	d.track = nil
+	d.mu.Unlock()
+}
+
+// Fill writes data at off straight into the file: for a joining backup,
+// which makes its copy equal to the live side's before its machine runs.
+// Nothing may be staged.
+func (d *DiskFile) Fill(off uint64, data []byte) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	switch {
+	case d.scratch:
+		return errors.New("vmm: disk: a write to a disk opened for replay")
+	case d.staged != 0 || len(d.overlay) != 0:
+		return errors.New("vmm: disk: a copy filled while the guest writes it")
+	case off%DiskBlock != 0 || len(data)%DiskBlock != 0 || off > d.size || uint64(len(data)) > d.size-off:
+		return fmt.Errorf("vmm: disk: a fill of %d bytes at %d outside a disk of %d bytes or not block aligned", len(data), off, d.size)
+	}
+	if _, err := d.f.WriteAt(data, int64(off)); err != nil {
 		return fmt.Errorf("vmm: disk %s: %w", d.f.Name(), err)
 	}
 	return nil

@@ -446,3 +446,31 @@ func (m *Machine) releaseLocked() error {
 	}
 	return err
 }
+
+// JoinConfigDigest is ConfigDigest for the handshake of a backup that
+// joins a running guest: a local disk's size and digest are left out.
+// The joining side's copy is made equal to the live side's by the state
+// transfer, which proves it (a root hash at the pause) and refuses a copy
+// of another size with a clear error; the digest the config keeps is of
+// the copies when the pair first started.
+func JoinConfigDigest(c Config) [32]byte {
+	if c.Disk != nil && c.Disk.Local {
+		c.Disk = &DiskConfig{Local: true}
+	}
+	return ConfigDigest(c)
+}
+
+// AttachLocalDisk gives a machine restored from a state (whose config,
+// being text, names a local disk but no file) this side's copy of it.
+func (m *Machine) AttachLocalDisk(f *DiskFile) error {
+	d := m.cfg.Disk
+	switch {
+	case d == nil || !d.Local:
+		return errors.New("vmm: a local disk attached to a machine without one")
+	case f.Size() != d.Size:
+		return fmt.Errorf("vmm: the local disk's copy %s has %d bytes, the machine's disk %d: %w", f.Path(), f.Size(), d.Size, ErrDiskSize)
+	}
+	d.File = f
+	m.bus.disk.local = f
+	return nil
+}

@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -41,6 +42,17 @@ type PrecopyOptions struct {
 	// makes a wait in progress return (LiveWorld.Nudge), since a guest
 	// idle in a wait without timeout makes no exit to pause at.
 	Nudge func()
+	// Disk, if set, is the machine's local disk, and DiskOffer the
+	// receiver's offer of its copy (DiskOffer): the transfer makes the
+	// receiver's copy equal to Disk at the pause, sending the chunks
+	// whose hashes differ, then those written since (disksync.go). A copy
+	// of another size ends the transfer (ErrDiskSize), after the stream
+	// told the receiver the size.
+	Disk      *DiskFile
+	DiskOffer []byte
+	// StopDiskChunks: the pause also waits (up to MaxRounds) until a round
+	// finds at most this many disk chunks written (0: 64, 4 MiB).
+	StopDiskChunks int
 	// ignoreGuestWrites (tests only) drops the backend's dirty log, to
 	// show that a transfer without it ends in the wrong state.
 	ignoreGuestWrites bool
@@ -58,6 +70,9 @@ func (o PrecopyOptions) withDefaults() PrecopyOptions {
 	}
 	if o.StopPages <= 0 {
 		o.StopPages = 256
+	}
+	if o.StopDiskChunks <= 0 {
+		o.StopDiskChunks = 64
 	}
 	return o
 }
@@ -87,6 +102,14 @@ type PrecopyStats struct {
 	// backend could not, and the transfer was stop-and-copy (every page
 	// sent during the pause).
 	Tracking error
+	// The local disk (PrecopyOptions.Disk): DiskSize its bytes;
+	// DiskDiffer the chunks found different from the receiver's offer;
+	// DiskChunks the chunks sent in all (the differing ones, then those
+	// written during the transfer), DiskPauseChunks those of the pause;
+	// DiskBytes the disk data sent.
+	DiskSize                                uint64
+	DiskDiffer, DiskChunks, DiskPauseChunks uint64
+	DiskBytes                               uint64
 }
 
 // Bytes is the size of the whole stream.
@@ -113,14 +136,35 @@ type Precopy struct {
 	err      error
 	// pauseSnapshot: a snapshot at the pause (snapshotAtPause).
 	pauseSnapshot *State
+	// The local disk: its chunk size, each chunk's hash as last sent (or
+	// found equal), and the chunks written and not yet sent.
+	diskChunk  uint64
+	diskHashes [][32]byte
+	diskDirty  []uint64
+	diskBuf    []byte
+	// compared counts the disk bytes compared with the receiver's offer:
+	// progress that sends nothing while the copies agree (Compared).
+	compared atomic.Uint64
 }
+
+// Compared returns the bytes of the local disk compared so far with the
+// receiver's copy: a transfer working through a large disk whose copies
+// mostly agree sends little for a while, yet makes progress.
+func (p *Precopy) Compared() uint64 { return p.compared.Load() }
 
 type precopyFinal struct {
 	snap  *State
 	runs  []MemRun
+	disk  []diskRun
 	state *State
 	pause time.Duration
 	err   error
+}
+
+// diskRun is a chunk of the disk copied in the pause.
+type diskRun struct {
+	chunk uint64
+	data  []byte
 }
 
 // StartPrecopy begins sending the machine's state to w while the guest
@@ -154,6 +198,9 @@ func (p *Precopy) Wait() (PrecopyStats, error) {
 func (p *Precopy) send() {
 	defer close(p.done)
 	t0 := time.Now()
+	if p.opt.Disk != nil {
+		defer p.opt.Disk.StopTracking()
+	}
 	p.err = p.rounds()
 	if p.err == nil {
 		p.err = p.finish(t0)
@@ -187,9 +234,15 @@ func (p *Precopy) rounds() error {
 	if err := p.enc.header(uint64(len(m.ram))); err != nil {
 		return err
 	}
-	// Round 0: every non-zero page, found as a snapshot finds them.
+	// Round 0: the local disk's chunks that differ from the receiver's,
+	// then every non-zero page, found as a snapshot finds them.
 	t := time.Now()
 	before := p.enc.n
+	if p.opt.Disk != nil {
+		if err := p.diskPass(); err != nil {
+			return err
+		}
+	}
 	var sent uint64
 	err := eachNonZeroPage(m.ramFile, m.ram, func(first, n uint64) error {
 		sent += n
@@ -218,7 +271,12 @@ func (p *Precopy) rounds() error {
 			return err
 		}
 		n := popcount(dirty)
-		if n <= uint64(p.opt.StopPages) || round > p.opt.MaxRounds {
+		var dn uint64
+		if p.opt.Disk != nil {
+			p.opt.Disk.TakeDirty(p.diskDirty)
+			dn = popcount(p.diskDirty)
+		}
+		if n <= uint64(p.opt.StopPages) && dn <= uint64(p.opt.StopDiskChunks) || round > p.opt.MaxRounds {
 			p.carry = dirty
 			break
 		}
@@ -226,6 +284,9 @@ func (p *Precopy) rounds() error {
 		err := eachSetRun(dirty, pages, func(first, n uint64) error {
 			return p.enc.pages(uint32(round), first, m.ram[first*pageSize:(first+n)*pageSize])
 		})
+		if err == nil && dn > 0 {
+			err = p.sendDirtyDisk(uint32(round))
+		}
 		if err == nil {
 			err = p.enc.flush()
 		}
@@ -271,6 +332,9 @@ func (p *Precopy) finalPause(m *Machine, regs *replay.Regs) {
 	t := time.Now()
 	var f precopyFinal
 	f.runs, f.err = p.pausePages(m)
+	if f.err == nil && p.opt.Disk != nil {
+		f.disk, f.err = p.pauseDisk()
+	}
 	if f.err == nil {
 		f.state, f.err = m.captureCPUState(regs)
 	}
@@ -338,6 +402,17 @@ func (p *Precopy) finish(t0 time.Time) error {
 			return err
 		}
 	}
+	if p.opt.Disk != nil {
+		for _, r := range f.disk {
+			if err := p.sendChunk(round, r.chunk, r.data); err != nil {
+				return err
+			}
+		}
+		p.stats.DiskPauseChunks = uint64(len(f.disk))
+		if err := p.enc.diskDone(round, diskRoot(p.opt.Disk.Size(), p.diskChunk, p.diskHashes)); err != nil {
+			return err
+		}
+	}
 	if err := p.enc.state(round, f.state); err != nil {
 		return err
 	}
@@ -346,6 +421,96 @@ func (p *Precopy) finish(t0 time.Time) error {
 	}
 	p.stats.Final = PrecopyRound{Pages: sent, Bytes: p.enc.n - before, Time: time.Since(t)}
 	return nil
+}
+
+// diskPass starts tracking the disk's writes, then compares every chunk
+// with the receiver's offer and sends those that differ. A chunk written
+// after its read is tracked, and sent again later.
+func (p *Precopy) diskPass() error {
+	d := p.opt.Disk
+	size := d.Size()
+	p.diskChunk = DiskChunkSize(size)
+	p.stats.DiskSize = size
+	// The size first, so that a receiver with a copy of another size
+	// says so too.
+	if err := p.enc.diskBegin(size, p.diskChunk); err != nil {
+		return err
+	}
+	if err := p.enc.flush(); err != nil {
+		return err
+	}
+	theirs, err := parseDiskOffer(p.opt.DiskOffer, size)
+	if err != nil {
+		return err
+	}
+	if err := d.StartTracking(p.diskChunk); err != nil {
+		return err
+	}
+	p.diskHashes = make([][32]byte, len(theirs))
+	p.diskDirty = make([]uint64, (len(theirs)+63)/64)
+	p.diskBuf = make([]byte, p.diskChunk)
+	for i := range uint64(len(theirs)) {
+		b, err := readChunk(d, p.diskChunk, i, p.diskBuf)
+		if err != nil {
+			return err
+		}
+		p.diskHashes[i] = sha256.Sum256(b)
+		p.compared.Add(uint64(len(b)))
+		if p.diskHashes[i] == theirs[i] {
+			continue
+		}
+		p.stats.DiskDiffer++
+		if err := p.sendChunk(0, i, b); err != nil {
+			return err
+		}
+	}
+	return p.enc.flush()
+}
+
+// sendDirtyDisk sends the chunks in diskDirty, read now, and clears it.
+func (p *Precopy) sendDirtyDisk(round uint32) error {
+	n := uint64(len(p.diskHashes))
+	err := eachSetRun(p.diskDirty, n, func(first, k uint64) error {
+		for i := first; i < first+k; i++ {
+			b, err := readChunk(p.opt.Disk, p.diskChunk, i, p.diskBuf)
+			if err != nil {
+				return err
+			}
+			if err := p.sendChunk(round, i, b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	clear(p.diskDirty)
+	return err
+}
+
+// sendChunk sends chunk i's data b and notes its hash.
+func (p *Precopy) sendChunk(round uint32, i uint64, b []byte) error {
+	p.diskHashes[i] = sha256.Sum256(b)
+	p.stats.DiskChunks++
+	p.stats.DiskBytes += uint64(len(b))
+	return p.enc.disk(round, i*p.diskChunk, b)
+}
+
+// pauseDisk copies, in the pause, the chunks written since the last
+// round took them: sent (and hashed) once the guest runs on.
+func (p *Precopy) pauseDisk() ([]diskRun, error) {
+	p.opt.Disk.TakeDirty(p.diskDirty)
+	var runs []diskRun
+	err := eachSetRun(p.diskDirty, uint64(len(p.diskHashes)), func(first, k uint64) error {
+		for i := first; i < first+k; i++ {
+			b, err := readChunk(p.opt.Disk, p.diskChunk, i, make([]byte, p.diskChunk))
+			if err != nil {
+				return err
+			}
+			runs = append(runs, diskRun{chunk: i, data: b})
+		}
+		return nil
+	})
+	clear(p.diskDirty)
+	return runs, err
 }
 
 func popcount(b []uint64) uint64 {

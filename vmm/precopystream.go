@@ -3,6 +3,8 @@ package vmm
 import (
 	"bufio"
 	"bytes"
+	"context"
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -22,16 +24,30 @@ import (
 //	  kind 2 (clear): every page becomes zero (first = count = 0, no payload)
 //	  kind 3 (state): count bytes of a snapshot file (State.Encode) with no
 //	      RAM runs; the last record
+//	  kind 4 (disk begin): the live side's local disk follows: first is
+//	      its size, count its chunk size (DiskChunkSize); no payload; at
+//	      most once, before any other disk record
+//	  kind 5 (disk): count bytes of the disk at byte first (block
+//	      aligned, 0 < count <= 1 MiB, within the disk); a later record
+//	      for a block replaces an earlier one
+//	  kind 6 (disk done): first = 0, count = 32: the disk's root hash
+//	      (diskRoot) at the final pause, which the receiver's copy, read
+//	      back whole, must have; before the state
 //
-// Rounds never decrease. Integers are little-endian.
+// Rounds never decrease. Integers are little-endian. A stream for a
+// receiver with a local disk has the disk records; one without has none.
 const (
 	precopyMagic    = "FTVMPCPY"
-	precopyVersion  = 1
+	precopyVersion  = 2
 	precopyMaxPages = 256
 	recPages        = 1
 	recClear        = 2
 	recState        = 3
+	recDiskBegin    = 4
+	recDisk         = 5
+	recDiskDone     = 6
 	recHeadSize     = 1 + 4 + 8 + 8
+	maxDiskRecord   = 1 << 20
 )
 
 // ErrPrecopyCorrupt is wrapped by ReceivePrecopy's error for a stream that
@@ -124,6 +140,30 @@ func (w *precopyWriter) state(round uint32, s *State) error {
 	return w.write(recHead(recState, round, 0, uint64(b.Len())), b.Bytes())
 }
 
+func (w *precopyWriter) diskBegin(size, chunk uint64) error {
+	return w.write(recHead(recDiskBegin, 0, size, chunk))
+}
+
+// disk writes data (whole blocks of the disk at byte off, a copy that
+// does not change) as records of at most maxDiskRecord bytes.
+func (w *precopyWriter) disk(round uint32, off uint64, data []byte) error {
+	for len(data) > 0 {
+		if w.stop != nil && w.stop.Load() {
+			return errMachineClosed
+		}
+		n := min(len(data), maxDiskRecord)
+		if err := w.write(recHead(recDisk, round, off, uint64(n)), data[:n]); err != nil {
+			return err
+		}
+		off, data = off+uint64(n), data[n:]
+	}
+	return nil
+}
+
+func (w *precopyWriter) diskDone(round uint32, root [32]byte) error {
+	return w.write(recHead(recDiskDone, round, 0, uint64(len(root))), root[:])
+}
+
 func (w *precopyWriter) flush() error {
 	if err := w.w.Flush(); err != nil {
 		return fmt.Errorf("vmm: pre-copy: writing the stream: %w", err)
@@ -135,7 +175,14 @@ func (w *precopyWriter) flush() error {
 // pages to a fresh RAM, and returns the State the sender's machine had at
 // the final pause: what Restore takes. Every length is checked before it is
 // used; a damaged stream is an error wrapping ErrPrecopyCorrupt.
-func ReceivePrecopy(r io.Reader) (*State, error) {
+func ReceivePrecopy(r io.Reader) (*State, error) { return ReceivePrecopyDisk(r, nil) }
+
+// ReceivePrecopyDisk is ReceivePrecopy for a receiver with a local disk,
+// disk (nil for none): the stream's disk records are written into it, and
+// before the state is returned the copy is synced, read back whole and
+// proven equal to the sender's at the pause (the disk done record). A
+// stream whose disk is of another size is refused (ErrDiskSize).
+func ReceivePrecopyDisk(r io.Reader, disk *DiskFile) (*State, error) {
 	br := bufio.NewReaderSize(r, 1<<20)
 	bad := func(format string, a ...any) error {
 		return fmt.Errorf("vmm: pre-copy: "+format+": %w", append(a, ErrPrecopyCorrupt)...)
@@ -163,6 +210,10 @@ func ReceivePrecopy(r io.Reader) (*State, error) {
 	// one byte a page, the rest far less than 64 KiB of strings and fields.
 	maxState := pages + 5*maxSnapString + 4096
 	lastRound := uint32(0)
+	// The disk: begun at its begin record, proven at its done record.
+	var diskBuf []byte
+	var diskChunk uint64
+	diskProven := false
 	for rec := 0; ; rec++ {
 		var h [recHeadSize]byte
 		if _, err := io.ReadFull(br, h[:]); err != nil {
@@ -194,7 +245,67 @@ func ReceivePrecopy(r io.Reader) (*State, error) {
 				return nil, bad("record %d: %v", rec, err)
 			}
 			clear(ram)
+		case recDiskBegin:
+			if err := checkCRC(br, h[:]); err != nil {
+				return nil, bad("record %d: %v", rec, err)
+			}
+			switch {
+			case disk == nil:
+				return nil, bad("record %d: a local disk of %d bytes, but this side has no local disk to write it to", rec, first)
+			case diskChunk != 0:
+				return nil, bad("record %d: a second disk begin", rec)
+			case first != disk.Size():
+				return nil, fmt.Errorf("vmm: pre-copy: the sender's disk has %d bytes, this side's copy %s %d: %w", first, disk.Path(), disk.Size(), ErrDiskSize)
+			case count != DiskChunkSize(first):
+				return nil, bad("record %d: disk chunks of %d bytes, want %d", rec, count, DiskChunkSize(first))
+			}
+			diskChunk = count
+		case recDisk:
+			if diskChunk == 0 || diskProven {
+				return nil, bad("record %d: disk data outside the disk's begin and done", rec)
+			}
+			if count == 0 || count > maxDiskRecord || count%DiskBlock != 0 || first%DiskBlock != 0 || first >= disk.Size() || count > disk.Size()-first {
+				return nil, bad("record %d: disk data of %d bytes at %d, outside a disk of %d bytes, over %d or not block aligned", rec, count, first, disk.Size(), maxDiskRecord)
+			}
+			if diskBuf == nil {
+				diskBuf = make([]byte, maxDiskRecord)
+			}
+			b := diskBuf[:count]
+			if _, err := io.ReadFull(br, b); err != nil {
+				return nil, bad("record %d: %v", rec, err)
+			}
+			if err := checkCRC(br, h[:], b); err != nil {
+				return nil, bad("record %d (disk %d+%d): %v", rec, first, count, err)
+			}
+			if err := disk.Fill(first, b); err != nil {
+				return nil, fmt.Errorf("vmm: pre-copy: %w", err)
+			}
+		case recDiskDone:
+			if diskChunk == 0 || diskProven || first != 0 || count != sha256.Size {
+				return nil, bad("record %d: a disk done with operands %d, %d, out of place", rec, first, count)
+			}
+			var root [sha256.Size]byte
+			if _, err := io.ReadFull(br, root[:]); err != nil {
+				return nil, bad("record %d: %v", rec, err)
+			}
+			if err := checkCRC(br, h[:], root[:]); err != nil {
+				return nil, bad("record %d (disk done): %v", rec, err)
+			}
+			if err := disk.Sync(context.Background()); err != nil {
+				return nil, err
+			}
+			hashes, err := diskChunkHashes(disk, diskChunk)
+			if err != nil {
+				return nil, err
+			}
+			if mine := diskRoot(disk.Size(), diskChunk, hashes); mine != root {
+				return nil, fmt.Errorf("vmm: pre-copy: this side's copy of the disk, read back, hashes to %x, the sender's at the pause to %x: the copies differ", mine[:8], root[:8])
+			}
+			diskProven = true
 		case recState:
+			if disk != nil && !diskProven {
+				return nil, bad("record %d: the state, but the stream never proved this side's copy of the disk equal to the sender's", rec)
+			}
 			if count > maxState {
 				return nil, bad("record %d: a state of %d bytes (at most %d for %d pages)", rec, count, maxState, pages)
 			}

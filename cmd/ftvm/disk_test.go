@@ -173,3 +173,44 @@ func TestLocalDiskRecordReplay(t *testing.T) {
 		t.Fatal("the replay wrote the copy it read")
 	}
 }
+
+// TestLocalDiskReprotected: kvstore on a local disk under ftvm pair and
+// load; kill -9 of the primary, a new backup joins the live side with a
+// copy of the dead primary's copy (the join sends what changed since),
+// kill -9 of that live side too, and the joined backup takes over: the
+// clients' history is linearizable. Then the guest starts cold from the
+// last live side's copy alone and every key reads back: the writes that
+// reached that copy by the join's transfer, not by its replay, are there.
+func TestLocalDiskReprotected(t *testing.T) {
+	requireBackend(t)
+	disk := newDisk(t, 16<<20)
+	out, stderr := pairTrialGuest(t, time.Now().UnixNano(), 0, func(log string) bool {
+		return strings.Count(log, "primary: PROTECTED again") >= 2
+	}, []string{"disk=1"}, "--disk", disk+",local", "--kill-primary-after", "800ms", "--failovers", "2")
+	if n := strings.Count(stderr, "backup: LIVE since"); n != 2 {
+		t.Fatalf("%d sides went live, want 2:\n%s", n, stderr)
+	}
+	if n := strings.Count(stderr, "primary: PROTECTED again"); n < 2 {
+		t.Fatalf("%d joins, want 2:\n%s", n, stderr)
+	}
+	if !strings.Contains(stderr, "backup-2's copy of the local disk is "+disk+".backup-2, copied from the primary's") {
+		t.Fatalf("backup-2's copy was not made from the dead primary's:\n%s", stderr)
+	}
+	var sent []string
+	for _, l := range strings.Split(stderr, "\n") {
+		if i := strings.Index(l, "the joining backup's copy of the local disk"); i >= 0 {
+			sent = append(sent, l[i:])
+		}
+	}
+	if len(sent) < 2 {
+		t.Fatalf("the joins did not say what of the disk they sent:\n%s", stderr)
+	}
+	t.Logf("joins: %s", strings.Join(sent, "; "))
+	for _, l := range strings.Split(stderr, "\n") {
+		if strings.Contains(l, "PROTECTED again") {
+			t.Log(l)
+		}
+	}
+	checkHistory(t, out, stderr)
+	coldRestartReads(t, disk+".backup-2", out.Calls)
+}

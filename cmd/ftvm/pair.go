@@ -77,21 +77,20 @@ func cmdPair(args []string) int {
 		base = append(base, "--net", g.net)
 	}
 	primaryDisk, backupDisk := g.disk, g.disk
-	if path, ok := strings.CutSuffix(g.disk, ",local"); ok {
+	// copies are each member's copy of a local disk, by member name.
+	copies := map[string]string{}
+	localPath, local := strings.CutSuffix(g.disk, ",local")
+	if local {
 		// Each side its own copy: the backup's is made here, a copy of the
 		// primary's, which the handshake then proves equal (its digest is
-		// in the configuration). A backup that would join later has no
-		// copy: a local disk is not re-protected.
-		copyPath := path + ".backup"
-		if err := copyFile(path, copyPath); err != nil {
+		// in the configuration).
+		copyPath := localPath + ".backup"
+		if err := copyFile(localPath, copyPath); err != nil {
 			fmt.Fprintf(os.Stderr, "ftvm pair: the backup's copy of the local disk: %v\n", err)
 			return exitFailed
 		}
 		backupDisk = copyPath + ",local"
-		if !*noReprotect {
-			pairLog("the disk is local: after a failover the guest runs unprotected (a backup that joins would need a copy of the disk)")
-			*noReprotect = true
-		}
+		copies["primary"], copies["backup"] = localPath, copyPath
 	} else if g.disk != "" {
 		base = append(base, "--disk", g.disk)
 	}
@@ -152,12 +151,15 @@ func cmdPair(args []string) int {
 		KillPrimaryAfter: *killAfter, KillBackupAfter: *killBackupAfter, StopPrimaryAfter: *stopAfter,
 		Signals: sigs,
 		Logf:    pairLog,
-		JoinerArgs: func(n int, joinAddr string) ([]string, string) {
+		JoinerArgs: func(n int, joinAddr, replaces string) ([]string, string) {
 			listen, err := freeTCPAddr()
 			if err != nil {
 				listen = "127.0.0.1:0"
 			}
 			args := append(append([]string{"backup", "--join", joinAddr, "--join-listen", listen}, backupTLS...), base...)
+			if local {
+				args = append(args, "--disk", joinerCopy(copies, localPath, n, replaces)+",local")
+			}
 			return append(args, fs.Args()...), listen
 		},
 		Started: func(p, b int) {
@@ -168,6 +170,32 @@ func cmdPair(args []string) int {
 		sup.JoinerArgs = nil
 	}
 	return sup.Run()
+}
+
+// joinerCopy makes backup-n's copy of the local disk at path: a copy of
+// the copy of the member it replaces, which died, so that the join sends
+// only the chunks written since (the dead member's copy is at most as
+// stale as its death). A dead joiner's copy is removed once copied; the
+// first two members' are kept. On a failure the joiner gets a path
+// without a file, and says so.
+func joinerCopy(copies map[string]string, path string, n int, replaces string) string {
+	name := fmt.Sprintf("backup-%d", n)
+	dst := fmt.Sprintf("%s.%s", path, name)
+	src, ok := copies[replaces]
+	if !ok {
+		src = path
+	}
+	if err := copyFile(src, dst); err != nil {
+		pairLog("%s's copy of the local disk: %v", name, err)
+		return dst
+	}
+	copies[name] = dst
+	if replaces != "primary" && replaces != "backup" {
+		delete(copies, replaces)
+		os.Remove(src)
+	}
+	pairLog("%s's copy of the local disk is %s, copied from the %s's (the join sends only the chunks that differ)", name, dst, replaces)
+	return dst
 }
 
 func pairLog(format string, args ...any) {

@@ -276,9 +276,18 @@ func (o *BackupOptions) goLiveFunc(ctx context.Context, recv *logchannel.Receive
 // never asks the arbiter.
 func (o *BackupOptions) runJoined(ctx context.Context, cancel context.CancelFunc) (BackupOutcome, error) {
 	var out BackupOutcome
-	hello := o.hello()
-	hello.Generation, hello.Join = 0, true
-	recv, err := logchannel.DialJoin(ctx, o.Join, hello, o.Channel)
+	// A local disk: this side's copy is offered (its chunk hashes) so
+	// that only the chunks that differ come; hashed before connecting,
+	// so that the primary does not wait on it.
+	disk := o.localDisk()
+	var offer []byte
+	if disk != nil {
+		var err error
+		if offer, err = vmm.DiskOffer(disk); err != nil {
+			return out, fmt.Errorf("ft: joining the primary at %s: this side's copy of the disk: %w", o.Join, err)
+		}
+	}
+	recv, err := logchannel.DialJoin(ctx, o.Join, o.joinHello(), o.Channel)
 	if err != nil {
 		return out, err
 	}
@@ -287,8 +296,13 @@ func (o *BackupOptions) runJoined(ctx context.Context, cancel context.CancelFunc
 	o.Metrics.SetRole("joining")
 	o.Metrics.receiverMetrics(recv.Stats)
 	began := time.Now()
+	if disk != nil {
+		if err := recv.SendOffer(offer); err != nil {
+			return out, fmt.Errorf("ft: joining the primary at %s: %w", o.Join, err)
+		}
+	}
 	tr := recv.Transfer()
-	st, err := vmm.ReceivePrecopy(tr)
+	st, err := vmm.ReceivePrecopyDisk(tr, disk)
 	if err == nil {
 		// The end of the transfer carries the epoch: read up to it.
 		var n int64
@@ -317,6 +331,21 @@ func (o *BackupOptions) runJoined(ctx context.Context, cancel context.CancelFunc
 		return out, fmt.Errorf("ft: joining the primary at %s: %w", o.Join, err)
 	}
 	defer m.Close()
+	if disk != nil {
+		// The copy is the live side's now: the guest runs on with the
+		// live side's configuration, whose digest is of the copies when
+		// the pair first started.
+		if err := m.AttachLocalDisk(disk); err != nil {
+			return out, fmt.Errorf("ft: joining the primary at %s: %w", o.Join, err)
+		}
+		cfg, err := st.MachineConfig(o.Image)
+		if err != nil {
+			return out, err
+		}
+		cfg.Disk.File = disk
+		o.Config = cfg
+		o.logf("backup: this side's copy of the local disk is the primary's at the pause (checked whole against its root hash)")
+	}
 	o.logf("backup: joined at log seq %d (exit %d) in epoch %d, %v after connecting (%s of state); replaying on the %s backend",
 		st.Log.Seq, st.Exits, gen, time.Since(began).Round(time.Millisecond), sizeText(recv.Stats().TransferBytes), o.Backend.Name())
 	o.Metrics.SetRole("backup")

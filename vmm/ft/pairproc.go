@@ -34,9 +34,11 @@ type PairSupervisor struct {
 	// JoinerArgs, if set, gives the command line of the n-th backup that
 	// joins a live side (n from 2), which takes new backups at joinAddr;
 	// joinListen is where the new backup itself will take them once it
-	// goes live. PrimaryJoinListen and BackupJoinListen are the first
-	// two members' (their --join-listen).
-	JoinerArgs                          func(n int, joinAddr string) (args []string, joinListen string)
+	// goes live. replaces names the member that died, whose place it
+	// takes ("primary", "backup", "backup-2", ...): its files are free.
+	// PrimaryJoinListen and BackupJoinListen are the first two members'
+	// (their --join-listen).
+	JoinerArgs                          func(n int, joinAddr, replaces string) (args []string, joinListen string)
 	PrimaryJoinListen, BackupJoinListen string
 	Stdin                               io.Reader
 	Stdout, Stderr                      io.Writer // Stdout: the released console output
@@ -205,7 +207,7 @@ func (s *PairSupervisor) Run() int {
 					standbyDone = nil
 					continue
 				}
-				args, joinListen := s.JoinerArgs(next, live.joinListen)
+				args, joinListen := s.JoinerArgs(next, live.joinListen, standby.name)
 				logf("starting backup-%d to protect the %s again (it joins at %s)", next, live.name, live.joinListen)
 				joiner, err := start(fmt.Sprintf("backup-%d", next), args, joinListen, false)
 				if err != nil {
@@ -241,7 +243,7 @@ func (s *PairSupervisor) Run() int {
 		case <-standby.done:
 			return standby.waitStatus(logf)
 		}
-		args, joinListen := s.JoinerArgs(next, standby.joinListen)
+		args, joinListen := s.JoinerArgs(next, standby.joinListen, live.name)
 		logf("the %s is live; starting backup-%d to protect it again (it joins at %s)", standby.name, next, standby.joinListen)
 		joiner, err := start(fmt.Sprintf("backup-%d", next), args, joinListen, false)
 		if err != nil {

@@ -81,6 +81,25 @@ func (c *Common) hello() logchannel.Hello {
 		ImageSHA256: c.Image.Hash, ConfigDigest: vmm.ConfigDigest(c.Config)}
 }
 
+// joinHello is the hello of a joining pairing, on either side: the epoch
+// is the running primary's to give, and a local disk's size and digest
+// are not compared (vmm.JoinConfigDigest): the transfer makes the
+// joining side's copy equal and proves it.
+func (c *Common) joinHello() logchannel.Hello {
+	h := c.hello()
+	h.Generation, h.Join = 0, true
+	h.ConfigDigest = vmm.JoinConfigDigest(c.Config)
+	return h
+}
+
+// localDisk returns this side's copy of a local disk, or nil.
+func (c *Common) localDisk() *vmm.DiskFile {
+	if d := c.Config.Disk; d != nil && d.Local {
+		return d.File
+	}
+	return nil
+}
+
 // PrimaryOptions configure RunPrimary.
 type PrimaryOptions struct {
 	Common

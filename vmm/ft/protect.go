@@ -51,6 +51,9 @@ type protection struct {
 	protected     atomic.Bool
 	changed       atomic.Int64
 	transferBytes atomic.Uint64
+	// The local disk's part of the last join: chunks found different
+	// from the backup's copy, and disk bytes sent in all.
+	diskDiffered, diskBytes atomic.Uint64
 }
 
 // setProtected records whether a backup protects the guest.
@@ -87,6 +90,10 @@ func newProtection(ctx context.Context, cancel context.CancelFunc, o *Common, li
 		func() float64 { return float64(p.joins.Load()) })
 	o.Metrics.gaugeFunc("ftvm_transfer_bytes_sent", "State sent to the backup that joined last, or is joining now.",
 		func() float64 { return float64(p.transferBytes.Load()) })
+	o.Metrics.gaugeFunc("ftvm_transfer_disk_chunks_differed", "Chunks of the local disk that differed from the copy of the backup that joined last.",
+		func() float64 { return float64(p.diskDiffered.Load()) })
+	o.Metrics.gaugeFunc("ftvm_transfer_disk_bytes_sent", "Local disk data sent to the backup that joined last: the chunks that differed, then those written during its transfer.",
+		func() float64 { return float64(p.diskBytes.Load()) })
 	o.Metrics.channelMetrics(func() logchannel.Stats {
 		if s := p.current(); s != nil {
 			return s.Stats()
@@ -205,8 +212,7 @@ func (p *protection) watch(s *logchannel.Sender) {
 // arbiter (taking an epoch for it would fence the backup that is there).
 func (p *protection) serveJoins(ln *logchannel.Listener) {
 	o := p.o
-	hello := o.hello()
-	hello.Generation, hello.Join = 0, true
+	hello := o.joinHello()
 	for {
 		s, err := ln.AcceptJoin(p.ctx, hello, o.Channel)
 		if err != nil {
@@ -245,9 +251,23 @@ func (p *protection) join(s *logchannel.Sender) error {
 		s.Close()
 		return errors.New("the guest is not running")
 	}
-	if d := o.Config.Disk; d != nil && d.Local {
-		s.Close()
-		return errors.New("the guest's disk is local: a backup that joins would need a copy of it, which is not transferred (a shared disk can be re-protected)")
+	// A local disk: the backup offers its copy's chunk hashes first, so
+	// that the transfer sends only the chunks that differ.
+	var offer []byte
+	disk := o.localDisk()
+	if o.Config.Disk != nil && o.Config.Disk.Local {
+		if disk == nil {
+			s.Close()
+			return errors.New("the guest's disk is local, but this side has no copy of it attached")
+		}
+		octx, cancel := context.WithTimeout(p.ctx, joinStallTimeout(o.Channel))
+		var err error
+		offer, err = s.Offer(octx)
+		cancel()
+		if err != nil {
+			s.Close()
+			return fmt.Errorf("the backup offered nothing of its copy of the local disk: %w", err)
+		}
 	}
 	gen, err := TakeEpoch(p.ctx, o.Arbiter, o.VMID, o.Claimant)
 	if err != nil {
@@ -263,20 +283,26 @@ func (p *protection) join(s *logchannel.Sender) error {
 	stopProgress := make(chan struct{})
 	defer close(stopProgress)
 	stalled := make(chan error, 1)
+	var running atomic.Pointer[vmm.Precopy]
 	go func() {
 		// The transfer's progress for the metrics, and a guard: a backup
 		// that stops taking the state (hung, or hostile) while the guest
 		// runs on would hold this side's joins for good. The transfer is
 		// abandoned once neither the bytes sent nor the backup's reports
-		// of bytes received and taken grew for joinStallTimeout.
+		// of bytes received and taken (nor the local disk's bytes compared
+		// with the backup's copy) grew for joinStallTimeout.
 		tick := time.NewTicker(100 * time.Millisecond)
 		defer tick.Stop()
-		var last [3]uint64
+		var last [4]uint64
 		moved := time.Now()
 		for {
 			st := s.Stats()
 			p.transferBytes.Store(st.TransferBytes)
-			if now := [3]uint64{st.TransferBytes, st.TransferReceived, st.TransferTaken}; now != last {
+			var compared uint64
+			if pc := running.Load(); pc != nil {
+				compared = pc.Compared()
+			}
+			if now := [4]uint64{st.TransferBytes, st.TransferReceived, st.TransferTaken, compared}; now != last {
 				last, moved = now, time.Now()
 			} else if stall := joinStallTimeout(o.Channel); time.Since(moved) > stall {
 				err := fmt.Errorf("the state transfer made no progress for %v (%s of state sent)", stall, sizeText(st.TransferBytes))
@@ -296,7 +322,7 @@ func (p *protection) join(s *logchannel.Sender) error {
 	}()
 	var joinSeq uint64
 	switched := false
-	pc, err := m.StartPrecopy(tw, vmm.PrecopyOptions{Nudge: p.hw.LiveWorld.Nudge, AtPause: func(st *vmm.State) error {
+	pc, err := m.StartPrecopy(tw, vmm.PrecopyOptions{Nudge: p.hw.LiveWorld.Nudge, Disk: disk, DiskOffer: offer, AtPause: func(st *vmm.State) error {
 		// The new backup journals disk writes from the pause on: every
 		// earlier one must be on the shared disk first (a side alone
 		// released them all already; they may still be in the writer).
@@ -320,7 +346,9 @@ func (p *protection) join(s *logchannel.Sender) error {
 		o.Metrics.SetRole("solo")
 		return err
 	}
+	running.Store(pc)
 	stats, err := pc.Wait()
+	p.transferBytes.Store(s.Stats().TransferBytes) // a short transfer ends between two samples
 	if err == nil {
 		err = tw.FinishAt(joinSeq, gen)
 	}
@@ -344,6 +372,13 @@ func (p *protection) join(s *logchannel.Sender) error {
 	p.joins.Add(1)
 	p.setProtected(true)
 	o.Metrics.SetRole("primary")
+	if disk != nil {
+		p.diskDiffered.Store(stats.DiskDiffer)
+		p.diskBytes.Store(stats.DiskBytes)
+		o.logf("primary: the joining backup's copy of the local disk (%s): %d of %d chunks differed; %d chunks sent in all (%s, %d in the pause)",
+			sizeText(stats.DiskSize), stats.DiskDiffer, (stats.DiskSize+vmm.DiskChunkSize(stats.DiskSize)-1)/vmm.DiskChunkSize(stats.DiskSize),
+			stats.DiskChunks, sizeText(stats.DiskBytes), stats.DiskPauseChunks)
+	}
 	o.logf("primary: PROTECTED again at %s: the backup from %s joined at log seq %d, epoch %d (%s sent in %d rounds, %v in all; the guest paused %v)",
 		time.Now().Format(time.RFC3339Nano), s.Peer(), joinSeq, gen, sizeText(stats.Bytes()), len(stats.Rounds), stats.Total.Round(time.Millisecond), stats.Pause.Round(time.Microsecond))
 	return nil
