@@ -148,6 +148,12 @@ func MaxGapSince(calls []Call, since time.Time) time.Duration {
 			ends = append(ends, c.End)
 		}
 	}
+	return LongestGap(since, ends)
+}
+
+// LongestGap is the longest stretch from since on between two of the
+// times in ends (which it sorts): how long nobody heard back.
+func LongestGap(since time.Time, ends []time.Time) time.Duration {
 	sort.Slice(ends, func(i, j int) bool { return ends[i].Before(ends[j]) })
 	var gap time.Duration
 	prev := since
@@ -173,24 +179,8 @@ type kvOutput struct {
 // the key; refused with ERR when the value would pass 1024 bytes), GET
 // reads (NOTFOUND for a missing key). Partitioned by key.
 var Model = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, op := range history {
-			k := op.Input.(kvInput).key
-			if _, ok := byKey[k]; !ok {
-				keys = append(keys, k)
-			}
-			byKey[k] = append(byKey[k], op)
-		}
-		sort.Strings(keys)
-		parts := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			parts = append(parts, byKey[k])
-		}
-		return parts
-	},
-	Init: func() any { return (*string)(nil) }, // nil: the key does not exist
+	Partition: PartitionByKey(func(in any) string { return in.(kvInput).key }),
+	Init:      func() any { return (*string)(nil) }, // nil: the key does not exist
 	Step: func(state, input, output any) (bool, any) {
 		cur := state.(*string)
 		in, out := input.(kvInput), output.(kvOutput)
@@ -231,6 +221,28 @@ var Model = porcupine.Model{
 		}
 		return fmt.Sprintf("%s %s %s -> %s", in.op, in.key, in.value, strings.TrimSpace(res))
 	},
+}
+
+// PartitionByKey is a porcupine Partition for a store whose keys are
+// independent: one part per key, in key order, each checked on its own.
+func PartitionByKey(key func(input any) string) func([]porcupine.Operation) [][]porcupine.Operation {
+	return func(history []porcupine.Operation) [][]porcupine.Operation {
+		byKey := map[string][]porcupine.Operation{}
+		var keys []string
+		for _, op := range history {
+			k := key(op.Input)
+			if _, ok := byKey[k]; !ok {
+				keys = append(keys, k)
+			}
+			byKey[k] = append(byKey[k], op)
+		}
+		sort.Strings(keys)
+		parts := make([][]porcupine.Operation, 0, len(keys))
+		for _, k := range keys {
+			parts = append(parts, byKey[k])
+		}
+		return parts
+	}
 }
 
 // CheckLinearizable checks the calls against Model with porcupine. Calls

@@ -4,13 +4,13 @@ import (
 	"context"
 	"fmt"
 	"math/rand"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/anishathalye/porcupine"
+	"github.com/ftvm/ftvm/bench/kv"
 )
 
 // Op is a command the workload makes.
@@ -176,14 +176,7 @@ func MaxGapSince(calls []Call, since time.Time) time.Duration {
 			ends = append(ends, c.End)
 		}
 	}
-	sort.Slice(ends, func(i, j int) bool { return ends[i].Before(ends[j]) })
-	var gap time.Duration
-	prev := since
-	for _, e := range ends {
-		gap = max(gap, e.Sub(prev))
-		prev = e
-	}
-	return gap
+	return kv.LongestGap(since, ends)
 }
 
 // FinalReads GETs keys k0..k(keys-1) on c, as calls of client number
@@ -221,24 +214,8 @@ type respOutput struct {
 // reads (a null bulk string for a missing key). An error reply is a
 // command that did not run. Partitioned by key.
 var Model = porcupine.Model{
-	Partition: func(history []porcupine.Operation) [][]porcupine.Operation {
-		byKey := map[string][]porcupine.Operation{}
-		var keys []string
-		for _, op := range history {
-			k := op.Input.(respInput).key
-			if _, ok := byKey[k]; !ok {
-				keys = append(keys, k)
-			}
-			byKey[k] = append(byKey[k], op)
-		}
-		sort.Strings(keys)
-		parts := make([][]porcupine.Operation, 0, len(keys))
-		for _, k := range keys {
-			parts = append(parts, byKey[k])
-		}
-		return parts
-	},
-	Init: func() any { return (*string)(nil) }, // nil: the key does not exist
+	Partition: kv.PartitionByKey(func(in any) string { return in.(respInput).key }),
+	Init:      func() any { return (*string)(nil) }, // nil: the key does not exist
 	Step: func(state, input, output any) (bool, any) {
 		cur := state.(*string)
 		in, out := input.(respInput), output.(respOutput)
