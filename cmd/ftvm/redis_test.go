@@ -44,32 +44,10 @@ func requireRedisTools(t *testing.T) {
 	}
 }
 
-// redisNet makes a VM host namespace (a bridge, the guest's TAP tap0 on it,
-// loopback up for a pair's logging channel) and a client namespace linked to
-// the bridge by a veth pair, 10.98.0.1/24. Nothing is created in the root
-// namespace. It returns the two namespaces' names.
+// redisNet is tapNet for the redis tests: the client at 10.98.0.1/24.
 func redisNet(t *testing.T) (host, client string) {
 	t.Helper()
-	host, client = fmt.Sprintf("ftvmrh%d", os.Getpid()), fmt.Sprintf("ftvmrc%d", os.Getpid())
-	sh(t, "ip", "netns", "add", host)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", host).Run() })
-	sh(t, "ip", "netns", "add", client)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", client).Run() })
-	for _, c := range [][]string{
-		{"-n", host, "link", "set", "lo", "up"},
-		{"-n", host, "link", "add", "br0", "type", "bridge"},
-		{"-n", host, "link", "set", "br0", "up"},
-		{"-n", host, "tuntap", "add", "dev", "tap0", "mode", "tap"},
-		{"-n", host, "link", "set", "tap0", "master", "br0", "up"},
-		{"-n", client, "link", "add", "vc", "type", "veth", "peer", "name", "vh", "netns", host},
-		{"-n", host, "link", "set", "vh", "master", "br0", "up"},
-		{"-n", client, "addr", "add", "10.98.0.1/24", "dev", "vc"},
-		{"-n", client, "link", "set", "vc", "up"},
-		{"-n", client, "link", "set", "lo", "up"},
-	} {
-		sh(t, append([]string{"ip"}, c...)...)
-	}
-	return host, client
+	return tapNet(t, "ftvmr", "10.98.0")
 }
 
 const redisTAP = "tap,ifname=tap0,ip=" + redisIP + "/24,gw=10.98.0.1"

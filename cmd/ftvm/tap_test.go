@@ -38,6 +38,35 @@ func sh(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// tapNet makes a VM host namespace (a bridge, the guest's TAP tap0 on it,
+// loopback up for a pair's logging channel) and a client namespace linked
+// to the bridge by a veth pair, the client at NET.1/24. The names are
+// PREFIXh and PREFIXc with the test's pid; nothing is created in the root
+// namespace, and both go when the test ends.
+func tapNet(t *testing.T, prefix, net string) (host, client string) {
+	t.Helper()
+	host, client = fmt.Sprintf("%sh%d", prefix, os.Getpid()), fmt.Sprintf("%sc%d", prefix, os.Getpid())
+	sh(t, "ip", "netns", "add", host)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", host).Run() })
+	sh(t, "ip", "netns", "add", client)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", client).Run() })
+	for _, c := range [][]string{
+		{"-n", host, "link", "set", "lo", "up"},
+		{"-n", host, "link", "add", "br0", "type", "bridge"},
+		{"-n", host, "link", "set", "br0", "up"},
+		{"-n", host, "tuntap", "add", "dev", "tap0", "mode", "tap"},
+		{"-n", host, "link", "set", "tap0", "master", "br0", "up"},
+		{"-n", client, "link", "add", "vc", "type", "veth", "peer", "name", "vh", "netns", host},
+		{"-n", host, "link", "set", "vh", "master", "br0", "up"},
+		{"-n", client, "addr", "add", net + ".1/24", "dev", "vc"},
+		{"-n", client, "link", "set", "vc", "up"},
+		{"-n", client, "link", "set", "lo", "up"},
+	} {
+		sh(t, append([]string{"ip"}, c...)...)
+	}
+	return host, client
+}
+
 // TestKVStoreOverTAP builds, inside namespaces the test creates, a VM host
 // with a bridge and the VM's TAP device, and a client host linked to the
 // bridge by a veth pair; the client talks to kvstore across the bridge.
@@ -45,24 +74,7 @@ func sh(t *testing.T, args ...string) string {
 func TestKVStoreOverTAP(t *testing.T) {
 	requireBackend(t)
 	requireNetns(t)
-	host, client := fmt.Sprintf("ftvmh%d", os.Getpid()), fmt.Sprintf("ftvmc%d", os.Getpid())
-	sh(t, "ip", "netns", "add", host)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", host).Run() })
-	sh(t, "ip", "netns", "add", client)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", client).Run() })
-	for _, c := range [][]string{
-		{"-n", host, "link", "add", "br0", "type", "bridge"},
-		{"-n", host, "link", "set", "br0", "up"},
-		{"-n", host, "tuntap", "add", "dev", "tap0", "mode", "tap"},
-		{"-n", host, "link", "set", "tap0", "master", "br0", "up"},
-		{"-n", client, "link", "add", "vc", "type", "veth", "peer", "name", "vh", "netns", host},
-		{"-n", host, "link", "set", "vh", "master", "br0", "up"},
-		{"-n", client, "addr", "add", "10.99.0.1/24", "dev", "vc"},
-		{"-n", client, "link", "set", "vc", "up"},
-		{"-n", client, "link", "set", "lo", "up"},
-	} {
-		sh(t, append([]string{"ip"}, c...)...)
-	}
+	host, client := tapNet(t, "ftvm", "10.99.0")
 	wait := startCmd(t, "ip", "netns", "exec", host, ftvmBin, "run", "--net", "tap,ifname=tap0,ip=10.99.0.2/24,gw=10.99.0.1",
 		guest("kvstore"), "requests=6") // 3 clients: a HELLO and one operation each
 	kvIn := func(args ...string) string {
