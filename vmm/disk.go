@@ -189,19 +189,8 @@ func (d *disk) writeLocal(x *exitContext) ([]byte, error) {
 	if d.local == nil {
 		return nil, x.fault("a write to the local disk, but this side has no copy attached")
 	}
-	ticket, flush, err := d.local.Stage(context.Background(), d.batch)
-	if err != nil {
+	if err := d.local.Write(context.Background(), d.batch); err != nil {
 		return nil, err
-	}
-	if !d.local.scratch {
-		if err := d.local.Apply(d.batch); err != nil {
-			return nil, err
-		}
-		if flush {
-			if err := d.local.Wait(context.Background(), ticket); err != nil {
-				return nil, err
-			}
-		}
 	}
 	return encodeDiskHash(d.hash[:0], crc64.Checksum(d.batch, diskHashTable)), nil
 }

@@ -199,6 +199,24 @@ func (d *DiskFile) Apply(batch []byte) error {
 	return nil
 }
 
+// Write stages batch and applies it at once, then waits for it if it
+// flushes: a write no Output Rule holds (a plain run, a side's own copy of
+// a local disk, a backup writing again what its primary may not have). A
+// disk opened for replay keeps it in its overlay.
+func (d *DiskFile) Write(ctx context.Context, batch []byte) error {
+	ticket, flush, err := d.Stage(ctx, batch)
+	if err != nil || d.scratch {
+		return err
+	}
+	if err := d.Apply(batch); err != nil {
+		return err
+	}
+	if flush {
+		return d.Wait(ctx, ticket)
+	}
+	return nil
+}
+
 // Wait blocks until the batch of ticket is written (and synced, if it
 // flushes), the disk fails, or ctx ends.
 func (d *DiskFile) Wait(ctx context.Context, ticket uint64) error {

@@ -260,17 +260,7 @@ func (w *LiveWorld) Output(_ replay.ExecPoint, kind replay.OutputKind, data []by
 	if kind != replay.OutputDisk || w.disk == nil {
 		return SendOutput(w.out, w.net, nil, kind, data)
 	}
-	ticket, flush, err := w.StageDisk(data)
-	if err != nil {
-		return err
-	}
-	if err := SendOutput(w.out, w.net, w.disk, kind, data); err != nil {
-		return err
-	}
-	if flush {
-		return w.WaitDisk(ticket)
-	}
-	return nil
+	return w.disk.Write(w.ctx, data)
 }
 
 // StageDisk takes a disk batch at the exit that wrote it (DiskFile.Stage):
@@ -292,14 +282,10 @@ func (w *LiveWorld) ReissueDisk(batch []byte) error {
 	if len(batch) == 0 {
 		return nil
 	}
-	ticket, _, err := w.StageDisk(batch)
-	if err != nil {
-		return err
+	if w.disk == nil {
+		return errors.New("vmm: a disk write but no disk attached")
 	}
-	if err := w.disk.Apply(batch); err != nil {
-		return err
-	}
-	return w.WaitDisk(ticket)
+	return w.disk.Write(w.ctx, batch) // it ends with a flush: written and synced on return
 }
 
 // SendOutput delivers one output to its sink: console bytes to out, a
